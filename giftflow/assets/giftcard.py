@@ -1,0 +1,123 @@
+"""The gift-card sync: Cardivo redemptions -> reconcile with Stripe customers -> Stripe writes."""
+
+from datetime import datetime, timezone
+
+import dagster as dg
+import pandas as pd
+
+from giftflow.apply.customers import apply_customer_plan
+from giftflow.core.reconcile import customers_frame, match_redemptions, plan_customer_updates, summarize
+from giftflow.core.redemptions import validate_redemptions
+from giftflow.partitions import daily
+from giftflow.resources.cardivo import CardivoResource
+from giftflow.resources.settings import SyncSettings
+from giftflow.resources.store import GiftflowStore
+from giftflow.resources.stripe import StripeResource
+
+GROUP = "giftcard_sync"
+PREVIEW_ROWS = 20
+
+
+def _md(frame: pd.DataFrame) -> dg.MetadataValue:
+    if frame.empty:
+        return dg.MetadataValue.md("_nothing_")
+    return dg.MetadataValue.md(frame.head(PREVIEW_ROWS).to_markdown(index=False))
+
+
+@dg.asset(
+    partitions_def=daily, group_name=GROUP, kinds={"cardivo", "python"},
+    description="Cardivo redemptions of the day, validated against the API contract; bad records are "
+                "quarantined with their reason and the rest are upserted into giftflow's store.",
+)
+def cardivo_redemptions(context: dg.AssetExecutionContext, cardivo: CardivoResource,
+                        store: GiftflowStore) -> dg.MaterializeResult:
+    window = context.partition_time_window
+    fetched = cardivo.list_redemptions(redeemed_after=window.start, redeemed_before=window.end)
+    valid, bad = validate_redemptions(fetched.records)
+    outside = (valid["redeemed_at"] < window.start) | (valid["redeemed_at"] >= window.end)
+    bad += [{"record_key": r, "reason": "redeemed_at outside the requested day", "payload": {"id": r}}
+            for r in valid.loc[outside, "redemption_id"]]
+    valid = valid[~outside]
+    store.upsert_redemptions(valid)
+    store.quarantine("cardivo", bad, context.partition_key, context.run_id)
+    for b in bad:
+        context.log.warning("quarantined %s: %s", b["record_key"], b["reason"])
+    preview = valid[["redemption_id", "status", "amount", "currency", "card_last4", "email_norm", "redeemed_at"]]
+    return dg.MaterializeResult(metadata={
+        "fetched": len(fetched.records), "valid": len(valid), "quarantined": len(bad),
+        "api_calls": fetched.calls, "preview": _md(preview),
+        "quarantine_reasons": _md(pd.DataFrame(bad, columns=["record_key", "reason"])),
+    })
+
+
+@dg.asset(
+    partitions_def=daily, group_name=GROUP, kinds={"stripe"},
+    description="giftflow's mirror of Stripe customers (id, e-mail, created, metadata). Stripe's e-mail "
+                "filter is case-sensitive, so matching by normalised e-mail needs the full list.",
+)
+def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResource, store: GiftflowStore,
+                     settings: SyncSettings) -> dg.MaterializeResult:
+    refreshed = store.customers_refreshed_at()
+    age = (datetime.now(timezone.utc) - refreshed).total_seconds() if refreshed else None
+    if age is not None and age < settings.customer_mirror_max_age_s:
+        context.log.info("customer mirror is %.0f s old: reused", age)
+        return dg.MaterializeResult(metadata={"customers": len(store.load_customers()), "api_calls": 0,
+                                              "reused_mirror": True})
+    rows, calls = [], 0
+    for page, calls in stripe_api.iter_customers():
+        rows += page
+    store.replace_customers(rows)
+    return dg.MaterializeResult(metadata={"customers": len(rows), "api_calls": calls, "reused_mirror": False})
+
+
+@dg.asset(
+    partitions_def=daily, group_name=GROUP, kinds={"pandas"}, deps=[cardivo_redemptions, stripe_customers],
+    description="Per customer touched by the day's redemptions: the gift-card metadata Stripe should "
+                "hold (from all days seen), the diff against what it holds, and the action: create, "
+                "update, none, or skip with a reason (unmatched, anonymous, multi_currency).",
+)
+def giftcard_customer_plan(context: dg.AssetExecutionContext, store: GiftflowStore,
+                           settings: SyncSettings) -> dg.Output[pd.DataFrame]:
+    window = context.partition_time_window
+    customers = customers_frame(store.load_customers())
+    day = store.load_redemptions(start=window.start, end=window.end)
+    # A customer's values come from all their days: widen to every redemption linked to them.
+    touched = match_redemptions(day, customers)["customer_id"].dropna().unique()
+    emails = set(customers.loc[customers["customer_id"].isin(touched), "email_norm"].dropna())
+    emails |= set(day["email_norm"].dropna())
+    ids = set(touched) | set(day["stripe_customer_id"].dropna())
+    history = store.load_redemptions(emails=emails, customer_ids=ids)
+    plan = plan_customer_updates(history, customers, window.start, window.end, settings.sync_mode)
+    counts = summarize(plan)
+    shown = plan[["customer_id", "email", "action", "reason", "note", "changed_keys",
+                  "giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions"]]
+    return dg.Output(plan, metadata={
+        "customers": len(plan), "mode": settings.sync_mode, **counts, "plan": _md(shown),
+    })
+
+
+@dg.asset(
+    partitions_def=daily, group_name=GROUP, kinds={"stripe"}, pool="stripe_customer_writes",
+    description="Carries out the plan at Stripe: one idempotent write per changed customer, each in "
+                "giftflow's ledger. A failed write fails the step after the others went out; a retry "
+                "resends only what failed. GIFTFLOW_DRY_RUN=true writes nothing.",
+)
+def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_customer_plan: pd.DataFrame,
+                              stripe_api: StripeResource, store: GiftflowStore,
+                              settings: SyncSettings) -> dg.MaterializeResult:
+    report = apply_customer_plan(giftcard_customer_plan, stripe_api, store, dry_run=settings.dry_run,
+                                 partition=context.partition_key, run_id=context.run_id, log=context.log)
+    metadata = {"dry_run": settings.dry_run, "sent": report.writes, **dict(report.counts)}
+    if report.failures:
+        raise dg.Failure(
+            description=f"{len(report.failures)} Stripe write(s) failed; the others were sent. "
+                        "Retry the step to resend only the failed ones.",
+            metadata={**metadata, "failures": _md(pd.DataFrame(report.failures))},
+        )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+giftcard_sync = dg.define_asset_job(
+    "giftcard_sync", selection=dg.AssetSelection.groups(GROUP), partitions_def=daily,
+    description="Cardivo redemptions of a UTC day -> Stripe customer gift-card metadata.",
+)

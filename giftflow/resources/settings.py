@@ -1,0 +1,40 @@
+"""Run-wide switches that are not credentials: sync mode, dry run, how fresh the customer mirror must be."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    """A boolean environment variable; anything but true/false is an error, not a silent default."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    text = raw.strip().lower()
+    if text not in _TRUE | _FALSE:
+        raise ValueError(f"{name} must be true or false, not {raw!r}")
+    return text in _TRUE
+
+
+class SyncSettings(dg.ConfigurableResource):
+    """How the gift-card sync behaves (GIFTFLOW_SYNC_MODE, GIFTFLOW_DRY_RUN, ...)."""
+
+    sync_mode: Literal["update", "upsert"] = Field(
+        default="update", description="update: existing customers only; upsert: also create missing ones")
+    dry_run: bool = Field(default=False, description="plan and show everything, write nothing")
+    customer_mirror_max_age_s: int = Field(
+        default=0, ge=0, description="reuse the Stripe customer mirror when refreshed this recently")
+
+    @classmethod
+    def from_env(cls) -> "SyncSettings":
+        mode = os.environ.get("GIFTFLOW_SYNC_MODE", "update").strip().lower()
+        if mode not in ("update", "upsert"):
+            raise ValueError(f"GIFTFLOW_SYNC_MODE must be update or upsert, not {mode!r}")
+        return cls(sync_mode=mode, dry_run=env_bool("GIFTFLOW_DRY_RUN"),
+                   customer_mirror_max_age_s=int(os.environ.get("GIFTFLOW_CUSTOMER_MIRROR_MAX_AGE_S", "0")))

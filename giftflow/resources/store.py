@@ -1,0 +1,284 @@
+"""giftflow's own state on SQLAlchemy 2: redemptions seen, the Stripe customer mirror, the write ledger,
+quarantined input and small key/value state (cursors).
+
+SQLite under $DAGSTER_HOME by default; PostgreSQL (or any SQLAlchemy URL) via GIFTFLOW_DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import dagster as dg
+import pandas as pd
+import sqlalchemy as sa
+from pydantic import Field
+
+from giftflow.core.redemptions import REDEMPTION_COLUMNS, redemptions_frame
+
+metadata_obj = sa.MetaData()
+TS = sa.DateTime(timezone=True)
+
+redemptions = sa.Table(
+    "redemptions", metadata_obj,
+    sa.Column("redemption_id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("card_last4", sa.String(4), nullable=False),  # never the full code: it is a bearer secret
+    sa.Column("gift_card_id", sa.String(64)),
+    sa.Column("email", sa.String(320)),
+    sa.Column("email_norm", sa.String(320), index=True),
+    sa.Column("name", sa.String(256)),
+    sa.Column("phone", sa.String(64)),
+    sa.Column("stripe_customer_id", sa.String(64), index=True),
+    sa.Column("location", sa.String(128)),
+    sa.Column("redeemed_at", TS, nullable=False, index=True),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+customers = sa.Table(
+    "stripe_customers", metadata_obj,
+    sa.Column("customer_id", sa.String(64), primary_key=True),
+    sa.Column("email", sa.String(320)),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.Column("metadata", sa.Text, nullable=False),
+    sa.Column("synced_at", TS, nullable=False),
+)
+
+ledger = sa.Table(
+    "stripe_ledger", metadata_obj,
+    sa.Column("op_key", sa.String(128), primary_key=True),  # also the Stripe idempotency key
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("target", sa.String(320), nullable=False, index=True),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # planned | sent | failed
+    sa.Column("partition", sa.String(32)),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("stripe_request_id", sa.String(64)),
+    sa.Column("stripe_object_id", sa.String(64)),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+quarantine = sa.Table(
+    "quarantine", metadata_obj,
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("record_key", sa.String(128), primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # redacted: card code cut to last 4
+    sa.Column("partition", sa.String(32)),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("seen_at", TS, nullable=False),
+)
+
+kv = sa.Table(
+    "giftflow_state", metadata_obj,
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+_CHUNK = 2000
+
+
+def default_database_url() -> str:
+    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home")
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(home / 'giftflow.sqlite').resolve()}"
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(conn, _record):  # concurrent runs share the file: WAL lets readers and a writer overlap
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=60000")
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    metadata_obj.create_all(engine)
+    return engine
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str]) -> None:
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - other databases are not supported
+        raise NotImplementedError(conn.dialect.name)
+    for start in range(0, len(rows), _CHUNK):
+        stmt = insert(table).values(rows[start:start + _CHUNK])
+        update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+        conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update))
+
+
+def _chunks(values: Iterable, size: int = _CHUNK) -> Iterator[list]:
+    values = list(values)
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+class GiftflowStore(dg.ConfigurableResource):
+    """giftflow's own database: what was seen, what was sent, what was refused."""
+
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite under $DAGSTER_HOME")
+
+    @property
+    def engine(self) -> sa.Engine:
+        return _engine(self.database_url or default_database_url())
+
+    # -- redemptions -------------------------------------------------------------------------------
+    def upsert_redemptions(self, frame: pd.DataFrame) -> int:
+        rows = frame[REDEMPTION_COLUMNS].astype(object).where(frame[REDEMPTION_COLUMNS].notna(), None).to_dict("records")
+        for row in rows:
+            row["redeemed_at"] = row["redeemed_at"].to_pydatetime()
+            row["updated_at"] = row["updated_at"].to_pydatetime()
+        with self.engine.begin() as conn:
+            _upsert(conn, redemptions, rows, ["redemption_id"])
+        return len(rows)
+
+    def load_redemptions(
+        self,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        emails: Iterable[str] = (),
+        customer_ids: Iterable[str] = (),
+    ) -> pd.DataFrame:
+        """Redemptions redeemed in [start, end), or (with emails/customer_ids) those linked to them."""
+        rows: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            queries = []
+            if start is not None:
+                queries.append(sa.select(redemptions).where(redemptions.c.redeemed_at >= start,
+                                                            redemptions.c.redeemed_at < end))
+            queries += [sa.select(redemptions).where(redemptions.c.email_norm.in_(c)) for c in _chunks(emails)]
+            queries += [sa.select(redemptions).where(redemptions.c.stripe_customer_id.in_(c))
+                        for c in _chunks(customer_ids)]
+            for query in queries:
+                for row in conn.execute(query).mappings():
+                    rows[row["redemption_id"]] = dict(row)
+        for row in rows.values():
+            row["redeemed_at"] = _aware(row["redeemed_at"])
+            row["updated_at"] = _aware(row["updated_at"])
+        return redemptions_frame(list(rows.values()))
+
+    # -- Stripe customer mirror ---------------------------------------------------------------------
+    def replace_customers(self, rows: list[dict]) -> None:
+        """Make the mirror exactly this full listing of Stripe customers."""
+        now = _now()
+        records = [_customer_record(r, now) for r in rows]
+        with self.engine.begin() as conn:
+            _upsert(conn, customers, records, ["customer_id"])
+            conn.execute(customers.delete().where(customers.c.synced_at < now))
+            self._set(conn, "customers_refreshed_at", now.isoformat())
+
+    def upsert_customers(self, rows: list[dict]) -> None:
+        with self.engine.begin() as conn:
+            _upsert(conn, customers, [_customer_record(r, _now()) for r in rows], ["customer_id"])
+
+    def delete_customers(self, ids: list[str]) -> None:
+        with self.engine.begin() as conn:
+            for chunk in _chunks(ids):
+                conn.execute(customers.delete().where(customers.c.customer_id.in_(chunk)))
+
+    def load_customers(self) -> list[dict]:
+        """The mirror as Stripe-shaped dicts: id, email, created, metadata."""
+        with self.engine.connect() as conn:
+            return [
+                {"id": r.customer_id, "email": r.email, "created": r.created, "metadata": json.loads(r.metadata)}
+                for r in conn.execute(sa.select(customers))
+            ]
+
+    def customers_refreshed_at(self) -> datetime | None:
+        value = self.get_state("customers_refreshed_at")
+        return datetime.fromisoformat(value) if value else None
+
+    # -- ledger ---------------------------------------------------------------------------------------
+    def ledger_entries(self, op_keys: Iterable[str]) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(op_keys):
+                for row in conn.execute(sa.select(ledger).where(ledger.c.op_key.in_(chunk))).mappings():
+                    out[row["op_key"]] = dict(row)
+        return out
+
+    def ledger_for_target(self, target: str, kind: str) -> list[dict]:
+        with self.engine.connect() as conn:
+            query = sa.select(ledger).where(ledger.c.target == target, ledger.c.kind == kind)
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def record_planned(self, op_key: str, kind: str, target: str, params: dict, partition: str | None,
+                       run_id: str | None) -> None:
+        now = _now()
+        with self.engine.begin() as conn:
+            existing = conn.execute(sa.select(ledger.c.attempts).where(ledger.c.op_key == op_key)).scalar()
+            if existing is None:
+                conn.execute(ledger.insert().values(
+                    op_key=op_key, kind=kind, target=target, params=json.dumps(params, sort_keys=True),
+                    status="planned", partition=partition, run_id=run_id, attempts=1, created_at=now, updated_at=now))
+            else:
+                conn.execute(ledger.update().where(ledger.c.op_key == op_key).values(
+                    status="planned", run_id=run_id, attempts=existing + 1, error=None, updated_at=now))
+
+    def record_result(self, op_key: str, *, status: str, request_id: str | None = None,
+                      object_id: str | None = None, error: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(ledger.update().where(ledger.c.op_key == op_key).values(
+                status=status, stripe_request_id=request_id, stripe_object_id=object_id, error=error,
+                updated_at=_now()))
+
+    def ledger_frame(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.select(ledger).order_by(ledger.c.created_at), conn)
+
+    # -- quarantine -----------------------------------------------------------------------------------
+    def quarantine(self, source: str, bad: list[dict], partition: str | None, run_id: str | None) -> None:
+        now = _now()
+        rows = [{"source": source, "record_key": b["record_key"], "reason": b["reason"],
+                 "payload": json.dumps(b["payload"], sort_keys=True, default=str), "partition": partition,
+                 "run_id": run_id, "seen_at": now} for b in bad]
+        with self.engine.begin() as conn:
+            _upsert(conn, quarantine, rows, ["source", "record_key"])
+
+    def quarantined(self, source: str = "cardivo") -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.select(quarantine).where(quarantine.c.source == source), conn)
+
+    # -- small state (cursors) ---------------------------------------------------------------------
+    def get_state(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(kv.c.value).where(kv.c.key == key)).scalar()
+
+    def set_state(self, key: str, value: str) -> None:
+        with self.engine.begin() as conn:
+            self._set(conn, key, value)
+
+    @staticmethod
+    def _set(conn: sa.Connection, key: str, value: str) -> None:
+        _upsert(conn, kv, [{"key": key, "value": value}], ["key"])
+
+
+def _customer_record(row: dict, now: datetime) -> dict:
+    return {"customer_id": row["id"], "email": row.get("email"), "created": int(row.get("created") or 0),
+            "metadata": json.dumps(row.get("metadata") or {}, sort_keys=True), "synced_at": now}

@@ -1,0 +1,100 @@
+"""The Stripe client: the official SDK, a client-side rate limit, idempotent writes, no key in logs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Iterator
+
+import dagster as dg
+import stripe
+from pydantic import Field
+from pyrate_limiter import Duration, Limiter, Rate
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+# Every write's Stripe idempotency key is derived from the operation itself, so replaying the
+# same operation (a retried step, a rerun after a crash) is a no-op at Stripe.
+KEY_PREFIX = "giftflow"
+
+
+def idempotency_key(kind: str, target: str, params: dict[str, Any]) -> str:
+    blob = json.dumps([kind, target, params], sort_keys=True, separators=(",", ":"), default=str)
+    return f"{KEY_PREFIX}-{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:40]}"
+
+
+@dataclass
+class WriteResult:
+    object: dict
+    request_id: str | None
+
+
+@lru_cache(maxsize=16)
+def _limiter(per_second: int) -> Limiter:
+    # One limiter per process and rate: every resource instance in a run shares the budget.
+    return Limiter(Rate(per_second, Duration.SECOND))
+
+
+@lru_cache(maxsize=16)
+def _client(api_key: str, api_base: str | None, retries: int) -> stripe.StripeClient:
+    base = {"api": api_base.rstrip("/")} if api_base else None
+    return stripe.StripeClient(api_key, base_addresses=base, max_network_retries=retries)
+
+
+class StripeResource(dg.ConfigurableResource):
+    """Stripe through `stripe.StripeClient`, paced to `max_requests_per_second`."""
+
+    api_key: str = Field(description="Stripe secret or restricted key (STRIPE_API_KEY)")
+    api_base: str | None = Field(default=None, description="override of Stripe's API base (STRIPE_API_BASE)")
+    max_requests_per_second: int = Field(
+        default=20, ge=1, description="client-side limit; Stripe allows 25/s in test mode, 100/s live")
+    max_network_retries: int = Field(default=3, ge=0)
+
+    def __repr__(self) -> str:  # never print the key
+        return f"StripeResource(api_base={self.api_base!r}, max_requests_per_second={self.max_requests_per_second})"
+
+    @property
+    def client(self) -> stripe.StripeClient:
+        return _client(self.api_key, self.api_base or None, self.max_network_retries)
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        @retry(retry=retry_if_exception_type(stripe.RateLimitError), wait=wait_exponential_jitter(0.5, max=8),
+               stop=stop_after_attempt(6), reraise=True)
+        def paced():
+            _limiter(self.max_requests_per_second).try_acquire("stripe")
+            return fn()
+
+        return paced()
+
+    def iter_customers(self, page_size: int = 100) -> Iterator[tuple[list[dict], int]]:
+        """Every customer, one page at a time, with the page's call number."""
+        params: dict[str, Any] = {"limit": page_size}
+        calls = 0
+        while True:
+            page = self._call(lambda: self.client.v1.customers.list(params=dict(params)))
+            calls += 1
+            rows = [c.to_dict() for c in page.data]
+            yield rows, calls
+            if not page.has_more or not rows:
+                return
+            params["starting_after"] = rows[-1]["id"]
+
+    def list_customers_by_email(self, email: str) -> list[dict]:
+        """Customers whose e-mail is exactly `email` (Stripe's filter is case-sensitive)."""
+        page = self._call(lambda: self.client.v1.customers.list(params={"email": email, "limit": 100}))
+        return [c.to_dict() for c in page.data]
+
+    def create_customer(self, params: dict, key: str) -> WriteResult:
+        obj = self._call(lambda: self.client.v1.customers.create(params=params, options={"idempotency_key": key}))
+        return WriteResult(obj.to_dict(), _request_id(obj))
+
+    def update_customer(self, customer_id: str, params: dict, key: str) -> WriteResult:
+        obj = self._call(lambda: self.client.v1.customers.update(
+            customer_id, params=params, options={"idempotency_key": key}))
+        return WriteResult(obj.to_dict(), _request_id(obj))
+
+
+def _request_id(obj: Any) -> str | None:
+    response = getattr(obj, "last_response", None)
+    return getattr(response, "request_id", None)
