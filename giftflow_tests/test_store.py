@@ -1,0 +1,101 @@
+"""The store on real SQLite and a real PostgreSQL, and the repo's dagster.yaml on that PostgreSQL."""
+
+import shutil
+from datetime import datetime, timezone
+from urllib.parse import urlparse
+
+import pytest
+import sqlalchemy as sa
+
+from giftflow.core.redemptions import validate_redemptions
+from giftflow.resources.store import GiftflowStore
+from giftflow_tests.conftest import ROOT
+from giftflow_tests.factories import redemption
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        yield GiftflowStore(database_url=f"sqlite:///{tmp_path}/store.sqlite")
+        return
+    url = request.getfixturevalue("postgres_url")
+    name = f"t_{tmp_path.name.lower().replace('-', '_')}"[:60]
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    yield GiftflowStore(database_url=url.rsplit("/", 1)[0] + "/" + name)
+
+
+def test_redemptions_upsert_by_id_and_keep_only_last4(store):
+    record = redemption(email="Ana@X.com")
+    frame, _ = validate_redemptions([record])
+    store.upsert_redemptions(frame)
+    record.update(status="voided", updated_at="2026-11-21T00:00:00Z")
+    store.upsert_redemptions(validate_redemptions([record])[0])
+    start = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    loaded = store.load_redemptions(start=start, end=start.replace(day=21))
+    assert list(loaded["status"]) == ["voided"] and len(loaded) == 1
+    assert loaded.loc[0, "redeemed_at"] == datetime(2026, 11, 20, 14, 3, 11, tzinfo=timezone.utc)
+    with store.engine.connect() as conn:
+        dumped = str(conn.execute(sa.text("SELECT * FROM redemptions")).all())
+    assert record["gift_card"]["code"] not in dumped and record["gift_card"]["code"][-4:] in dumped
+    assert len(store.load_redemptions(emails=["ana@x.com"])) == 1
+    assert store.load_redemptions(emails=["other@x.com"]).empty
+
+
+def test_customer_mirror_replace_drops_deleted(store):
+    store.replace_customers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"k": "v"}},
+                             {"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {}}])
+    store.replace_customers([{"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {"n": "1"}}])
+    assert store.load_customers() == [{"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {"n": "1"}}]
+    assert store.customers_refreshed_at() is not None
+
+
+def test_ledger_lifecycle(store):
+    store.record_planned("k1", "update_customer", "cus_1", {"metadata": {"a": "1"}}, "2026-11-20", "run-1")
+    store.record_result("k1", status="failed", error="boom")
+    store.record_planned("k1", "update_customer", "cus_1", {"metadata": {"a": "1"}}, "2026-11-20", "run-2")
+    store.record_result("k1", status="sent", request_id="req_1", object_id="cus_1")
+    entry = store.ledger_entries(["k1", "nope"])
+    assert list(entry) == ["k1"]
+    assert (entry["k1"]["status"], entry["k1"]["attempts"], entry["k1"]["run_id"]) == ("sent", 2, "run-2")
+    assert entry["k1"]["stripe_request_id"] == "req_1" and entry["k1"]["error"] is None
+
+
+def test_quarantine_is_deduplicated_and_redacted(store):
+    bad = [{"record_key": "rdm_x", "reason": "amount: bad", "payload": {"gift_card": {"code": "…1234"}}}]
+    store.quarantine("cardivo", bad, "2026-11-20", "r1")
+    store.quarantine("cardivo", bad, "2026-11-20", "r2")
+    q = store.quarantined()
+    assert len(q) == 1 and q.loc[0, "run_id"] == "r2" and q.loc[0, "reason"] == "amount: bad"
+
+
+def test_state_roundtrip(store):
+    assert store.get_state("cursor") is None
+    store.set_state("cursor", "a")
+    store.set_state("cursor", "b")
+    assert store.get_state("cursor") == "b"
+
+
+def test_repo_dagster_yaml_runs_on_postgres(postgres_url, tmp_path, monkeypatch):
+    """The production instance file loads and stores runs and events in PostgreSQL."""
+    import dagster as dg
+
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    parsed = urlparse(postgres_url)
+    for name, value in {"HOST": parsed.hostname, "PORT": str(parsed.port), "USER": "postgres",
+                        "PASSWORD": "", "DB": "postgres"}.items():
+        monkeypatch.setenv(f"DAGSTER_POSTGRES_{name}", value)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+
+    @dg.asset
+    def probe() -> int:
+        return 1
+
+    with dg.DagsterInstance.get() as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        result = dg.materialize([probe], instance=instance)
+        assert result.success
+        assert instance.get_latest_materialization_event(dg.AssetKey("probe")) is not None
+        assert instance.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
