@@ -25,8 +25,13 @@ def _resources() -> dict:
     }
 
 
-defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([giftcard]),
-    jobs=[giftcard.giftcard_sync],
-    resources=_resources(),
-)
+def build_defs() -> dg.Definitions:
+    """The Definitions, with optional settings read from the environment now."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([giftcard]),
+        jobs=[giftcard.giftcard_sync],
+        resources=_resources(),
+    )
+
+
+defs = build_defs()
