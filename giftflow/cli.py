@@ -15,6 +15,7 @@ import httpx
 
 DEMO_CARDIVO_KEY = "cardivo_demo_key"
 DEMO_STRIPE_KEY = "sk_test_giftflow_demo"
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @contextlib.contextmanager
@@ -24,13 +25,13 @@ def simulators(days: list[date], seed: int, stripe_rps: float | None = None) -> 
     from giftflow.simulators.server import BackgroundServer
 
     world = dataset.build_world(seed, days)
-    cardivo_state = cardivo.CardivoState(world.redemptions)
+    cardivo_state = cardivo.CardivoState.from_world(world)
     stripe_state = stripe.StripeState(world.customers)
-    with BackgroundServer(cardivo.create_app(cardivo_state, DEMO_CARDIVO_KEY)) as cardivo_url, \
+    with BackgroundServer(cardivo.create_app(cardivo_state, DEMO_CARDIVO_KEY)) as cardivo_srv, \
             BackgroundServer(stripe.create_app(stripe_state, api_key=DEMO_STRIPE_KEY,
-                                               rate_limit_per_s=stripe_rps)) as stripe_url:
-        yield {"CARDIVO_API_BASE": cardivo_url, "CARDIVO_API_KEY": DEMO_CARDIVO_KEY,
-               "STRIPE_API_BASE": stripe_url, "STRIPE_API_KEY": DEMO_STRIPE_KEY}
+                                               rate_limit_per_s=stripe_rps)) as stripe_srv:
+        yield {"CARDIVO_API_BASE": cardivo_srv.base_url, "CARDIVO_API_KEY": DEMO_CARDIVO_KEY,
+               "STRIPE_API_BASE": stripe_srv.base_url, "STRIPE_API_KEY": DEMO_STRIPE_KEY}
 
 
 def _stripe_writes(env: dict[str, str]) -> int:
@@ -55,7 +56,8 @@ def _run_days(defs, instance, days: list[date], env: dict[str, str], label: str)
     total = 0
     for day in days:
         before = _stripe_writes(env)
-        result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False)
+        result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False,
+                                        run_config=QUIET)
         writes = _stripe_writes(env) - before
         total += writes
         fetched = _metadata(result, "cardivo_redemptions")
@@ -116,7 +118,7 @@ def simulate(args: argparse.Namespace) -> int:
     today = datetime.now(timezone.utc).date()
     world = dataset.build_world(args.seed, [today - timedelta(days=n) for n in range(args.days, -1, -1)])
     if args.system == "cardivo":
-        app = cardivo.create_app(cardivo.CardivoState(world.redemptions), args.api_key or DEMO_CARDIVO_KEY,
+        app = cardivo.create_app(cardivo.CardivoState.from_world(world), args.api_key or DEMO_CARDIVO_KEY,
                                  latency_s=args.latency, error_rate=args.error_rate,
                                  rate_limit_rate=args.rate_limit_rate, max_page_size=args.page_size)
     else:
