@@ -1,0 +1,28 @@
+"""`giftflow demo` as a user runs it: a subprocess with nothing but the installed package."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_runs_and_the_rerun_writes_nothing(tmp_path):
+    exe = Path(sys.executable).with_name("giftflow")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIFTFLOW_", "STRIPE_", "CARDIVO_", "DAGSTER_"))}
+    env["TMPDIR"] = str(tmp_path)
+    done = subprocess.run([str(exe), "demo", "--days", "2"], capture_output=True, text=True, timeout=240, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "First run: giftcard_sync per day" in out
+    first, second = out.split("Second run")
+    assert int(first.split("Stripe writes in total:")[1].split()[0]) > 0
+    assert "Stripe writes in total: 0" in second
+    assert "OK: the rerun made 0 Stripe writes" in out
+    assert "sk_test" not in out + done.stderr  # the demo's key never shows
+
+
+def test_unknown_command_is_a_usage_error():
+    exe = Path(sys.executable).with_name("giftflow")
+    done = subprocess.run([str(exe), "frobnicate"], capture_output=True, text=True)
+    assert done.returncode == 2 and "invalid choice" in done.stderr

@@ -1,0 +1,220 @@
+"""The whole giftcard_sync job through Dagster against the simulators over HTTP.
+
+Expected Stripe state comes from an independent, loop-by-loop reading of the contract (`expected_metadata`),
+not from giftflow's own reconcile code.
+"""
+
+from datetime import date, datetime, timezone
+
+import dagster as dg
+import httpx
+import pytest
+
+from giftflow.definitions import build_defs
+from giftflow.simulators import cardivo, dataset, stripe
+from giftflow.simulators.server import BackgroundServer
+
+DAYS = [date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 21)]
+KEYS = ("giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions", "giftcard_last_redeemed_at",
+        "giftcard_last4")
+
+
+class Sims:
+    def __init__(self, world, stripe_rps=None):
+        self.cardivo_state = cardivo.CardivoState.from_world(world)
+        self.stripe_state = stripe.StripeState(world.customers)
+        self._servers = [BackgroundServer(cardivo.create_app(self.cardivo_state, "ck")),
+                         BackgroundServer(stripe.create_app(self.stripe_state, api_key="sk_test_x",
+                                                            rate_limit_per_s=stripe_rps))]
+
+    def __enter__(self):
+        self.cardivo_url, self.stripe_url = (s.start() for s in self._servers)
+        return self
+
+    def __exit__(self, *exc):
+        for s in self._servers:
+            s.stop()
+
+    def writes(self) -> int:
+        return self.stripe_state.stats()["writes"]
+
+
+@pytest.fixture
+def world():
+    return dataset.build_world(11, DAYS)
+
+
+@pytest.fixture
+def sims(world, monkeypatch, tmp_path):
+    with Sims(world) as s:
+        env = {"CARDIVO_API_BASE": s.cardivo_url, "CARDIVO_API_KEY": "ck", "STRIPE_API_BASE": s.stripe_url,
+               "STRIPE_API_KEY": "sk_test_x", "GIFTFLOW_DATABASE_URL": f"sqlite:///{tmp_path}/giftflow.sqlite",
+               "DAGSTER_HOME": str(tmp_path)}
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.delenv("GIFTFLOW_DRY_RUN", raising=False)
+        monkeypatch.delenv("GIFTFLOW_SYNC_MODE", raising=False)
+        yield s
+
+
+def run(days, instance, **env):
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        job = build_defs().resolve_job_def("giftcard_sync")
+        return [job.execute_in_process(partition_key=d.isoformat(), instance=instance, raise_on_error=False)
+                for d in days]
+
+
+def expected_metadata(redemptions, customers):
+    """The contract, read plainly: customer id -> wanted gift-card metadata (None = key absent)."""
+    by_id = {c["id"]: c for c in customers}
+    by_email = {}
+    for c in sorted(customers, key=lambda c: (c["created"], c["id"])):
+        if c.get("email"):
+            by_email[c["email"].strip().lower()] = c["id"]  # newest wins
+    mine = {}
+    for r in redemptions:
+        cid = r["stripe_customer_id"] if r["stripe_customer_id"] in by_id else None
+        email = ((r.get("customer") or {}).get("email") or "").strip().lower()
+        cid = cid or by_email.get(email)
+        if cid:
+            mine.setdefault(cid, []).append(r)
+    out = {}
+    for cid, rs in mine.items():
+        done = [r for r in rs if r["status"] == "completed"]
+        if len({r["currency"] for r in done}) > 1:
+            out[cid] = "multi_currency"
+            continue
+        if not done:
+            out[cid] = {"giftcard_redeemed_total": "0", "giftcard_redemptions": "0", "giftcard_currency": None,
+                        "giftcard_last_redeemed_at": None, "giftcard_last4": None}
+            continue
+        last = max(done, key=lambda r: (r["redeemed_at"], r["id"]))
+        out[cid] = {"giftcard_redeemed_total": str(sum(r["amount"] for r in done)),
+                    "giftcard_redemptions": str(len(done)), "giftcard_currency": done[0]["currency"],
+                    "giftcard_last_redeemed_at": last["redeemed_at"], "giftcard_last4": last["gift_card"]["code"][-4:]}
+    return out
+
+
+def stripe_metadata(sims):
+    return {c["id"]: {k: c["metadata"].get(k) for k in KEYS} for c in sims.stripe_state.customers()}
+
+
+def test_partitions_out_of_order_reach_the_contract_state_and_rerun_writes_nothing(sims, world):
+    instance = dg.DagsterInstance.ephemeral()
+    results = run([DAYS[2], DAYS[0], DAYS[3], DAYS[1]], instance)
+    assert all(r.success for r in results)
+    assert sims.writes() > 0
+
+    expected = expected_metadata(world.redemptions, world.customers)
+    actual = stripe_metadata(sims)
+    assert any(v == "multi_currency" for v in expected.values())
+    for cid, want in expected.items():
+        if want == "multi_currency":
+            assert actual[cid] == {k: None for k in KEYS}, cid  # reported, never written
+        else:
+            assert actual[cid] == want, cid
+    untouched = set(actual) - set(expected)
+    assert untouched and all(actual[c] == {k: None for k in KEYS} for c in untouched)
+
+    before = sims.writes()
+    assert all(r.success for r in run(DAYS, instance))
+    assert sims.writes() == before  # counted at the server
+
+
+def test_a_late_void_changes_an_old_day(sims, world):
+    instance = dg.DagsterInstance.ephemeral()
+    run(DAYS, instance)
+    victim = next(r for r in world.redemptions if r["status"] == "completed" and r["stripe_customer_id"] is None
+                  and r["customer"] and r["customer"]["email"]
+                  and expected_metadata(world.redemptions, world.customers).get(
+                      _customer_of(r, world)) not in (None, "multi_currency"))
+    cid = _customer_of(victim, world)
+    sims.cardivo_state.void(victim["id"], datetime(2026, 11, 24, tzinfo=timezone.utc))
+    day = date.fromisoformat(victim["redeemed_at"][:10])
+    assert run([day], instance)[0].success
+    voided = [r if r["id"] != victim["id"] else {**r, "status": "voided"} for r in world.redemptions]
+    assert stripe_metadata(sims)[cid] == expected_metadata(voided, world.customers)[cid]
+
+
+def _customer_of(redemption, world):
+    email = redemption["customer"]["email"].strip().lower()
+    matches = sorted((c for c in world.customers if (c.get("email") or "").strip().lower() == email),
+                     key=lambda c: (c["created"], c["id"]))
+    return matches[-1]["id"] if matches else None
+
+
+def test_dry_run_plans_everything_and_writes_nothing(sims):
+    results = run(DAYS[:2], dg.DagsterInstance.ephemeral(), GIFTFLOW_DRY_RUN="true")
+    assert all(r.success for r in results)
+    assert sims.writes() == 0
+    mat = results[0].asset_materializations_for_node("giftcard_customer_updates")[0]
+    assert mat.metadata["would_update"].value > 0 and mat.metadata["dry_run"].value is True
+
+
+def test_upsert_creates_each_missing_customer_once_across_reruns(sims, world):
+    instance = dg.DagsterInstance.ephemeral()
+    run(DAYS, instance, GIFTFLOW_SYNC_MODE="upsert")
+    created = [c for c in sims.stripe_state.customers() if c["id"] not in {w["id"] for w in world.customers}]
+    assert created
+    emails = [c["email"] for c in created]
+    assert len(emails) == len(set(emails))
+    before = sims.writes()
+    run(list(reversed(DAYS)), instance, GIFTFLOW_SYNC_MODE="upsert")
+    assert sims.writes() == before
+    assert len(sims.stripe_state.customers()) == len(world.customers) + len(created)
+
+
+def test_crash_between_create_and_ledger_does_not_create_twice(sims, world, tmp_path):
+    """A create that reached Stripe but never got recorded as sent is found, not repeated."""
+    from giftflow.resources.store import GiftflowStore
+
+    instance = dg.DagsterInstance.ephemeral()
+    run(DAYS[:1], instance, GIFTFLOW_SYNC_MODE="upsert")
+    store = GiftflowStore(database_url=f"sqlite:///{tmp_path}/giftflow.sqlite")
+    ledger = store.ledger_frame()
+    creates = ledger[ledger["kind"] == "create_customer"]
+    assert len(creates)
+    # Simulate the crash: the create happened at Stripe, the ledger still says planned, the mirror never saw it.
+    for key in creates["op_key"]:
+        store.record_result(key, status="planned")
+    store.delete_customers(list(creates["stripe_object_id"]))
+    customers_before = len(sims.stripe_state.customers())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GIFTFLOW_SYNC_MODE", "upsert")
+        mp.setenv("GIFTFLOW_CUSTOMER_MIRROR_MAX_AGE_S", "3600")  # keep the stale mirror: the worst case
+        job = build_defs().resolve_job_def("giftcard_sync")
+        assert job.execute_in_process(partition_key=DAYS[0].isoformat(), instance=instance).success
+    assert len(sims.stripe_state.customers()) == customers_before
+
+
+def test_failed_writes_fail_the_step_and_a_retry_sends_only_those(sims, world):
+    instance = dg.DagsterInstance.ephemeral()
+    expected = expected_metadata(world.redemptions, world.customers)
+    victim, partition = next((c["id"], d.isoformat()) for d in DAYS for c in world.customers
+                             if isinstance(expected.get(c["id"]), dict) and _touches(world, c["id"], d))
+    # Stripe refuses writes to one customer: delete it at Stripe after the mirror was taken.
+    job = build_defs().resolve_job_def("giftcard_sync")
+    first = job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False,
+                                   op_selection=["cardivo_redemptions", "stripe_customers", "giftcard_customer_plan"])
+    assert first.success
+    deleted = httpx.delete(f"{sims.stripe_url}/v1/customers/{victim}", headers={"Authorization": "Bearer sk_test_x"})
+    assert deleted.json()["deleted"] is True
+    failing = job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False,
+                                     op_selection=["giftcard_customer_updates"])
+    assert not failing.success
+    failure = [e for e in failing.all_events if e.event_type_value == "STEP_FAILURE"][0]
+    assert "failed" in failure.step_failure_data.error.message
+    sent = sims.writes()
+    assert sent > 1  # the other customers' writes went out
+    again = job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False,
+                                   op_selection=["giftcard_customer_updates"])
+    assert not again.success  # still fails for the deleted customer
+    assert sims.writes() == sent  # and resent nothing that had gone out
+
+
+def _touches(world, cid, day):
+    email = next(c["email"] for c in world.customers if c["id"] == cid).strip().lower()
+    return any(r["redeemed_at"].startswith(day.isoformat()) and r["customer"]
+               and (r["customer"].get("email") or "").strip().lower() == email for r in world.redemptions)
