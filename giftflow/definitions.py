@@ -6,7 +6,7 @@ import dagster as dg
 
 from giftflow.assets import giftcard
 from giftflow.resources.cardivo import CardivoResource
-from giftflow.resources.settings import SyncSettings
+from giftflow.resources.settings import Settings
 from giftflow.resources.store import GiftflowStore
 from giftflow.resources.stripe import StripeResource
 
@@ -21,7 +21,7 @@ def _resources() -> dict:
             max_requests_per_second=int(os.environ.get("GIFTFLOW_STRIPE_MAX_RPS", "20")),
         ),
         "store": GiftflowStore(database_url=os.environ.get("GIFTFLOW_DATABASE_URL") or None),
-        "settings": SyncSettings.from_env(),
+        "settings": Settings.from_env(),
     }
 
 

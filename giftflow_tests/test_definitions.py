@@ -5,7 +5,7 @@ import pytest
 
 import giftflow
 from giftflow.definitions import build_defs
-from giftflow.resources.settings import SyncSettings
+from giftflow.resources.settings import Settings
 
 
 def test_defs_load_and_jobs_resolve():
@@ -34,5 +34,5 @@ def test_bad_settings_fail_loudly(monkeypatch, name, value):
 def test_settings_from_env(monkeypatch):
     monkeypatch.setenv("GIFTFLOW_SYNC_MODE", "Upsert")
     monkeypatch.setenv("GIFTFLOW_DRY_RUN", "TRUE")
-    settings = SyncSettings.from_env()
+    settings = Settings.from_env()
     assert (settings.sync_mode, settings.dry_run) == ("upsert", True)

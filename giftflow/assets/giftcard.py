@@ -10,7 +10,7 @@ from giftflow.core.reconcile import customers_frame, match_redemptions, plan_cus
 from giftflow.core.redemptions import validate_redemptions
 from giftflow.partitions import daily
 from giftflow.resources.cardivo import CardivoResource
-from giftflow.resources.settings import SyncSettings
+from giftflow.resources.settings import Settings
 from giftflow.resources.store import GiftflowStore
 from giftflow.resources.stripe import StripeResource
 
@@ -56,7 +56,7 @@ def cardivo_redemptions(context: dg.AssetExecutionContext, cardivo: CardivoResou
                 "filter is case-sensitive, so matching by normalised e-mail needs the full list.",
 )
 def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResource, store: GiftflowStore,
-                     settings: SyncSettings) -> dg.MaterializeResult:
+                     settings: Settings) -> dg.MaterializeResult:
     refreshed = store.customers_refreshed_at()
     age = (datetime.now(timezone.utc) - refreshed).total_seconds() if refreshed else None
     if age is not None and age < settings.customer_mirror_max_age_s:
@@ -77,7 +77,7 @@ def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResour
                 "update, none, or skip with a reason (unmatched, anonymous, multi_currency).",
 )
 def giftcard_customer_plan(context: dg.AssetExecutionContext, store: GiftflowStore,
-                           settings: SyncSettings) -> dg.Output[pd.DataFrame]:
+                           settings: Settings) -> dg.Output[pd.DataFrame]:
     window = context.partition_time_window
     customers = customers_frame(store.load_customers())
     day = store.load_redemptions(start=window.start, end=window.end)
@@ -104,7 +104,7 @@ def giftcard_customer_plan(context: dg.AssetExecutionContext, store: GiftflowSto
 )
 def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_customer_plan: pd.DataFrame,
                               stripe_api: StripeResource, store: GiftflowStore,
-                              settings: SyncSettings) -> dg.MaterializeResult:
+                              settings: Settings) -> dg.MaterializeResult:
     report = apply_customer_plan(giftcard_customer_plan, stripe_api, store, dry_run=settings.dry_run,
                                  partition=context.partition_key, run_id=context.run_id, log=context.log)
     metadata = {"dry_run": settings.dry_run, "sent": report.writes, **dict(report.counts)}

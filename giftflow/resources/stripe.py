@@ -67,18 +67,43 @@ class StripeResource(dg.ConfigurableResource):
 
         return paced()
 
-    def iter_customers(self, page_size: int = 100) -> Iterator[tuple[list[dict], int]]:
-        """Every customer, one page at a time, with the page's call number."""
-        params: dict[str, Any] = {"limit": page_size}
+    def _pages(self, lister: Callable[..., Any], params: dict[str, Any]) -> Iterator[tuple[list[dict], int]]:
+        """Every object of a list endpoint, one page at a time, with the running call count."""
+        params = {"limit": 100, **params}
         calls = 0
         while True:
-            page = self._call(lambda: self.client.v1.customers.list(params=dict(params)))
+            page = self._call(lambda: lister(params=dict(params)))
             calls += 1
-            rows = [c.to_dict() for c in page.data]
+            rows = [o.to_dict() for o in page.data]
             yield rows, calls
             if not page.has_more or not rows:
                 return
             params["starting_after"] = rows[-1]["id"]
+
+    def list_all(self, kind: str, **params: Any) -> tuple[list[dict], int]:
+        """All objects of `kind` (customers, payment_intents, charges, early_fraud_warnings, events,
+        refunds) matching `params`, and the calls it took."""
+        lister = {
+            "customers": self.client.v1.customers.list,
+            "payment_intents": self.client.v1.payment_intents.list,
+            "charges": self.client.v1.charges.list,
+            "early_fraud_warnings": self.client.v1.radar.early_fraud_warnings.list,
+            "events": self.client.v1.events.list,
+            "refunds": self.client.v1.refunds.list,
+        }[kind]
+        rows, calls = [], 0
+        for page, calls in self._pages(lister, params):
+            rows += page
+        return rows, calls
+
+    def iter_customers(self, page_size: int = 100) -> Iterator[tuple[list[dict], int]]:
+        """Every customer, one page at a time, with the running call count."""
+        return self._pages(self.client.v1.customers.list, {"limit": page_size})
+
+    def retrieve(self, kind: str, object_id: str) -> dict:
+        service = {"customers": self.client.v1.customers, "charges": self.client.v1.charges,
+                   "payment_intents": self.client.v1.payment_intents}[kind]
+        return self._call(lambda: service.retrieve(object_id)).to_dict()
 
     def list_customers_by_email(self, email: str) -> list[dict]:
         """Customers whose e-mail is exactly `email` (Stripe's filter is case-sensitive)."""
@@ -87,6 +112,10 @@ class StripeResource(dg.ConfigurableResource):
 
     def create_customer(self, params: dict, key: str) -> WriteResult:
         obj = self._call(lambda: self.client.v1.customers.create(params=params, options={"idempotency_key": key}))
+        return WriteResult(obj.to_dict(), _request_id(obj))
+
+    def create_refund(self, params: dict, key: str) -> WriteResult:
+        obj = self._call(lambda: self.client.v1.refunds.create(params=params, options={"idempotency_key": key}))
         return WriteResult(obj.to_dict(), _request_id(obj))
 
     def update_customer(self, customer_id: str, params: dict, key: str) -> WriteResult:
