@@ -26,7 +26,7 @@ def simulators(days: list[date], seed: int, stripe_rps: float | None = None) -> 
 
     world = dataset.build_world(seed, days)
     cardivo_state = cardivo.CardivoState.from_world(world)
-    stripe_state = stripe.StripeState(world.customers)
+    stripe_state = stripe.StripeState.from_world(world)
     with BackgroundServer(cardivo.create_app(cardivo_state, DEMO_CARDIVO_KEY)) as cardivo_srv, \
             BackgroundServer(stripe.create_app(stripe_state, api_key=DEMO_STRIPE_KEY,
                                                rate_limit_per_s=stripe_rps)) as stripe_srv:
@@ -122,7 +122,7 @@ def simulate(args: argparse.Namespace) -> int:
                                  latency_s=args.latency, error_rate=args.error_rate,
                                  rate_limit_rate=args.rate_limit_rate, max_page_size=args.page_size)
     else:
-        app = stripe.create_app(stripe.StripeState(world.customers), api_key=args.api_key,
+        app = stripe.create_app(stripe.StripeState.from_world(world), api_key=args.api_key,
                                 rate_limit_per_s=args.rate_limit)
     print(f"{args.system} simulator on http://127.0.0.1:{args.port}", flush=True)
     serve_forever(app, args.port)

@@ -4,9 +4,10 @@ import os
 
 import dagster as dg
 
-from giftflow.assets import giftcard
+from giftflow.assets import giftcard, workflows
 from giftflow.resources.cardivo import CardivoResource
-from giftflow.resources.settings import Settings
+from giftflow.resources.notifier import Notifier
+from giftflow.resources.settings import Settings, env_bool
 from giftflow.resources.store import GiftflowStore
 from giftflow.resources.stripe import StripeResource
 
@@ -22,14 +23,22 @@ def _resources() -> dict:
         ),
         "store": GiftflowStore(database_url=os.environ.get("GIFTFLOW_DATABASE_URL") or None),
         "settings": Settings.from_env(),
+        "notifier": Notifier(
+            smtp_host=os.environ.get("GIFTFLOW_SMTP_HOST") or None,
+            smtp_port=int(os.environ.get("GIFTFLOW_SMTP_PORT", "587")),
+            smtp_user=os.environ.get("GIFTFLOW_SMTP_USER") or None,
+            smtp_password=dg.EnvVar("GIFTFLOW_SMTP_PASSWORD") if os.environ.get("GIFTFLOW_SMTP_PASSWORD") else None,
+            smtp_starttls=env_bool("GIFTFLOW_SMTP_STARTTLS", default=True),
+            mail_from=os.environ.get("GIFTFLOW_MAIL_FROM") or "giftflow@localhost",
+        ),
     }
 
 
 def build_defs() -> dg.Definitions:
     """The Definitions, with optional settings read from the environment now."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([giftcard]),
-        jobs=[giftcard.giftcard_sync],
+        assets=dg.load_assets_from_modules([giftcard, workflows]),
+        jobs=[giftcard.giftcard_sync, workflows.stripe_workflows],
         resources=_resources(),
     )
 

@@ -254,13 +254,16 @@ def test_stripe_create_retrieve_update_delete(stripe_api):
     assert client.v1.customers.update(created.id, params={"metadata": ""}).to_dict()["metadata"] == {}
     deleted = client.v1.customers.delete(created.id).to_dict()
     assert deleted == {"id": created.id, "object": "customer", "deleted": True}
+    # a deleted customer still retrieves, as its tombstone; updating it is a 404
+    assert client.v1.customers.retrieve(created.id).to_dict() == deleted and state.get(created.id) is None
     with pytest.raises(stripe.InvalidRequestError) as missing:
-        client.v1.customers.retrieve(created.id)
+        client.v1.customers.update(created.id, params={"name": "x"})
     assert missing.value.http_status == 404 and missing.value.code == "resource_missing"
     error = missing.value.json_body["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == "id" and created.id in error["message"]
-    with pytest.raises(stripe.InvalidRequestError):
-        client.v1.customers.update(created.id, params={"name": "x"})
+    with pytest.raises(stripe.InvalidRequestError) as never:
+        client.v1.customers.retrieve("cus_never")
+    assert never.value.http_status == 404 and never.value.code == "resource_missing"
     for params in ({"limit": 0}, {"limit": 101}, {"colour": "red"}, {"created": {"after": 1}}):
         with pytest.raises(stripe.InvalidRequestError) as bad:
             client.v1.customers.list(params=params)

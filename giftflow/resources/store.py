@@ -78,6 +78,17 @@ quarantine = sa.Table(
     sa.Column("seen_at", TS, nullable=False),
 )
 
+# Payment intents, charges and early fraud warnings as Stripe returned them, for the workflows.
+stripe_objects = sa.Table(
+    "stripe_objects", metadata_obj,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("object_id", sa.String(64), primary_key=True),
+    sa.Column("created", sa.BigInteger, nullable=False, index=True),
+    sa.Column("customer_id", sa.String(64), index=True),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("synced_at", TS, nullable=False),
+)
+
 kv = sa.Table(
     "giftflow_state", metadata_obj,
     sa.Column("key", sa.String(128), primary_key=True),
@@ -213,6 +224,29 @@ class GiftflowStore(dg.ConfigurableResource):
     def customers_refreshed_at(self) -> datetime | None:
         value = self.get_state("customers_refreshed_at")
         return datetime.fromisoformat(value) if value else None
+
+    # -- Stripe objects (workflows) -----------------------------------------------------------------
+    def upsert_objects(self, kind: str, rows: list[dict]) -> None:
+        now = _now()
+        records = [{"kind": kind, "object_id": r["id"], "created": int(r["created"]),
+                    "customer_id": r.get("customer") if isinstance(r.get("customer"), str) else None,
+                    "data": json.dumps(r, sort_keys=True, default=str), "synced_at": now} for r in rows]
+        with self.engine.begin() as conn:
+            _upsert(conn, stripe_objects, records, ["kind", "object_id"])
+
+    def load_objects(self, kind: str, *, created_gte: int | None = None, created_lt: int | None = None,
+                     ids: Iterable[str] | None = None, customer_ids: Iterable[str] | None = None) -> list[dict]:
+        t = stripe_objects
+        base = sa.select(t.c.data).where(t.c.kind == kind)
+        if created_gte is not None:
+            base = base.where(t.c.created >= created_gte, t.c.created < created_lt)
+        queries = [base]
+        if ids is not None:
+            queries = [base.where(t.c.object_id.in_(c)) for c in _chunks(ids)]
+        elif customer_ids is not None:
+            queries = [base.where(t.c.customer_id.in_(c)) for c in _chunks(customer_ids)]
+        with self.engine.connect() as conn:
+            return [json.loads(row.data) for q in queries for row in conn.execute(q)]
 
     # -- ledger ---------------------------------------------------------------------------------------
     def ledger_entries(self, op_keys: Iterable[str]) -> dict[str, dict]:

@@ -1,4 +1,5 @@
-"""A seeded, coherent world of Stripe customers and Cardivo redemptions, with the untidiness of real data."""
+"""A seeded, coherent world of Stripe customers, payments and fraud warnings and Cardivo redemptions, with the
+untidiness of real data."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ LOCATIONS = ["online", "online", "store_soho", "store_midtown", "kiosk_airport"]
 INITIAL_VALUES = {"usd": [2500, 5000, 10000, 20000], "eur": [2500, 5000, 10000], "jpy": [3000, 5000, 10000, 20000]}
 MIN_AMOUNT = 100  # cents, or yen (jpy has no minor unit)
 MAX_AMOUNT = {"usd": 15000, "eur": 12000, "jpy": 15000}
+FRAUD_TYPES = ["made_with_stolen_card", "made_with_stolen_card", "unauthorized_use_of_card", "card_never_received",
+               "made_with_lost_card", "misc"]
+REFUND_REASONS = ["requested_by_customer", "requested_by_customer", "duplicate", None]
 _CODE_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no I/O/0/1: codes are read aloud and typed
 _ID_CHARS = string.ascii_letters + string.digits
 
@@ -44,6 +48,11 @@ class World:
     customers: list[dict]  # Stripe customers (id, email, name, phone, created, metadata)
     redemptions: list[dict]  # Cardivo Redemptions, oldest first
     gift_cards: list[dict]  # Cardivo "Find Gift Card" objects, balances after every redemption and void
+    # Stripe payments, oldest first (`created`, unix seconds, within the world's UTC days); load them with
+    # `StripeState.from_world`. Charges carry their refunds in `refunds.data`, newest first, as Stripe does.
+    payment_intents: list[dict] = field(default_factory=list)
+    charges: list[dict] = field(default_factory=list)
+    early_fraud_warnings: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -110,8 +119,10 @@ def _day_seconds(rng: random.Random, n: int) -> list[int]:
     return [0, *sorted(rng.sample(range(1, 86399), n - 2)), 86399]
 
 
-def build_world(seed: int, days: list[date], redemptions_per_day: int = 40, customers: int = 60) -> World:
-    """One coherent, deterministic world: the same seed and arguments give the same customers and redemptions."""
+def build_world(seed: int, days: list[date], redemptions_per_day: int = 40, customers: int = 60,
+                payments_per_day: int = 20) -> World:
+    """One coherent, deterministic world: the same seed and arguments give the same customers and redemptions
+    (payments come from a separate random stream: `payments_per_day` does not move them)."""
     if customers < 8:
         raise ValueError("customers must be at least 8")
     rng, days = random.Random(seed), sorted(days)
@@ -220,4 +231,109 @@ def build_world(seed: int, days: list[date], redemptions_per_day: int = 40, cust
             "created_at": format_time(card.created_at),
             "expires_at": format_time(card.created_at + timedelta(days=730)) if rng.random() < 0.7 else None,
         })
-    return World(seed, days, stripe_customers, [r for r, _ in redemptions], gift_cards)
+    return World(seed, days, stripe_customers, [r for r, _ in redemptions], gift_cards,
+                 *_payments(seed, days, stripe_customers, payments_per_day))
+
+
+def _payments(seed: int, days: list[date], customers: list[dict], per_day: int) -> tuple[list, list, list]:
+    """Payment intents (most succeeded, every day some on each side of 100000 and 200000 usd cents, some in eur,
+    some without customer), their charges (some partly or fully refunded, a few disputed) and early fraud
+    warnings: every day on small (< 1500 unrefunded) and large charges, and once in a world each on a charge
+    partly refunded to under 1500, a fully refunded one, a disputed one, a small eur one and one of exactly 1500."""
+    rng = random.Random(f"giftflow-payments-{seed}")
+    ids = _Ids(rng)
+    customer_ids = [c["id"] for c in customers]
+    world_end = int(datetime.combine(days[-1], time(23, 59, 59), timezone.utc).timestamp())
+    intents: list[dict] = []
+    charges: list[dict] = []
+    warnings: list[dict] = []
+
+    def pay(at: int, currency: str, amount: int, with_customer: bool = True, status: str = "succeeded") -> dict | None:
+        order = f"{rng.randrange(100000, 999999)}"
+        pi = {"id": ids.new("pi_", 24), "object": "payment_intent", "amount": amount, "amount_received": 0,
+              "currency": currency, "customer": rng.choice(customer_ids) if with_customer else None, "created": at,
+              "status": status, "latest_charge": None, "payment_method": None, "description": f"Order #{order}",
+              "metadata": {"order_id": order}, "canceled_at": None, "cancellation_reason": None}
+        intents.append(pi)
+        if status == "canceled":
+            pi.update(canceled_at=min(at + rng.randint(900, 86400), max(at, world_end)),
+                      cancellation_reason="abandoned")
+        if status != "succeeded":
+            return None
+        charge_id = ids.new("ch_", 24)
+        pi.update(amount_received=amount, latest_charge=charge_id, payment_method=ids.new("pm_", 24))
+        charges.append({
+            "id": charge_id, "object": "charge", "amount": amount, "amount_captured": amount, "amount_refunded": 0,
+            "refunded": False, "disputed": False, "currency": currency, "customer": pi["customer"],
+            "payment_intent": pi["id"], "payment_method": pi["payment_method"], "created": at,
+            "description": pi["description"], "metadata": dict(pi["metadata"]), "status": "succeeded", "paid": True,
+            "refunds": {"object": "list", "data": [], "has_more": False, "total_count": 0,
+                        "url": f"/v1/charges/{charge_id}/refunds"}})
+        return charges[-1]
+
+    def refund(charge: dict, amount: int, at: int) -> None:
+        charge["refunds"]["data"].insert(0, {
+            "id": ids.new("re_", 24), "object": "refund", "amount": amount, "charge": charge["id"],
+            "payment_intent": charge["payment_intent"], "currency": charge["currency"], "customer": charge["customer"],
+            "created": min(at, max(world_end, charge["created"])), "reason": rng.choice(REFUND_REASONS),
+            "status": "succeeded", "metadata": {}})
+        charge["refunds"]["total_count"] += 1
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+
+    def warn(charge: dict, at: int) -> None:
+        warnings.append({"id": ids.new("issfr_", 24), "object": "radar.early_fraud_warning", "charge": charge["id"],
+                         "payment_intent": charge["payment_intent"], "fraud_type": rng.choice(FRAUD_TYPES),
+                         "actionable": not (charge["refunded"] or charge["disputed"]), "created": at,
+                         "livemode": False})
+
+    # once in a world each, on days in turn: (kind, currency, amount, with customer)
+    specials = [("partly_refunded", "usd", 3000, True), ("fully_refunded", "usd", rng.randint(1000, 8000), True),
+                ("disputed", "usd", rng.randint(500, 1499), True), ("small", "eur", rng.randint(500, 1499), True),
+                ("small", "usd", 1500, True), ("small", "usd", rng.randint(500, 1499), False)]
+    for i, day in enumerate(days):
+        midnight = int(datetime.combine(day, time(), timezone.utc).timestamp())
+        specs = [("usd", 100000, True), ("usd", rng.randint(100001, 199999), True), ("usd", 200000, True),
+                 ("usd", rng.randint(200001, 900000), True), ("usd", rng.randint(200001, 500000), False),
+                 ("usd", rng.randint(90000, 99999), True), ("eur", rng.randint(100001, 400000), True),
+                 ("usd", rng.randint(200001, 400000), True, "requires_payment_method")]
+        while len(specs) < per_day:
+            currency = rng.choices(["usd", "eur"], [85, 15])[0]
+            size = rng.choices([(500, 1499), (1500, 25000), (25000, 95000), (100001, 300000)], [25, 52, 20, 3])[0]
+            specs.append((currency, rng.randint(*size), rng.random() < 0.88,
+                          rng.choices(["succeeded", "requires_payment_method", "canceled"], [88, 7, 5])[0]))
+        rng.shuffle(specs)
+        for second, spec in zip(_day_seconds(rng, len(specs)), specs):
+            charge = pay(midnight + second, *spec)
+            r = rng.random()
+            if charge is None:
+                continue
+            if r < 0.08:
+                refund(charge, max(1, charge["amount"] * rng.choice([10, 25, 50]) // 100), charge["created"] +
+                       rng.randint(600, 3 * 86400))
+            elif r < 0.12:
+                refund(charge, charge["amount"], charge["created"] + rng.randint(600, 3 * 86400))
+            elif r < 0.15:
+                charge["disputed"] = True
+        # warnings arrive hours after their charge: two small, one large and the specials of the day
+        targets = [("small", "usd", rng.randint(500, 1499), True), ("small", "usd", rng.randint(500, 1499), True),
+                   ("large", "usd", rng.randint(30000, 95000), True)]
+        targets += [s for j, s in enumerate(specials) if j % len(days) == i]
+        for kind, currency, amount, with_customer in targets:
+            at = midnight + rng.randrange(72000)
+            charge = pay(at, currency, amount, with_customer)
+            if kind == "partly_refunded":
+                refund(charge, 2000, at + rng.randint(60, 3000))
+            elif kind == "fully_refunded":
+                refund(charge, amount, at + rng.randint(60, 3000))
+            elif kind == "disputed":
+                charge["disputed"] = True
+            warn(charge, at + rng.randint(3600, 14400))
+        # and one comes days late, on a charge of an earlier day
+        warned = {w["charge"] for w in warnings}
+        earlier = [c for c in charges if c["created"] < midnight and c["currency"] == "usd" and c["amount"] >= 1500
+                   and not c["amount_refunded"] and not c["disputed"] and c["id"] not in warned]
+        if earlier:
+            warn(rng.choice(earlier), midnight + rng.randrange(86400))
+    by_created = lambda o: (o["created"], o["id"])  # noqa: E731
+    return sorted(intents, key=by_created), sorted(charges, key=by_created), sorted(warnings, key=by_created)
