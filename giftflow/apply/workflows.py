@@ -35,6 +35,13 @@ class WorkflowReport:
 OUTCOME = {"email": "mailed", "update_customer_metadata": "tagged", "refund": "refunded"}
 
 
+def _outcome(row: dict) -> str:
+    # A mail about a fraud warning is an escalation to a person, not a courtesy note.
+    if row["action"] == "email" and row["trigger"] == "radar.early_fraud_warning.created":
+        return "escalated"
+    return OUTCOME[row["action"]]
+
+
 def apply_workflow_plan(
     plan: pd.DataFrame,
     stripe_api: StripeResource,
@@ -48,15 +55,15 @@ def apply_workflow_plan(
 ) -> WorkflowReport:
     log = log or logging.getLogger(__name__)
     report = WorkflowReport()
+    for rule, objects in plan.groupby("rule")["object_id"].nunique().items():
+        report.counts[(rule, "matched")] = int(objects)
     for row in plan.to_dict("records"):
         rule = row["rule"]
-        if row["action"] == "email" and row["trigger"] == "radar.early_fraud_warning.created":
-            report.counts[(rule, "escalated")] += 1
         if row["status"] != "planned":
             report.counts[(rule, row["status"])] += 1
             continue
         if dry_run:
-            report.counts[(rule, "would_" + OUTCOME[row["action"]])] += 1
+            report.counts[(rule, "would_be_" + _outcome(row))] += 1
             continue
         key = row["ledger_key"]
         prior = store.ledger_entries([key]).get(key)
@@ -74,7 +81,7 @@ def apply_workflow_plan(
             log.warning("%s on %s failed: %s", row["action"], row["object_id"], exc)
             continue
         store.record_result(key, status="sent", request_id=request_id, object_id=object_id)
-        report.counts[(rule, OUTCOME[row["action"]])] += 1
+        report.counts[(rule, _outcome(row))] += 1
     return report
 
 

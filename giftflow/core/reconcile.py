@@ -51,21 +51,65 @@ def match_redemptions(redemptions: pd.DataFrame, customers: pd.DataFrame) -> pd.
     e-mail; where several customers share it, the most recently created one (flagged as ambiguous).
     """
     out = redemptions.copy()
-    known = pd.Index(customers["customer_id"])
-    linked = out["stripe_customer_id"].where(out["stripe_customer_id"].isin(known))
-
-    by_email = customers.dropna(subset=["email_norm"]).sort_values(
-        ["created", "customer_id"], ascending=False, kind="stable")
-    sharing = by_email["email_norm"].value_counts()
-    newest = by_email.drop_duplicates("email_norm")
-    via_email = out["email_norm"].map(pd.Series(newest["customer_id"].to_numpy(), index=newest["email_norm"]))
-
-    use_link = linked.notna()
-    out["customer_id"] = linked.where(use_link, via_email).astype("object")
-    out["matched_by"] = np.where(use_link, "stripe_customer_id",
-                                 np.where(out["customer_id"].notna(), "email", None))
-    out["ambiguous_email"] = ~use_link & (out["email_norm"].map(sharing).fillna(0).to_numpy() > 1)
+    row, use_link, ambiguous = _match(redemptions, customers)
+    customer_id = _take(customers["customer_id"].to_numpy(dtype=object), row, np.nan)
+    out["customer_id"] = pd.Series(customer_id, index=out.index, dtype="object")
+    out["matched_by"] = np.where(use_link, "stripe_customer_id", np.where(row >= 0, "email", None))
+    out["ambiguous_email"] = ambiguous
     return out
+
+
+def _match(redemptions: pd.DataFrame, customers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """match_redemptions as arrays: each redemption's customer as the position in `customers` of the
+    first row with that id (-1: none), whether the link decided it, and whether the e-mail was ambiguous."""
+    cust_id, link, known = _codes(customers["customer_id"], redemptions["stripe_customer_id"])
+    cust_mail, mail, known_mails = _codes(customers["email_norm"], redemptions["email_norm"])
+    first_row = np.full(known, len(customers))
+    np.minimum.at(first_row, cust_id[cust_id >= 0], np.flatnonzero(cust_id >= 0))
+
+    has_mail = np.flatnonzero(cust_mail >= 0)
+    newest = has_mail[_pick(cust_mail[has_mail], known_mails, customers.iloc[has_mail][["created", "customer_id"]])]
+    sharing = np.bincount(cust_mail[has_mail], minlength=known_mails)
+    mail = np.where(mail < known_mails, mail, -1)  # an e-mail no customer has matches nobody
+
+    use_link = (link >= 0) & (link < known)
+    via_mail = _take(first_row[cust_id[newest]], mail, -1)
+    row = np.where(use_link, _take(first_row, np.where(use_link, link, -1), -1), via_mail)
+    ambiguous = ~use_link & _take(sharing > 1, mail, False)
+    return row, use_link, ambiguous
+
+
+def _codes(theirs: pd.Series, ours: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
+    """Integer codes for two columns of strings from one hash table (-1: missing); the values of `theirs`
+    get codes 0..k-1, so a code of `ours` below k is a value `theirs` has too."""
+    codes, _ = pd.factorize(np.concatenate([theirs.to_numpy(dtype=object), ours.to_numpy(dtype=object)]))
+    head = codes[: len(theirs)]
+    return head, codes[len(theirs):], int(head.max(initial=-1)) + 1
+
+
+def _take(values: np.ndarray, pos: np.ndarray, missing) -> np.ndarray:
+    """values[pos], with `missing` where pos is -1."""
+    return np.append(values, np.array([missing], dtype=values.dtype))[pos]
+
+
+def _pick(group: np.ndarray, groups: int, keys: pd.DataFrame, last: bool = True) -> np.ndarray:
+    """Per group 0..groups-1, the position in `keys` of the row that a stable sort by `keys`'s columns
+    puts last (or first) in its group; -1 where a group has no row.
+
+    Cheap because the first key (a time) rarely ties within a group: only the ties get the full sort.
+    """
+    first = keys.iloc[:, 0]
+    best = first.groupby(group, sort=False).transform("max" if last else "min")
+    candidates = np.flatnonzero((first == best).to_numpy())
+    tied = pd.Series(group[candidates]).duplicated(keep=False).to_numpy()
+    pos = np.full(groups, -1)
+    pos[group[candidates[~tied]]] = candidates[~tied]
+    if tied.any():
+        ties = keys.iloc[candidates[tied]].assign(_group=group[candidates[tied]], _pos=candidates[tied])
+        ties = ties.sort_values(["_group", *keys.columns[1:]], kind="stable")
+        ties = ties.drop_duplicates("_group", keep="last" if last else "first")
+        pos[ties["_group"].to_numpy()] = ties["_pos"].to_numpy()
+    return pos
 
 
 def _format_times(times: pd.Series) -> pd.Series:
@@ -82,25 +126,46 @@ def wanted_metadata(redemptions: pd.DataFrame, key: str) -> pd.DataFrame:
     Index: the group key. Columns: METADATA_KEYS (None = remove) and `currencies` (how many distinct).
     """
     groups = pd.Index(redemptions[key].unique(), name=key)
-    done = redemptions[redemptions["status"] == "completed"]
-    by = done.groupby(key, sort=False)
-    latest = done.sort_values([key, "redeemed_at", "redemption_id"], kind="stable").drop_duplicates(key, keep="last")
-    latest = latest.set_index(key)
+    return _wanted(redemptions, groups.get_indexer(redemptions[key]), len(groups)).set_axis(groups)
 
-    out = pd.DataFrame(index=groups)
-    out["giftcard_redeemed_total"] = by["amount"].sum().reindex(groups).fillna(0).astype("int64").astype(str)
-    out["giftcard_redemptions"] = by.size().reindex(groups).fillna(0).astype("int64").astype(str)
-    out["currencies"] = by["currency"].nunique().reindex(groups).fillna(0).astype("int64")
+
+def _wanted(redemptions: pd.DataFrame, group: np.ndarray, groups: int) -> pd.DataFrame:
+    """wanted_metadata with the groups given as numbers 0..groups-1 (-1: in none), which are also the index."""
+    done = (redemptions["status"] == "completed").to_numpy() & (group >= 0)
+    rows = redemptions.loc[done, ["amount", "currency", "card_last4", "redeemed_at", "redemption_id"]]
+    group = group[done]
+    total = np.zeros(groups, dtype="int64")
+    np.add.at(total, group, rows["amount"].to_numpy(dtype="int64"))
+    currency, currencies = pd.factorize(rows["currency"])
+    priced = currency >= 0
+    # One (group, currency) pair per distinct currency of a group.
+    pairs = pd.unique(group[priced] * len(currencies) + currency[priced])
+    first_priced = np.full(groups, len(rows))
+    np.minimum.at(first_priced, group[priced], np.flatnonzero(priced))
+    first_priced[first_priced == len(rows)] = -1
+    latest = _pick(group, groups, rows[["redeemed_at", "redemption_id"]])
+    # Far fewer distinct times than groups: format each once.
+    when, times = pd.factorize(rows["redeemed_at"].iloc[latest[latest >= 0]])
+    stamps = np.full(groups, None, dtype=object)
+    stamps[latest >= 0] = _format_times(pd.Series(times, dtype=rows["redeemed_at"].dtype)).to_numpy(dtype=object)[when]
+
+    out = pd.DataFrame(index=pd.RangeIndex(groups))
+    out["giftcard_redeemed_total"] = pd.Series(total).astype(str)
+    out["giftcard_redemptions"] = pd.Series(np.bincount(group, minlength=groups)).astype(str)
+    out["currencies"] = np.bincount(pairs // max(len(currencies), 1), minlength=groups).astype("int64")
     out["currency_list"] = ""
     multi = out.index[out["currencies"] > 1]
     if len(multi):
-        mixed = done[done[key].isin(multi)].groupby(key)["currency"].agg(lambda c: ",".join(sorted(set(c))))
+        mixed = rows[np.isin(group, multi)].groupby(group[np.isin(group, multi)])["currency"] \
+            .agg(lambda c: ",".join(sorted(set(c))))
         out.loc[multi, "currency_list"] = mixed.reindex(multi).to_numpy()
-    out["giftcard_currency"] = by["currency"].first().reindex(groups)
-    out["giftcard_last_redeemed_at"] = _format_times(latest["redeemed_at"]).reindex(groups)
-    out["giftcard_last4"] = latest["card_last4"].reindex(groups)
-    for col in REMOVABLE_KEYS:
-        out[col] = out[col].astype("object").where(out[col].notna(), None)
+    removable = {
+        "giftcard_currency": _take(rows["currency"].to_numpy(dtype=object), first_priced, None),
+        "giftcard_last_redeemed_at": stamps,
+        "giftcard_last4": _take(rows["card_last4"].to_numpy(dtype=object), latest, None),
+    }
+    for col, values in removable.items():
+        out[col] = pd.Series(np.where(pd.isna(values), None, values), dtype="object")
     return out
 
 
@@ -110,16 +175,24 @@ def _diff(wanted: pd.DataFrame, current: pd.DataFrame) -> tuple[np.ndarray, np.n
     The current values go into the write's idempotency key, so a later write of the same values
     from another starting point is not mistaken for a replay.
     """
-    names = np.full(len(wanted), "", dtype=object)
-    before = np.full(len(wanted), "", dtype=object)
+    differs, values = [], []
     for key in METADATA_KEYS:
         w = wanted[key].to_numpy(dtype=object)
         c = current[key].to_numpy(dtype=object)
-        differs = ~((pd.isna(w) & pd.isna(c)) | (w == c))
-        names = np.where(differs, names + key + " ", names)
-        shown = pd.Series(c).fillna("").astype(str).to_numpy(dtype=object)
-        before = np.where(differs, before + key + "=" + shown + ";", before)
-    return np.char.strip(names.astype(str)).astype(object), before
+        absent = pd.isna(c)
+        differs.append(~((pd.isna(w) & absent) | (w == c)))
+        values.append(differs[-1] & ~absent)
+    # Both strings follow from which keys differ (a table of the 32 combinations) except where a
+    # differing key has a current value: build those rows one by one.
+    combo = sum(d.astype(np.int64) << bit for bit, d in enumerate(differs))
+    keys = [[k for bit, k in enumerate(METADATA_KEYS) if c >> bit & 1] for c in range(2 ** len(METADATA_KEYS))]
+    names = np.array([" ".join(ks) for ks in keys], dtype=object)[combo]
+    before = np.array(["".join(f"{k}=;" for k in ks) for ks in keys], dtype=object)[combo]
+    valued = np.flatnonzero(np.logical_or.reduce(values))
+    shown = [current[key].iloc[valued].fillna("").astype(str).to_numpy(dtype=object) for key in METADATA_KEYS]
+    before[valued] = ["".join(f"{k}={v};" for k, v, d in zip(METADATA_KEYS, vals, flags) if d)
+                      for vals, flags in zip(zip(*shown), zip(*(d[valued] for d in differs)))]
+    return names, before
 
 
 def plan_customer_updates(
@@ -135,33 +208,48 @@ def plan_customer_updates(
     """
     if mode not in ("update", "upsert"):
         raise ValueError(f"mode must be 'update' or 'upsert', not {mode!r}")
-    matched = match_redemptions(redemptions, customers)
-    in_day = ((matched["redeemed_at"] >= pd.Timestamp(day_start)) & (matched["redeemed_at"] < pd.Timestamp(day_end)))
-    day = matched[in_day]
-    parts = [_plan_matched(matched, day, customers), _plan_unmatched(matched, day, mode)]
+    row, _, ambiguous = _match(redemptions, customers)
+    in_day = ((redemptions["redeemed_at"] >= pd.Timestamp(day_start))
+              & (redemptions["redeemed_at"] < pd.Timestamp(day_end))).to_numpy()
+    used = redemptions[["redemption_id", "status", "amount", "currency", "card_last4", "email_norm", "name", "phone",
+                        "redeemed_at"]]
+    parts = [_plan_matched(used, row, in_day, ambiguous, customers), _plan_unmatched(used[row < 0], in_day[row < 0], mode)]
     plan = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else None
     if plan is None:
         return pd.DataFrame(columns=PLAN_COLUMNS)
-    order = {CREATE: 0, UPDATE: 1, NONE: 2, SKIP: 3}
-    plan = plan.sort_values(["action", "customer_id", "email"], key=lambda s: s.map(order) if s.name == "action" else s,
-                            kind="stable", na_position="last")
-    return plan[PLAN_COLUMNS].reset_index(drop=True)
+    return plan.take(_plan_order(plan))[PLAN_COLUMNS].reset_index(drop=True)
 
 
-def _plan_matched(matched: pd.DataFrame, day: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
-    touched = day["customer_id"].dropna().unique()
+def _plan_order(plan: pd.DataFrame) -> np.ndarray:
+    """Positions sorting the plan by action (create, update, none, skip), customer_id, then email, missing
+    last, ties kept in place."""
+    # customer_id is unique where set, so e-mail only orders the rows without one: one string sort does both.
+    no_id = plan["customer_id"].isna().to_numpy()
+    key = np.where(no_id, plan["email"].to_numpy(dtype=object), plan["customer_id"].to_numpy(dtype=object))
+    named = np.flatnonzero(pd.notna(key))
+    by_key = np.concatenate([named[sorted(range(len(named)), key=key[named].__getitem__)],
+                             np.flatnonzero(pd.isna(key))]).astype(np.intp)
+    rank = pd.Categorical(plan["action"], categories=[CREATE, UPDATE, NONE, SKIP]).codes
+    return by_key[np.lexsort((no_id[by_key], rank[by_key]))]
+
+
+def _plan_matched(redemptions: pd.DataFrame, row: np.ndarray, in_day: np.ndarray, ambiguous: np.ndarray,
+                  customers: pd.DataFrame) -> pd.DataFrame:
+    touched = np.flatnonzero(np.bincount(row[in_day & (row >= 0)], minlength=len(customers)))
     if len(touched) == 0:
         return pd.DataFrame(columns=PLAN_COLUMNS)
-    mine = matched[matched["customer_id"].isin(touched)]
-    wanted = wanted_metadata(mine, "customer_id")
-    current = customers.drop_duplicates("customer_id").set_index("customer_id").reindex(wanted.index)
+    number = np.full(len(customers), -1)
+    number[touched] = np.arange(len(touched))
+    group = _take(number, row, -1)
+    mine = group >= 0
+    plan = _wanted(redemptions, group, len(touched))
+    current = customers.iloc[touched]
 
-    plan = wanted.reset_index()
+    plan["customer_id"] = current["customer_id"].to_numpy()
     plan["email"] = current["email_norm"].to_numpy()
-    plan["redemptions_in_day"] = day["customer_id"].value_counts().reindex(wanted.index).to_numpy()
-    ambiguous = mine.groupby("customer_id")["ambiguous_email"].any().reindex(wanted.index)
-    plan["note"] = np.where(ambiguous.to_numpy(), AMBIGUOUS_EMAIL, "")
-    plan["changed_keys"], plan["before"] = _diff(wanted, current)
+    plan["redemptions_in_day"] = np.bincount(group[in_day & mine], minlength=len(touched))
+    plan["note"] = np.where(np.bincount(group[ambiguous & mine], minlength=len(touched)) > 0, AMBIGUOUS_EMAIL, "")
+    plan["changed_keys"], plan["before"] = _diff(plan, current)
     multi = plan["currencies"].to_numpy() > 1
     plan["action"] = np.where(multi, SKIP, np.where(plan["changed_keys"] != "", UPDATE, NONE))
     plan["reason"] = np.where(multi, MULTI_CURRENCY, "")
@@ -178,8 +266,8 @@ def _blank_multi_currency(plan: pd.DataFrame, multi: np.ndarray) -> None:
     plan.loc[multi, ["changed_keys", "before"]] = ""
 
 
-def _plan_unmatched(matched: pd.DataFrame, day: pd.DataFrame, mode: str) -> pd.DataFrame:
-    lost = day[day["customer_id"].isna()]
+def _plan_unmatched(lost_ever: pd.DataFrame, in_day: np.ndarray, mode: str) -> pd.DataFrame:
+    lost = lost_ever[in_day]
     if len(lost) == 0:
         return pd.DataFrame(columns=PLAN_COLUMNS)
     anonymous = lost[lost["email_norm"].isna()]
@@ -189,18 +277,21 @@ def _plan_unmatched(matched: pd.DataFrame, day: pd.DataFrame, mode: str) -> pd.D
         **{k: None for k in METADATA_KEYS},
     })] if len(anonymous) else []
 
-    emails = lost["email_norm"].dropna().unique()
-    if len(emails):
-        mine = matched[matched["customer_id"].isna() & matched["email_norm"].isin(emails)]
-        wanted = wanted_metadata(mine, "email_norm")
-        plan = wanted.reset_index().rename(columns={"email_norm": "email"})
+    mail, emails = pd.factorize(lost_ever["email_norm"])
+    touched = np.flatnonzero(np.bincount(mail[in_day & (mail >= 0)], minlength=len(emails)))
+    if len(touched):
+        number = np.full(len(emails), -1)
+        number[touched] = np.arange(len(touched))
+        group = _take(number, mail, -1)
+        plan = _wanted(lost_ever, group, len(touched))
+        plan["email"] = np.asarray(emails, dtype=object)[touched]
         plan["customer_id"] = None
-        plan["redemptions_in_day"] = lost["email_norm"].value_counts().reindex(wanted.index).to_numpy()
+        plan["redemptions_in_day"] = np.bincount(group[in_day & (group >= 0)], minlength=len(touched))
         # Name and phone from the earliest redemption that has them: stable as new days arrive.
-        first = mine.sort_values(["redeemed_at", "redemption_id"], kind="stable")
         for col in ("name", "phone"):
-            plan[col] = first.dropna(subset=[col]).drop_duplicates("email_norm").set_index("email_norm")[col] \
-                .reindex(wanted.index).to_numpy()
+            has = lost_ever[col].notna().to_numpy() & (group >= 0)
+            first = _pick(group[has], len(touched), lost_ever.loc[has, ["redeemed_at", "redemption_id"]], last=False)
+            plan[col] = _take(lost_ever[col].to_numpy(dtype=object)[has], first, np.nan)
         creatable = (mode == "upsert") & (plan["currencies"].to_numpy() == 1)
         multi = plan["currencies"].to_numpy() > 1
         plan["action"] = np.where(creatable, CREATE, SKIP)

@@ -254,12 +254,16 @@ def dashboard_url(object_id: str) -> str:
     return f"https://dashboard.stripe.com/{kind}/{object_id}"
 
 
+def _text(value: Any, default: str = "") -> str:
+    return value if isinstance(value, str) and value else default  # NaN and None alike
+
+
 def _context(row: dict) -> dict[str, Any]:
     # A warning is looked into on its charge's page; a payment on its own.
-    linked = row.get("charge_id") if row["object_id"].startswith("issfr_") else row["object_id"]
+    linked = _text(row.get("charge_id")) if row["object_id"].startswith("issfr_") else row["object_id"]
     return {
-        "payment_intent": row.get("payment_intent") or "", "customer": row.get("customer_id") or "(none)",
-        "charge": row.get("charge_id") or "", "early_fraud_warning": row["object_id"],
+        "payment_intent": _text(row.get("payment_intent")), "customer": _text(row.get("customer_id"), "(none)"),
+        "charge": _text(row.get("charge_id")), "early_fraud_warning": row["object_id"],
         "amount": format_minor(int(row["amount"]), row["currency"]), "amount_minor": int(row["amount"]),
         "currency": row["currency"].upper(), "unrefunded": format_minor(int(row["unrefunded"]), row["currency"]),
         "object": row["object_id"], "dashboard_url": dashboard_url(linked or row["object_id"]),
@@ -304,7 +308,7 @@ def evaluate_rules(
                 acted |= matched[rule.name]
         for row in warnings[~acted].to_dict("records"):
             reason = "charge fully refunded" if row["charge_fully_refunded"] else "no rule matched"
-            rows.append({**_base("-", "none", row, 0), "status": "not_applicable", "reason": reason})
+            rows.append({**_base("(no rule)", "none", row, 0), "status": "not_applicable", "reason": reason})
     plan = pd.DataFrame(rows, columns=PLAN_COLUMNS)
     return plan.astype({"amount": "int64", "unrefunded": "int64", "refund_amount": "int64"})
 

@@ -1,0 +1,218 @@
+"""The stripe_workflows job through Dagster against the Stripe simulator, with a real SMTP server on loopback.
+
+Expected outcomes come from a plain reading of the contract's table (`expected_outcomes`), not from giftflow's
+rule engine.
+"""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import date
+from email import message_from_bytes, policy
+
+import dagster as dg
+import pytest
+from aiosmtpd.controller import Controller
+
+from giftflow.definitions import build_defs
+from giftflow.simulators import dataset, stripe
+from giftflow.simulators.server import BackgroundServer
+from giftflow_tests.conftest import ROOT, free_port
+
+DAYS = [date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20)]
+TEAM = "team@shop.example"
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+class Inbox:
+    """aiosmtpd handler that keeps every message; `delay_s` slows each mail's envelope (before its content
+    is sent) so a test can kill the sender while mails are going out."""
+
+    def __init__(self, delay_s: float = 0.0):
+        self.messages, self.delay_s, self.lock = [], delay_s, threading.Lock()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        await asyncio.sleep(self.delay_s)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content, policy=policy.default)))
+        return "250 OK"
+
+    def keys(self):
+        with self.lock:
+            return [m["X-Giftflow-Key"] for _, m in self.messages]
+
+
+@pytest.fixture
+def world():
+    return dataset.build_world(11, DAYS)
+
+
+@pytest.fixture
+def env(world, tmp_path, monkeypatch):
+    state = stripe.StripeState.from_world(world)
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    with BackgroundServer(stripe.create_app(state, api_key="sk_test_x")) as srv:
+        values = {"STRIPE_API_BASE": srv.base_url, "STRIPE_API_KEY": "sk_test_x", "CARDIVO_API_BASE": "http://unused",
+                  "CARDIVO_API_KEY": "unused", "DAGSTER_HOME": str(tmp_path),
+                  "GIFTFLOW_DATABASE_URL": f"sqlite:///{tmp_path}/giftflow.sqlite", "GIFTFLOW_TEAM_EMAIL": TEAM,
+                  "GIFTFLOW_SMTP_HOST": "127.0.0.1", "GIFTFLOW_SMTP_PORT": str(controller.port),
+                  "GIFTFLOW_SMTP_STARTTLS": "false", "GIFTFLOW_MAIL_FROM": "giftflow@shop.example"}
+        for k, v in values.items():
+            monkeypatch.setenv(k, v)
+        for k in ("GIFTFLOW_REFUNDS_ENABLED", "GIFTFLOW_DRY_RUN", "GIFTFLOW_RULES"):
+            monkeypatch.delenv(k, raising=False)
+        yield {"state": state, "inbox": inbox, "values": values}
+    controller.stop()
+
+
+def run(days, instance, **extra):
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in extra.items():
+            mp.setenv(k, v)
+        job = build_defs().resolve_job_def("stripe_workflows")
+        return [job.execute_in_process(partition_key=d.isoformat(), instance=instance, raise_on_error=False,
+                                       run_config=QUIET) for d in days]
+
+
+def expected_outcomes(state):
+    """The contract's table over the simulator's objects as they are before any run."""
+    mails, vip, refunds = set(), set(), {}
+    for pi in state.objects("payment_intent"):
+        if pi["status"] == "succeeded" and pi["currency"] == "usd" and pi["amount"] > 100000:
+            mails.add(pi["id"])
+            if pi["amount"] > 200000 and pi["customer"]:
+                vip.add(pi["customer"])
+    for w in state.objects("radar.early_fraud_warning"):
+        ch = state.retrieve("charge", w["charge"])
+        rest = ch["amount"] - ch["amount_refunded"]
+        if ch["refunded"] or rest <= 0:
+            continue
+        if ch["currency"] == "usd" and not ch["disputed"] and rest < 1500:
+            refunds[ch["id"]] = rest
+        else:
+            mails.add(ch["id"])
+    return mails, vip, refunds
+
+
+def giftflow_refunds(state):
+    return [r for r in state.objects("refund") if (r.get("metadata") or {}).get("giftflow_key")]
+
+
+def test_workflows_end_to_end_with_refunds_mails_and_tags(env):
+    state, inbox = env["state"], env["inbox"]
+    mail_about, vip, refunds = expected_outcomes(state)
+    assert mail_about and vip and refunds
+    instance = dg.DagsterInstance.ephemeral()
+    results = run(DAYS, instance, GIFTFLOW_REFUNDS_ENABLED="true")
+    assert all(r.success for r in results)
+    assert all(ev.passed for r in results for ev in r.get_asset_check_evaluations())
+
+    # Mails: one per payment intent or warning, each naming its object, to the team, from the configured sender.
+    assert len(inbox.messages) == len(mail_about) and len(set(inbox.keys())) == len(mail_about)
+    for rcpt, msg in inbox.messages:
+        assert rcpt == [TEAM] and msg["From"] == "giftflow@shop.example"
+        text = msg.get_body(("plain",)).get_content()
+        html = msg.get_body(("html",)).get_content()
+        named = [o for o in mail_about if o in text]
+        assert len(named) == 1 and "https://dashboard.stripe.com/payments/" + named[0] in html
+        if named[0].startswith("pi_"):
+            pi = state.retrieve("payment_intent", named[0])
+            assert f"{pi['amount'] / 100:,.2f} USD" in text and (pi["customer"] or "(none)") in text
+
+    # Refunds: exactly the unrefunded amount, reason fraudulent, linked to the warning.
+    made = giftflow_refunds(state)
+    assert {r["charge"]: r["amount"] for r in made} == refunds
+    assert all(r["reason"] == "fraudulent" and r["metadata"]["early_fraud_warning"].startswith("issfr_") for r in made)
+
+    # VIP: tagged, other metadata kept.
+    for cid in vip:
+        assert state.get(cid)["metadata"]["Tier"] == "VIP"
+
+    writes, mails = state.stats()["writes"], len(inbox.messages)
+    assert all(r.success for r in run(DAYS, instance, GIFTFLOW_REFUNDS_ENABLED="true"))
+    assert state.stats()["writes"] == writes and len(inbox.messages) == mails
+
+
+def test_refunds_are_off_by_default_and_would_refund_sends_nothing(env):
+    state, inbox = env["state"], env["inbox"]
+    mail_about, _, refunds = expected_outcomes(state)
+    results = run(DAYS, dg.DagsterInstance.ephemeral())
+    assert all(r.success for r in results)
+    assert giftflow_refunds(state) == []
+    assert len(inbox.messages) == len(mail_about)  # no mail for a refund that would have been made
+    plans = [r.output_for_node("workflow_plan") for r in results]
+    assert sum((p["status"] == "would_refund").sum() for p in plans) == len(refunds)
+
+
+def test_dry_run_sends_and_writes_nothing(env):
+    state, inbox = env["state"], env["inbox"]
+    results = run(DAYS[:1], dg.DagsterInstance.ephemeral(), GIFTFLOW_DRY_RUN="true", GIFTFLOW_REFUNDS_ENABLED="true")
+    assert results[0].success
+    assert state.stats()["writes"] == 0 and inbox.messages == []
+
+
+def test_a_plan_over_the_refund_cap_is_blocked(env, tmp_path):
+    rules = (ROOT / "giftflow/default_rules.yaml").read_text().replace("max_refunds_per_run: 20",
+                                                                        "max_refunds_per_run: 0")
+    (tmp_path / "rules.yaml").write_text(rules)
+    state, inbox = env["state"], env["inbox"]
+    result = run(DAYS[:1], dg.DagsterInstance.ephemeral(), GIFTFLOW_REFUNDS_ENABLED="true",
+                 GIFTFLOW_RULES=str(tmp_path / "rules.yaml"))[0]
+    assert not result.success
+    failed = {ev.check_name for ev in result.get_asset_check_evaluations() if not ev.passed}
+    assert failed == {"refund_caps"}
+    assert giftflow_refunds(state) == [] and inbox.messages == []  # the apply step never ran
+
+
+def test_missing_team_address_is_blocked(env, monkeypatch):
+    monkeypatch.delenv("GIFTFLOW_TEAM_EMAIL")
+    result = run(DAYS[:1], dg.DagsterInstance.ephemeral())[0]
+    failed = {ev.check_name for ev in result.get_asset_check_evaluations() if not ev.passed}
+    assert failed == {"mail_has_recipient"} and env["inbox"].messages == []
+
+
+def test_sigkill_in_the_middle_then_rerun_loses_and_duplicates_nothing(env, world, tmp_path):
+    state, inbox = env["state"], env["inbox"]
+    mail_about, _, refunds = expected_outcomes(state)
+    inbox.delay_s = 0.3  # slow mail delivery so the kill lands while actions are being carried out
+    day = DAYS[0].isoformat()
+    script = ("import sys, dagster as dg; from giftflow.definitions import build_defs; "
+              "build_defs().resolve_job_def('stripe_workflows').execute_in_process("
+              "partition_key=sys.argv[1], instance=dg.DagsterInstance.get())")
+    child_env = {**os.environ, **env["values"], "GIFTFLOW_REFUNDS_ENABLED": "true", "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", script, day], env=child_env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(inbox.messages) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.15)  # into the next mail's delivery
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sent_before_kill = len(inbox.messages)
+    assert sent_before_kill >= 2
+
+    inbox.delay_s = 0
+    instance = dg.DagsterInstance.get()
+    result = run([DAYS[0]], instance, GIFTFLOW_REFUNDS_ENABLED="true")[0]
+    assert result.success
+    day_mails = {k for k in inbox.keys()}
+    assert len(inbox.keys()) == len(day_mails)  # 0 duplicate mails, counted at the SMTP server
+    by_charge = {}
+    for r in giftflow_refunds(state):
+        by_charge[r["charge"]] = by_charge.get(r["charge"], 0) + 1
+    assert all(n == 1 for n in by_charge.values())  # 0 duplicate refunds, counted at Stripe
+    plan = result.output_for_node("workflow_plan")
+    wanted_mails = set(plan.loc[(plan["action"] == "email") & (plan["status"] == "planned"), "ledger_key"])
+    wanted_refunds = set(plan.loc[(plan["action"] == "refund") & (plan["status"] == "planned"), "charge_id"])
+    assert day_mails == wanted_mails and set(by_charge) == wanted_refunds  # nothing lost
+    assert sent_before_kill < len(wanted_mails)  # the kill really cut the apply step short
