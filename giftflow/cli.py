@@ -74,6 +74,37 @@ def _run_days(defs, instance, days: list[date], env: dict[str, str], label: str)
     return total
 
 
+OUTCOMES = ("matched", "mailed", "tagged", "refunded", "escalated", "would_refund", "done_already", "done_before",
+            "not_applicable")
+
+
+def _run_workflows(defs, instance, days: list[date], env: dict[str, str], outbox: str, label: str) -> int:
+    job = defs.resolve_job_def("stripe_workflows")
+    before_writes, before_mails = _stripe_writes(env), _count_files(outbox)
+    totals: dict[str, dict[str, int]] = {}
+    failed = []
+    for day in days:
+        result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False,
+                                        run_config=QUIET)
+        failed += [] if result.success else [day.isoformat()]
+        for rule, counts in (_metadata(result, "workflow_actions").get("per_rule_counts") or {}).items():
+            for outcome, n in counts.items():
+                totals.setdefault(rule, {}).setdefault(outcome, 0)
+                totals[rule][outcome] += n
+    print(f"\n{label}")
+    print(f"{'rule':<30}" + "".join(f"{o:>15}" for o in OUTCOMES))
+    for rule, counts in totals.items():
+        print(f"{rule:<30}" + "".join(f"{counts.get(o, 0):>15}" for o in OUTCOMES))
+    writes, mails = _stripe_writes(env) - before_writes, _count_files(outbox) - before_mails
+    print(f"Stripe writes: {writes}, mails written to {outbox}: {mails}" +
+          (f"  (failed days: {', '.join(failed)})" if failed else ""))
+    return writes + mails
+
+
+def _count_files(folder: str) -> int:
+    return len(os.listdir(folder)) if os.path.isdir(folder) else 0
+
+
 def demo(args: argparse.Namespace) -> int:
     """Run giftcard_sync for the last few days against the simulators, then once more: 0 writes."""
     import dagster as dg
@@ -81,7 +112,11 @@ def demo(args: argparse.Namespace) -> int:
     today = datetime.now(timezone.utc).date()
     days = [today - timedelta(days=n) for n in range(args.days, 0, -1)]
     with tempfile.TemporaryDirectory(prefix="giftflow-demo-") as home, simulators(days, args.seed) as env:
-        os.environ.update(env, DAGSTER_HOME=home, GIFTFLOW_SYNC_MODE=args.mode)
+        os.environ.update(env, DAGSTER_HOME=home, GIFTFLOW_SYNC_MODE=args.mode, GIFTFLOW_REFUNDS_ENABLED="true",
+                          GIFTFLOW_TEAM_EMAIL=os.environ.get("GIFTFLOW_TEAM_EMAIL", "team@example.com"))
+        for name in ("GIFTFLOW_SMTP_HOST", "GIFTFLOW_RULES", "GIFTFLOW_DRY_RUN"):
+            os.environ.pop(name, None)
+        outbox = os.path.join(home, "outbox")
         os.environ.pop("GIFTFLOW_DATABASE_URL", None)
         from giftflow.definitions import build_defs
 
@@ -90,8 +125,12 @@ def demo(args: argparse.Namespace) -> int:
             print(f"giftflow demo: Cardivo simulator {env['CARDIVO_API_BASE']}, Stripe simulator "
                   f"{env['STRIPE_API_BASE']}, DAGSTER_HOME {home}, mode {args.mode}")
             _run_days(defs, instance, days, env, "First run: giftcard_sync per day")
+            _run_workflows(defs, instance, days, env, outbox,
+                           "Stripe Workflows (stripe_workflows, refunds enabled against the simulator)")
             again = _run_days(defs, instance, days, env, "Second run of the same days (replay-safe: expect 0 writes)")
-    print("\n" + ("OK: the rerun made 0 Stripe writes" if again == 0 else f"UNEXPECTED: rerun made {again} writes"))
+            again += _run_workflows(defs, instance, days, env, outbox, "Stripe Workflows again (expect 0 writes, 0 mails)")
+    print("\n" + ("OK: the rerun made 0 Stripe writes and sent 0 mails" if again == 0
+                  else f"UNEXPECTED: the rerun made {again} writes or mails"))
     return 0 if again == 0 else 1
 
 

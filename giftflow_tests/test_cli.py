@@ -18,7 +18,10 @@ def test_demo_runs_and_the_rerun_writes_nothing(tmp_path):
     first, second = out.split("Second run")
     assert int(first.split("Stripe writes in total:")[1].split()[0]) > 0
     assert "Stripe writes in total: 0" in second
-    assert "OK: the rerun made 0 Stripe writes" in out
+    assert "OK: the rerun made 0 Stripe writes and sent 0 mails" in out
+    workflows = first.split("Stripe Workflows (")[1]
+    assert "refund_small_fraud_warnings" in workflows and "personalise_large_orders" in workflows
+    assert int(workflows.split("outbox: ")[1].split()[0]) > 0  # mails went to the outbox as .eml files
     assert "sk_test" not in out + done.stderr  # the demo's key never shows
 
 

@@ -137,7 +137,8 @@ def workflow_actions(context: dg.AssetExecutionContext, workflow_plan: pd.DataFr
                                  partition=context.partition_key, run_id=context.run_id, log=context.log)
     summary = pd.DataFrame([{"rule": r, **c} for r, c in report.per_rule().items()]).fillna(0)
     metadata = {"dry_run": settings.dry_run, "refunds_enabled": settings.refunds_enabled,
-                "per_rule": _md(summary), "failed": len(report.failures)}
+                "per_rule": _md(summary), "per_rule_counts": dg.MetadataValue.json(report.per_rule()),
+                "failed": len(report.failures)}
     if report.failures:
         raise dg.Failure(description=f"{len(report.failures)} workflow action(s) failed; the others were done. "
                                      "Retry the step to redo only the failed ones.",
