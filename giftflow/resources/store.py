@@ -89,6 +89,17 @@ stripe_objects = sa.Table(
     sa.Column("synced_at", TS, nullable=False),
 )
 
+# Pushed deliveries (Cardivo and Stripe webhooks), kept until a sensor has handled them.
+webhook_events = sa.Table(
+    "webhook_events", metadata_obj,
+    sa.Column("source", sa.String(16), primary_key=True),  # cardivo | stripe
+    sa.Column("event_id", sa.String(128), primary_key=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("received_at", TS, nullable=False, index=True),
+    sa.Column("processed_at", TS),
+)
+
 kv = sa.Table(
     "giftflow_state", metadata_obj,
     sa.Column("key", sa.String(128), primary_key=True),
@@ -298,6 +309,33 @@ class GiftflowStore(dg.ConfigurableResource):
     def quarantined(self, source: str = "cardivo") -> pd.DataFrame:
         with self.engine.connect() as conn:
             return pd.read_sql(sa.select(quarantine).where(quarantine.c.source == source), conn)
+
+    # -- webhook deliveries ----------------------------------------------------------------------
+    def record_webhook_event(self, source: str, event_id: str, event_type: str, payload: dict) -> bool:
+        """Store a delivery durably; False where this event id was already received (a replay)."""
+        with self.engine.begin() as conn:
+            exists = conn.execute(sa.select(webhook_events.c.event_id).where(
+                webhook_events.c.source == source, webhook_events.c.event_id == event_id)).first()
+            if exists:
+                return False
+            conn.execute(webhook_events.insert().values(
+                source=source, event_id=event_id, type=event_type, payload=json.dumps(payload, default=str),
+                received_at=_now()))
+            return True
+
+    def pending_webhook_events(self, source: str, limit: int = 1000) -> list[dict]:
+        """Deliveries not yet handled, oldest first, with `payload` decoded."""
+        t = webhook_events
+        query = (sa.select(t).where(t.c.source == source, t.c.processed_at.is_(None))
+                 .order_by(t.c.received_at, t.c.event_id).limit(limit))
+        with self.engine.connect() as conn:
+            return [{**dict(r), "payload": json.loads(r["payload"])} for r in conn.execute(query).mappings()]
+
+    def mark_webhook_events_processed(self, source: str, event_ids: list[str]) -> None:
+        with self.engine.begin() as conn:
+            for chunk in _chunks(event_ids):
+                conn.execute(webhook_events.update().where(
+                    webhook_events.c.source == source, webhook_events.c.event_id.in_(chunk)).values(processed_at=_now()))
 
     # -- small state (cursors) ---------------------------------------------------------------------
     def get_state(self, key: str) -> str | None:
