@@ -168,6 +168,16 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def webhooks(args: argparse.Namespace) -> int:
+    """The webhook receiver in the foreground; secrets and store from the environment."""
+    from giftflow.simulators.server import serve_forever
+    from giftflow.webhooks.app import create_app_from_env
+
+    print(f"giftflow webhooks on http://{args.host}:{args.port}", flush=True)
+    serve_forever(create_app_from_env(), args.port, host=args.host)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="giftflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--page-size", type=int, default=100, help="Cardivo: largest page served")
     p.add_argument("--rate-limit", type=float, default=None, help="Stripe: requests/s before 429s")
     p.set_defaults(func=simulate)
+
+    p = sub.add_parser("webhooks", help="serve the Cardivo/Stripe webhook receiver")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(func=webhooks)
 
     args = parser.parse_args(argv)
     return args.func(args)

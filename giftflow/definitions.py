@@ -5,6 +5,7 @@ import os
 import dagster as dg
 
 from giftflow.assets import giftcard, workflows
+from giftflow.automation import sensors
 from giftflow.resources.cardivo import CardivoResource
 from giftflow.resources.notifier import Notifier
 from giftflow.resources.settings import Settings, env_bool
@@ -39,6 +40,7 @@ def build_defs() -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules([giftcard, workflows]),
         jobs=[giftcard.giftcard_sync, workflows.stripe_workflows],
+        sensors=[sensors.cardivo_redemptions_sensor, sensors.stripe_events_sensor, sensors.late_data_backfill],
         resources=_resources(),
     )
 

@@ -58,9 +58,14 @@ def cardivo_redemptions(context: dg.AssetExecutionContext, cardivo: CardivoResou
 def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResource, store: GiftflowStore,
                      settings: Settings) -> dg.MaterializeResult:
     refreshed = store.customers_refreshed_at()
-    age = (datetime.now(timezone.utc) - refreshed).total_seconds() if refreshed else None
-    if age is not None and age < settings.customer_mirror_max_age_s:
-        context.log.info("customer mirror is %.0f s old: reused", age)
+    events_synced = store.get_state("customers_events_synced_at")
+    now = datetime.now(timezone.utc)
+    age = (now - refreshed).total_seconds() if refreshed else None
+    # With the Stripe events sensor keeping the mirror current, a daily full relist is a safety net only.
+    kept_fresh = bool(events_synced) and age is not None and age < 86_400 and \
+        (now - datetime.fromisoformat(events_synced)).total_seconds() < 120
+    if kept_fresh or (age is not None and age < settings.customer_mirror_max_age_s):
+        context.log.info(f"customer mirror reused (relisted {age:.0f} s ago, kept fresh by events: {kept_fresh})")
         return dg.MaterializeResult(metadata={"customers": len(store.load_customers()), "api_calls": 0,
                                               "reused_mirror": True})
     rows, calls = [], 0

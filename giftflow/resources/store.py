@@ -205,6 +205,16 @@ class GiftflowStore(dg.ConfigurableResource):
             row["updated_at"] = _aware(row["updated_at"])
         return redemptions_frame(list(rows.values()))
 
+    def redemption_versions(self, ids: list[str]) -> dict[str, datetime]:
+        """`updated_at` of each stored redemption among `ids`: tells a new change from one already seen."""
+        out = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                query = sa.select(redemptions.c.redemption_id, redemptions.c.updated_at).where(
+                    redemptions.c.redemption_id.in_(chunk))
+                out.update({r.redemption_id: _aware(r.updated_at) for r in conn.execute(query)})
+        return out
+
     # -- Stripe customer mirror ---------------------------------------------------------------------
     def replace_customers(self, rows: list[dict]) -> None:
         """Make the mirror exactly this full listing of Stripe customers."""

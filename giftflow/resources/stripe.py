@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Iterator
@@ -11,7 +13,7 @@ from typing import Any, Callable, Iterator
 import dagster as dg
 import stripe
 from pydantic import Field
-from pyrate_limiter import Duration, Limiter, Rate
+from pyrate_limiter import Duration, Limiter, Rate, SQLiteBucket
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 # Every write's Stripe idempotency key is derived from the operation itself, so replaying the
@@ -31,9 +33,20 @@ class WriteResult:
 
 
 @lru_cache(maxsize=16)
-def _limiter(per_second: int) -> Limiter:
-    # One limiter per process and rate: every resource instance in a run shares the budget.
-    return Limiter(Rate(per_second, Duration.SECOND))
+def _limiter(per_second: int, shared_db: str | None) -> Limiter:
+    """One limiter per process, rate and bucket. With `shared_db`, the bucket is a SQLite file guarded by a
+    file lock, so every run on the host (a backfill runs many at once) draws from one budget."""
+    rates = [Rate(per_second, Duration.SECOND)]
+    if not shared_db:
+        return Limiter(rates)
+    Path(shared_db).parent.mkdir(parents=True, exist_ok=True)
+    bucket = SQLiteBucket.init_from_file(rates, table="stripe_calls", db_path=shared_db, use_file_lock=True)
+    return Limiter(bucket)
+
+
+def default_rate_limit_db() -> str | None:
+    home = os.environ.get("DAGSTER_HOME")
+    return str(Path(home) / "giftflow_stripe_rate.sqlite") if home else None
 
 
 @lru_cache(maxsize=16)
@@ -50,6 +63,9 @@ class StripeResource(dg.ConfigurableResource):
     max_requests_per_second: int = Field(
         default=20, ge=1, description="client-side limit; Stripe allows 25/s in test mode, 100/s live")
     max_network_retries: int = Field(default=3, ge=0)
+    rate_limit_db: str | None = Field(
+        default=None, description="SQLite file shared by all runs on the host for one Stripe budget; "
+                                  "default $DAGSTER_HOME/giftflow_stripe_rate.sqlite, in-process when unset")
 
     def __repr__(self) -> str:  # never print the key
         return f"StripeResource(api_base={self.api_base!r}, max_requests_per_second={self.max_requests_per_second})"
@@ -62,7 +78,7 @@ class StripeResource(dg.ConfigurableResource):
         @retry(retry=retry_if_exception_type(stripe.RateLimitError), wait=wait_exponential_jitter(0.5, max=8),
                stop=stop_after_attempt(6), reraise=True)
         def paced():
-            _limiter(self.max_requests_per_second).try_acquire("stripe")
+            _limiter(self.max_requests_per_second, self.rate_limit_db or default_rate_limit_db()).try_acquire("stripe")
             return fn()
 
         return paced()

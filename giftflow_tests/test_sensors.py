@@ -1,0 +1,162 @@
+"""Sensor logic with dg.build_sensor_context against the simulators: cursors, run keys, chunking, catch-up."""
+
+import json
+from datetime import date, datetime, timedelta, timezone
+
+import dagster as dg
+import httpx
+import pytest
+
+import giftflow
+from giftflow.automation import sensors
+from giftflow.resources.cardivo import CardivoResource
+from giftflow.resources.store import GiftflowStore
+from giftflow.resources.stripe import StripeResource
+from giftflow.simulators import cardivo, dataset, stripe
+from giftflow.simulators.server import BackgroundServer
+
+TODAY = datetime.now(timezone.utc).date()
+DAYS = [TODAY - timedelta(days=3), TODAY - timedelta(days=2), TODAY - timedelta(days=1)]
+
+
+@pytest.fixture
+def world():
+    return dataset.build_world(5, DAYS, redemptions_per_day=30)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return GiftflowStore(database_url=f"sqlite:///{tmp_path}/s.sqlite")
+
+
+@pytest.fixture
+def cardivo_sim(world):
+    state = cardivo.CardivoState.from_world(world)
+    with BackgroundServer(cardivo.create_app(state, "k", max_page_size=10)) as srv:
+        yield state, srv.base_url
+
+
+def _utc(text):
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def tick(sensor, cursor, **resources):
+    ctx = dg.build_sensor_context(cursor=cursor, resources=resources, instance=dg.DagsterInstance.ephemeral())
+    result = sensor(ctx)
+    return result, result.cursor
+
+
+def cardivo_tick(url, store, cursor, page_size=10):
+    return tick(sensors.cardivo_redemptions_sensor, cursor, store=store,
+                cardivo=CardivoResource(api_base=url, api_key="k", page_size=page_size))
+
+
+def test_cardivo_sensor_requests_each_changed_day_once(cardivo_sim, store, world):
+    state, url = cardivo_sim
+    start = json.dumps({"updated_after": (datetime.combine(DAYS[0], datetime.min.time(), timezone.utc)
+                                          - timedelta(seconds=5)).isoformat()})
+    result, cursor = cardivo_tick(url, store, start, page_size=100)
+    requested = {r.partition_key for r in result.run_requests}
+    assert requested == {d.isoformat() for d in DAYS} & {r["redeemed_at"][:10] for r in world.redemptions}
+    assert all(r.run_key.startswith("cardivo:") for r in result.run_requests)
+
+    again, cursor2 = cardivo_tick(url, store, cursor, page_size=100)
+    assert again.run_requests == []  # nothing changed: no day requested twice
+
+    # A late void changes an old day, and only that day.
+    victim = next(r for r in world.redemptions if r["redeemed_at"].startswith(DAYS[0].isoformat())
+                  and r["status"] == "completed")
+    later = max(_utc(r["updated_at"]) for r in world.redemptions) + timedelta(minutes=1)
+    httpx.post(f"{url}/_sim/redemptions/{victim['id']}/void", json={"at": later.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    voided, _ = cardivo_tick(url, store, cursor2, page_size=100)
+    assert [r.partition_key for r in voided.run_requests] == [DAYS[0].isoformat()]
+    assert voided.run_requests[0].run_key not in {r.run_key for r in result.run_requests}
+
+
+def test_cardivo_sensor_catches_up_in_chunks_after_an_outage(cardivo_sim, store, world, monkeypatch):
+    _, url = cardivo_sim
+    monkeypatch.setattr(sensors, "MAX_PAGES_PER_TICK", 2)  # 20 records a tick with pages of 10
+    cursor = json.dumps({"updated_after": "2020-01-01T00:00:00+00:00"})
+    ticks, requested_ids = 0, set()
+    while True:
+        result, cursor = cardivo_tick(url, store, cursor)
+        ticks += 1
+        state = json.loads(cursor)
+        if "page_cursor" not in state:
+            break
+        assert state["updated_after"] == "2020-01-01T00:00:00+00:00"  # no move until paging is done
+        assert ticks < 50
+    assert ticks >= len(world.redemptions) // 20
+    stored = store.redemption_versions([r["id"] for r in world.redemptions])
+    assert len(stored) == len({r["id"] for r in world.redemptions})  # nothing lost across the chunks
+    assert json.loads(cursor)["updated_after"] >= max(r["updated_at"] for r in world.redemptions).replace("Z", "")
+
+
+def test_cardivo_sensor_picks_up_pushed_deliveries(cardivo_sim, store, world):
+    _, url = cardivo_sim
+    latest = max(_utc(r["updated_at"]) for r in world.redemptions)
+    redemption = {**world.redemptions[0], "id": "rdm_pushed", "redeemed_at": f"{DAYS[1]}T10:00:00Z",
+                  "updated_at": latest.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    store.record_webhook_event("cardivo", "evt_1", "redemption.created", {"id": "evt_1", "data": redemption})
+    cursor = json.dumps({"updated_after": (latest + timedelta(seconds=2)).isoformat()})
+    result, _ = cardivo_tick(url, store, cursor)
+    assert [r.partition_key for r in result.run_requests] == [DAYS[1].isoformat()]
+    assert store.pending_webhook_events("cardivo") == []
+
+
+@pytest.fixture
+def stripe_sim(world):
+    state = stripe.StripeState.from_world(world)
+    with BackgroundServer(stripe.create_app(state, api_key="sk_test_x")) as srv:
+        yield state, StripeResource(api_key="sk_test_x", api_base=srv.base_url, max_requests_per_second=100)
+
+
+def test_stripe_events_sensor_requests_workflow_days_and_keeps_mirror(stripe_sim, store, world):
+    state, api = stripe_sim
+    store.replace_customers(world.customers)
+    start = json.dumps({"created_after": int(datetime.combine(DAYS[0], datetime.min.time(), timezone.utc).timestamp())})
+    result, cursor = tick(sensors.stripe_events_sensor, start, stripe_api=api, store=store)
+    days = {r.partition_key for r in result.run_requests}
+    def day(ts):
+        return datetime.fromtimestamp(ts, timezone.utc).date().isoformat()
+
+    expected = {day(pi["created"]) for pi in world.payment_intents if pi["status"] == "succeeded"}
+    expected |= {day(w["created"]) for w in world.early_fraud_warnings}
+    assert days == expected and days
+    assert all(r.job_name == "stripe_workflows" for r in result.run_requests)
+    again, cursor = tick(sensors.stripe_events_sensor, cursor, stripe_api=api, store=store)
+    assert again.run_requests == []
+
+    made = api.create_customer({"email": "fresh@x.com"}, "k-fresh").object
+    api.update_customer(world.customers[0]["id"], {"metadata": {"crm": "1"}}, "k-upd")
+    tick(sensors.stripe_events_sensor, cursor, stripe_api=api, store=store)
+    mirror = {c["id"]: c for c in store.load_customers()}
+    assert made["id"] in mirror and mirror[world.customers[0]["id"]]["metadata"]["crm"] == "1"
+    assert store.get_state("customers_events_synced_at")
+
+
+def test_stripe_events_sensor_falls_back_past_retention(stripe_sim, store):
+    _, api = stripe_sim
+    store.replace_customers([])
+    old = json.dumps({"created_after": int((datetime.now(timezone.utc) - timedelta(days=31)).timestamp())})
+    result, cursor = tick(sensors.stripe_events_sensor, old, stripe_api=api, store=store)
+    assert result.run_requests == [] and json.loads(cursor)["fell_back"] is True
+    assert store.customers_refreshed_at() is None  # next sync relists every customer
+
+
+def test_late_data_backfill_is_one_backfill_of_yesterday_and_seven_days_before():
+    defs = giftflow.defs
+    ctx = dg.build_sensor_context(definitions=defs, instance=dg.DagsterInstance.ephemeral())
+    request = sensors.backfill_request(ctx, date(2026, 11, 25), 7)
+    subset = request.asset_graph_subset
+    days = {p.partition_key for p in subset.iterate_asset_partitions()}
+    assert days == {(date(2026, 11, 24) - timedelta(days=n)).isoformat() for n in range(8)}
+    assert {k.to_user_string() for k in subset.asset_keys} >= {"giftcard_customer_updates", "workflow_actions"}
+    assert request.requires_backfill_daemon()
+
+
+def test_late_data_backfill_fires_once_a_day():
+    ctx = dg.build_sensor_context(definitions=giftflow.defs, instance=dg.DagsterInstance.ephemeral(),
+                                  cursor=datetime.now(timezone.utc).date().isoformat())
+    result = sensors.late_data_backfill(ctx)
+    assert result.run_requests == [] or result.run_requests is None

@@ -1,0 +1,203 @@
+"""The webhook receiver over real HTTP: signatures, staleness, replays, malformed bodies, card-code redaction."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import itertools
+import time
+
+import httpx
+import pytest
+
+from giftflow.resources.store import GiftflowStore
+from giftflow.simulators.server import BackgroundServer
+from giftflow.webhooks import create_app
+
+CARDIVO_SECRET = "cardivo_whsec_test"
+STRIPE_SECRET = "whsec_test_giftflow"
+CODE = "CRDV-7K2M-Q9XA-4821"
+
+
+def sign(body: bytes, secret: str, ts: int | None = None) -> str:
+    """`t=<ts>,v1=<hex hmac>` the way Cardivo and Stripe both build it."""
+    ts = int(time.time()) if ts is None else ts
+    mac = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={ts},v1={mac}"
+
+
+def cardivo_event(event_id: str = "evt_c1") -> bytes:
+    return json.dumps({"id": event_id, "type": "redemption.created", "created": "2024-05-01T12:00:00Z",
+                       "data": {"id": "rdm_1", "amount": 2500, "currency": "usd",
+                                "gift_card": {"id": "gc_1Pz9", "code": CODE, "initial_value": 5000,
+                                              "currency": "usd"}}}).encode()
+
+
+def stripe_event(event_id: str = "evt_s1") -> bytes:
+    return json.dumps({"id": event_id, "object": "event", "type": "customer.updated", "created": 1714564800,
+                       "livemode": False, "data": {"object": {"id": "cus_1", "object": "customer"}}}).encode()
+
+
+SOURCES = {
+    "cardivo": ("Cardivo-Signature", CARDIVO_SECRET, cardivo_event),
+    "stripe": ("Stripe-Signature", STRIPE_SECRET, stripe_event),
+}
+
+
+_ids = itertools.count(1)
+
+
+# One store and server for the module keeps the file fast; each test uses its own event ids instead.
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return GiftflowStore(database_url=f"sqlite:///{tmp_path_factory.mktemp('webhooks')}/webhooks.sqlite")
+
+
+@pytest.fixture(scope="module")
+def base(store):
+    with BackgroundServer(create_app(store, cardivo_secret=CARDIVO_SECRET, stripe_secret=STRIPE_SECRET)) as srv:
+        yield srv.base_url
+
+
+@pytest.fixture(scope="module")
+def unconfigured_base(store):
+    with BackgroundServer(create_app(store, cardivo_secret=None, stripe_secret=None)) as srv:
+        yield srv.base_url
+
+
+@pytest.fixture(params=sorted(SOURCES))
+def source(request):
+    return request.param
+
+
+@pytest.fixture
+def eid(source):
+    return f"evt_{source[0]}{next(_ids)}"
+
+
+def stored(store: GiftflowStore, source: str, event_id: str) -> list[dict]:
+    return [e for e in store.pending_webhook_events(source) if e["event_id"] == event_id]
+
+
+def post(base: str, source: str, body: bytes, signature: str | None) -> httpx.Response:
+    header = SOURCES[source][0]
+    headers = {"Content-Type": "application/json", **({header: signature} if signature is not None else {})}
+    return httpx.post(f"{base}/webhooks/{source}", content=body, headers=headers, timeout=5)
+
+
+def test_healthz(base):
+    assert httpx.get(base + "/healthz").status_code == 200
+
+
+def test_valid_delivery_is_stored(base, store, source, eid):
+    _, secret, event = SOURCES[source]
+    r = post(base, source, event(eid), sign(event(eid), secret))
+    assert r.status_code == 200 and r.json() == {"received": True}
+    [row] = stored(store, source, eid)
+    assert row["payload"]["id"] == eid
+
+
+def test_cardivo_card_code_cut_to_last_4(base, store):
+    body = cardivo_event("evt_code")
+    r = post(base, "cardivo", body, sign(body, CARDIVO_SECRET))
+    assert r.status_code == 200 and CODE not in r.text
+    [row] = stored(store, "cardivo", "evt_code")
+    assert row["type"] == "redemption.created"
+    assert row["payload"]["data"]["gift_card"]["code"] == "…4821"
+    assert CODE not in json.dumps(row, default=str)
+
+
+def test_any_of_several_v1_signatures_may_match(base, store, source, eid):
+    _, secret, event = SOURCES[source]
+    ts, v1 = sign(event(eid), secret).split(",")
+    r = post(base, source, event(eid), f"{ts},v1={'0' * 64},{v1}")
+    assert r.status_code == 200 and len(stored(store, source, eid)) == 1
+
+
+@pytest.mark.parametrize("case", ["wrong_secret", "tampered_body", "old", "future", "missing_header",
+                                  "malformed_header", "not_json", "no_id"])
+def test_rejected_with_400_and_not_stored(base, store, source, eid, case):
+    _, secret, event = SOURCES[source]
+    body, now = event(eid), int(time.time())
+    signature = {
+        "wrong_secret": lambda: sign(body, "whsec_forged"),
+        "tampered_body": lambda: sign(body.replace(b"evt_", b"evX_"), secret),
+        "old": lambda: sign(body, secret, now - 301 - 5),
+        "future": lambda: sign(body, secret, now + 301 + 5),
+        "missing_header": lambda: None,
+        "malformed_header": lambda: "garbage",
+    }.get(case, lambda: None)()
+    if case == "not_json":
+        body = b"{not json"
+        signature = sign(body, secret)
+    elif case == "no_id":
+        body = json.dumps({"type": "redemption.created", "data": {}}).encode()
+        signature = sign(body, secret)
+    before = store.pending_webhook_events(source)
+    r = post(base, source, body, signature)
+    assert r.status_code == 400, r.text
+    assert "error" in r.json() and CODE not in r.text
+    assert store.pending_webhook_events(source) == before
+
+
+def test_replayed_delivery_is_acknowledged_and_stored_once(base, store, source, eid):
+    _, secret, event = SOURCES[source]
+    first = post(base, source, event(eid), sign(event(eid), secret))
+    again = post(base, source, event(eid), sign(event(eid), secret, int(time.time()) + 1))  # a retry: new t
+    assert first.json() == {"received": True}
+    assert again.status_code == 200 and again.json() == {"received": True, "duplicate": True}
+    assert len(stored(store, source, eid)) == 1
+
+
+def test_stale_replay_is_refused_as_stale(base, store, source, eid):
+    _, secret, event = SOURCES[source]
+    assert post(base, source, event(eid), sign(event(eid), secret)).status_code == 200
+    old = post(base, source, event(eid), sign(event(eid), secret, int(time.time()) - 3600))
+    assert old.status_code == 400 and "duplicate" not in old.text
+    assert len(stored(store, source, eid)) == 1
+
+
+def test_cardivo_staleness_uses_injected_clock(tmp_path):
+    store = GiftflowStore(database_url=f"sqlite:///{tmp_path}/clock.sqlite")
+    body, ts = cardivo_event(), 1_700_000_000
+    app = create_app(store, cardivo_secret=CARDIVO_SECRET, stripe_secret=None, clock=lambda: ts + 300)
+    with BackgroundServer(app) as srv:
+        assert post(srv.base_url, "cardivo", body, sign(body, CARDIVO_SECRET, ts)).status_code == 200
+        assert post(srv.base_url, "cardivo", body, sign(body, CARDIVO_SECRET, ts - 1)).status_code == 400
+
+
+def test_unconfigured_secret_answers_503(unconfigured_base, store, source, eid):
+    _, secret, event = SOURCES[source]
+    r = post(unconfigured_base, source, event(eid), sign(event(eid), secret))
+    assert r.status_code == 503 and r.json() == {"error": "webhook secret not configured"}
+    assert stored(store, source, eid) == []
+
+
+def test_stripe_pending_then_processed(base, store):
+    cardivo_body = cardivo_event("evt_proc_c")
+    assert post(base, "cardivo", cardivo_body, sign(cardivo_body, CARDIVO_SECRET)).status_code == 200
+    for n in (1, 2):
+        body = stripe_event(f"evt_proc{n}")
+        assert post(base, "stripe", body, sign(body, STRIPE_SECRET)).status_code == 200
+    pending = [e for e in store.pending_webhook_events("stripe") if e["event_id"].startswith("evt_proc")]
+    assert [e["event_id"] for e in pending] == ["evt_proc1", "evt_proc2"]
+    assert pending[0]["type"] == "customer.updated"
+    assert pending[0]["payload"]["data"]["object"]["id"] == "cus_1"
+    store.mark_webhook_events_processed("stripe", [e["event_id"] for e in pending])
+    assert not [e for e in store.pending_webhook_events("stripe") if e["event_id"].startswith("evt_proc")]
+    # Processing Stripe events leaves the other source's pending deliveries alone.
+    assert stored(store, "cardivo", "evt_proc_c")
+
+
+def test_create_app_from_env(monkeypatch, tmp_path):
+    from giftflow.webhooks import create_app_from_env
+
+    monkeypatch.setenv("GIFTFLOW_DATABASE_URL", f"sqlite:///{tmp_path}/env.sqlite")
+    monkeypatch.setenv("GIFTFLOW_CARDIVO_WEBHOOK_SECRET", CARDIVO_SECRET)
+    monkeypatch.delenv("GIFTFLOW_STRIPE_WEBHOOK_SECRET", raising=False)
+    with BackgroundServer(create_app_from_env()) as srv:
+        body = cardivo_event()
+        assert post(srv.base_url, "cardivo", body, sign(body, CARDIVO_SECRET)).status_code == 200
+        assert post(srv.base_url, "stripe", stripe_event(), sign(stripe_event(), STRIPE_SECRET)).status_code == 503
+    assert len(GiftflowStore(database_url=f"sqlite:///{tmp_path}/env.sqlite").pending_webhook_events("cardivo")) == 1
