@@ -124,5 +124,6 @@ def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_custom
 
 giftcard_sync = dg.define_asset_job(
     "giftcard_sync", selection=dg.AssetSelection.groups(GROUP), partitions_def=daily,
+    tags={"giftflow/job": "giftcard_sync"},  # dagster.yaml limits concurrent runs per job by this tag
     description="Cardivo redemptions of a UTC day -> Stripe customer gift-card metadata.",
 )

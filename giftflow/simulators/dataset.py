@@ -119,6 +119,9 @@ def _day_seconds(rng: random.Random, n: int) -> list[int]:
     return [0, *sorted(rng.sample(range(1, 86399), n - 2)), 86399]
 
 
+_NOW = datetime.now(timezone.utc)
+
+
 def build_world(seed: int, days: list[date], redemptions_per_day: int = 40, customers: int = 60,
                 payments_per_day: int = 20) -> World:
     """One coherent, deterministic world: the same seed and arguments give the same customers and redemptions
@@ -192,6 +195,8 @@ def build_world(seed: int, days: list[date], redemptions_per_day: int = 40, cust
             if available - amount < MIN_AMOUNT:
                 amount = available  # the rest of the card, as people do
             voided_at = at + timedelta(seconds=rng.randint(120, 2 * 86400)) if rng.random() < 0.05 else None
+            if voided_at is not None and voided_at > _NOW:
+                voided_at = None  # a void still to come has not happened yet: nothing is stamped in the future
             card.uses.append((at, amount, voided_at))
             customer = None
             if person is not None:
