@@ -1,6 +1,8 @@
 """Gift-card sync reconciliation: redemptions x Stripe customers -> one plan row per customer.
 
 Pure pandas, no I/O: the rules of giftflow-contract.md ("The gift-card sync") live here and only here.
+Sized for ~1M redemptions x 1M customers (bench/reconcile.py): the work runs on integer codes and
+positions, and strings are only hashed, compared or made where they must be.
 """
 
 from __future__ import annotations
@@ -62,34 +64,49 @@ def match_redemptions(redemptions: pd.DataFrame, customers: pd.DataFrame) -> pd.
 def _match(redemptions: pd.DataFrame, customers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """match_redemptions as arrays: each redemption's customer as the position in `customers` of the
     first row with that id (-1: none), whether the link decided it, and whether the e-mail was ambiguous."""
-    cust_id, link, known = _codes(customers["customer_id"], redemptions["stripe_customer_id"])
-    cust_mail, mail, known_mails = _codes(customers["email_norm"], redemptions["email_norm"])
-    first_row = np.full(known, len(customers))
+    cust_id, link, ids = _codes(customers["customer_id"], redemptions["stripe_customer_id"])
+    cust_mail, mail, mails = _codes(customers["email_norm"], redemptions["email_norm"])
+    first_row = np.full(ids, len(customers))
     np.minimum.at(first_row, cust_id[cust_id >= 0], np.flatnonzero(cust_id >= 0))
-
     has_mail = np.flatnonzero(cust_mail >= 0)
-    newest = has_mail[_pick(cust_mail[has_mail], known_mails, customers.iloc[has_mail][["created", "customer_id"]])]
-    sharing = np.bincount(cust_mail[has_mail], minlength=known_mails)
-    mail = np.where(mail < known_mails, mail, -1)  # an e-mail no customer has matches nobody
+    newest = has_mail[_pick(cust_mail[has_mail], mails, customers.iloc[has_mail][["created", "customer_id"]])]
+    sharing = np.bincount(cust_mail[has_mail], minlength=mails)
 
-    use_link = (link >= 0) & (link < known)
-    via_mail = _take(first_row[cust_id[newest]], mail, -1)
-    row = np.where(use_link, _take(first_row, np.where(use_link, link, -1), -1), via_mail)
+    newest_row = _take(first_row, cust_id[newest], -1)
+    use_link = link >= 0
+    row = np.where(use_link, _take(first_row, link, -1), _take(newest_row, mail, -1))
     ambiguous = ~use_link & _take(sharing > 1, mail, False)
     return row, use_link, ambiguous
 
 
 def _codes(theirs: pd.Series, ours: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
-    """Integer codes for two columns of strings from one hash table (-1: missing); the values of `theirs`
-    get codes 0..k-1, so a code of `ours` below k is a value `theirs` has too."""
-    codes, _ = pd.factorize(np.concatenate([theirs.to_numpy(dtype=object), ours.to_numpy(dtype=object)]))
-    head = codes[: len(theirs)]
-    return head, codes[len(theirs):], int(head.max(initial=-1)) + 1
+    """Codes 0..k-1 for the distinct values of `theirs`, the code of each of `ours` (-1: missing, or a
+    value `theirs` lacks), and k."""
+    ours = ours.to_numpy(dtype=object)
+    present = np.flatnonzero(pd.notna(ours))  # most redemptions link no customer: skip the hashing
+    # One hash table: `theirs` come first, so their values get the first codes.
+    codes, _ = pd.factorize(np.concatenate([theirs.to_numpy(dtype=object), ours[present]]))
+    head, tail = codes[: len(theirs)], codes[len(theirs):]
+    k = int(head.max(initial=-1)) + 1
+    found = np.full(len(ours), -1)
+    found[present] = np.where(tail < k, tail, -1)
+    return head, found, k
 
 
 def _take(values: np.ndarray, pos: np.ndarray, missing) -> np.ndarray:
     """values[pos], with `missing` where pos is -1."""
     return np.append(values, np.array([missing], dtype=values.dtype))[pos]
+
+
+def _where(cond: np.ndarray, yes, no) -> np.ndarray:
+    """np.where for strings, sharing `yes` and `no`: numpy would make a fixed-width str array, which
+    pandas turns into a new str object per row."""
+    return np.where(cond, np.array(yes, dtype=object), np.array(no, dtype=object))
+
+
+def _string_order(values: np.ndarray) -> np.ndarray:
+    """Positions sorting distinct strings: Python's sort, which is the order pandas gives them and faster."""
+    return np.array(sorted(range(len(values)), key=values.__getitem__), dtype=np.intp)
 
 
 def _pick(group: np.ndarray, groups: int, keys: pd.DataFrame, last: bool = True) -> np.ndarray:
@@ -120,6 +137,13 @@ def _format_times(times: pd.Series) -> pd.Series:
     return text + "Z"
 
 
+def _text(values: pd.Series) -> pd.api.extensions.ExtensionArray:
+    """`values` as strings, each distinct value formatted once (few distinct counts, totals and times)."""
+    codes, distinct = pd.factorize(values)
+    text = _format_times(pd.Series(distinct)) if values.dtype.kind == "M" else pd.Series(distinct).astype(str)
+    return text.array.take(codes)
+
+
 def wanted_metadata(redemptions: pd.DataFrame, key: str) -> pd.DataFrame:
     """The contract's metadata values per `key` group, from all of the group's redemptions.
 
@@ -130,7 +154,7 @@ def wanted_metadata(redemptions: pd.DataFrame, key: str) -> pd.DataFrame:
 
 
 def _wanted(redemptions: pd.DataFrame, group: np.ndarray, groups: int) -> pd.DataFrame:
-    """wanted_metadata with the groups given as numbers 0..groups-1 (-1: in none), which are also the index."""
+    """wanted_metadata with the groups given as numbers 0..groups-1 (-1: none), which are also the index."""
     done = (redemptions["status"] == "completed").to_numpy() & (group >= 0)
     rows = redemptions.loc[done, ["amount", "currency", "card_last4", "redeemed_at", "redemption_id"]]
     group = group[done]
@@ -138,34 +162,31 @@ def _wanted(redemptions: pd.DataFrame, group: np.ndarray, groups: int) -> pd.Dat
     np.add.at(total, group, rows["amount"].to_numpy(dtype="int64"))
     currency, currencies = pd.factorize(rows["currency"])
     priced = currency >= 0
-    # One (group, currency) pair per distinct currency of a group.
-    pairs = pd.unique(group[priced] * len(currencies) + currency[priced])
+    distinct = pd.unique(group[priced] * len(currencies) + currency[priced])  # one per (group, currency)
     first_priced = np.full(groups, len(rows))
     np.minimum.at(first_priced, group[priced], np.flatnonzero(priced))
-    first_priced[first_priced == len(rows)] = -1
     latest = _pick(group, groups, rows[["redeemed_at", "redemption_id"]])
-    # Far fewer distinct times than groups: format each once.
-    when, times = pd.factorize(rows["redeemed_at"].iloc[latest[latest >= 0]])
     stamps = np.full(groups, None, dtype=object)
-    stamps[latest >= 0] = _format_times(pd.Series(times, dtype=rows["redeemed_at"].dtype)).to_numpy(dtype=object)[when]
+    stamps[latest >= 0] = _text(rows["redeemed_at"].iloc[latest[latest >= 0]])
 
     out = pd.DataFrame(index=pd.RangeIndex(groups))
-    out["giftcard_redeemed_total"] = pd.Series(total).astype(str)
-    out["giftcard_redemptions"] = pd.Series(np.bincount(group, minlength=groups)).astype(str)
-    out["currencies"] = np.bincount(pairs // max(len(currencies), 1), minlength=groups).astype("int64")
+    out["giftcard_redeemed_total"] = _text(pd.Series(total))
+    out["giftcard_redemptions"] = _text(pd.Series(np.bincount(group, minlength=groups)))
+    out["currencies"] = np.bincount(distinct // max(len(currencies), 1), minlength=groups).astype("int64")
     out["currency_list"] = ""
     multi = out.index[out["currencies"] > 1]
     if len(multi):
-        mixed = rows[np.isin(group, multi)].groupby(group[np.isin(group, multi)])["currency"] \
-            .agg(lambda c: ",".join(sorted(set(c))))
-        out.loc[multi, "currency_list"] = mixed.reindex(multi).to_numpy()
+        mixed = np.isin(group, multi)
+        lists = rows[mixed].groupby(group[mixed])["currency"].agg(lambda c: ",".join(sorted(set(c))))
+        out.loc[multi, "currency_list"] = lists.reindex(multi).to_numpy()
     removable = {
-        "giftcard_currency": _take(rows["currency"].to_numpy(dtype=object), first_priced, None),
+        "giftcard_currency": _take(rows["currency"].to_numpy(dtype=object, na_value=None),
+                                   np.where(first_priced < len(rows), first_priced, -1), None),
         "giftcard_last_redeemed_at": stamps,
-        "giftcard_last4": _take(rows["card_last4"].to_numpy(dtype=object), latest, None),
+        "giftcard_last4": _take(rows["card_last4"].to_numpy(dtype=object, na_value=None), latest, None),
     }
     for col, values in removable.items():
-        out[col] = pd.Series(np.where(pd.isna(values), None, values), dtype="object")
+        out[col] = pd.Series(values, dtype="object")
     return out
 
 
@@ -175,23 +196,29 @@ def _diff(wanted: pd.DataFrame, current: pd.DataFrame) -> tuple[np.ndarray, np.n
     The current values go into the write's idempotency key, so a later write of the same values
     from another starting point is not mistaken for a replay.
     """
-    differs, values = [], []
+    differs, valued = [], []
     for key in METADATA_KEYS:
         w = wanted[key].to_numpy(dtype=object)
         c = current[key].to_numpy(dtype=object)
-        absent = pd.isna(c)
-        differs.append(~((pd.isna(w) & absent) | (w == c)))
-        values.append(differs[-1] & ~absent)
-    # Both strings follow from which keys differ (a table of the 32 combinations) except where a
-    # differing key has a current value: build those rows one by one.
+        w_absent, c_absent = pd.isna(w), pd.isna(c)
+        both = np.flatnonzero(~w_absent & ~c_absent)
+        differs.append(w_absent != c_absent)
+        differs[-1][both] = ~(w[both] == c[both])
+        valued.append(differs[-1] & ~c_absent)
+    # Making a string per row is what costs: both strings come from a table of the 32 combinations of
+    # differing keys, except `before` where a differing key has a current value to show.
     combo = sum(d.astype(np.int64) << bit for bit, d in enumerate(differs))
     keys = [[k for bit, k in enumerate(METADATA_KEYS) if c >> bit & 1] for c in range(2 ** len(METADATA_KEYS))]
     names = np.array([" ".join(ks) for ks in keys], dtype=object)[combo]
     before = np.array(["".join(f"{k}=;" for k in ks) for ks in keys], dtype=object)[combo]
-    valued = np.flatnonzero(np.logical_or.reduce(values))
-    shown = [current[key].iloc[valued].fillna("").astype(str).to_numpy(dtype=object) for key in METADATA_KEYS]
-    before[valued] = ["".join(f"{k}={v};" for k, v, d in zip(METADATA_KEYS, vals, flags) if d)
-                      for vals, flags in zip(zip(*shown), zip(*(d[valued] for d in differs)))]
+    rows = np.flatnonzero(np.logical_or.reduce(valued))
+    pieces = []
+    for key, d, v in zip(METADATA_KEYS, differs, valued):
+        piece = _where(d[rows], f"{key}=;", "")
+        cells = np.flatnonzero(v[rows])
+        piece[cells] = [f"{key}={x};" for x in current[key].to_numpy(dtype=object)[rows[cells]]]
+        pieces.append(piece)
+    before[rows] = list(map("".join, zip(*pieces)))
     return names, before
 
 
@@ -213,34 +240,31 @@ def plan_customer_updates(
               & (redemptions["redeemed_at"] < pd.Timestamp(day_end))).to_numpy()
     used = redemptions[["redemption_id", "status", "amount", "currency", "card_last4", "email_norm", "name", "phone",
                         "redeemed_at"]]
-    parts = [_plan_matched(used, row, in_day, ambiguous, customers), _plan_unmatched(used[row < 0], in_day[row < 0], mode)]
+    parts = [_plan_matched(used, row, in_day, ambiguous, customers),
+             _plan_unmatched(used[row < 0], in_day[row < 0], mode)]
     plan = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else None
     if plan is None:
         return pd.DataFrame(columns=PLAN_COLUMNS)
-    return plan.take(_plan_order(plan))[PLAN_COLUMNS].reset_index(drop=True)
+    # The parts come ordered by customer_id, then e-mail, missing last: what is left is the action.
+    action = pd.Categorical(plan["action"], categories=[CREATE, UPDATE, NONE, SKIP]).codes
+    return plan[PLAN_COLUMNS].take(np.argsort(action, kind="stable")).reset_index(drop=True)
 
 
-def _plan_order(plan: pd.DataFrame) -> np.ndarray:
-    """Positions sorting the plan by action (create, update, none, skip), customer_id, then email, missing
-    last, ties kept in place."""
-    # customer_id is unique where set, so e-mail only orders the rows without one: one string sort does both.
-    no_id = plan["customer_id"].isna().to_numpy()
-    key = np.where(no_id, plan["email"].to_numpy(dtype=object), plan["customer_id"].to_numpy(dtype=object))
-    named = np.flatnonzero(pd.notna(key))
-    by_key = np.concatenate([named[sorted(range(len(named)), key=key[named].__getitem__)],
-                             np.flatnonzero(pd.isna(key))]).astype(np.intp)
-    rank = pd.Categorical(plan["action"], categories=[CREATE, UPDATE, NONE, SKIP]).codes
-    return by_key[np.lexsort((no_id[by_key], rank[by_key]))]
+def _day_groups(codes: np.ndarray, in_day: np.ndarray, names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number the codes (-1: none) that occur in the day 0..n-1 in the order of their names, which is
+    the plan's order. Returns each row's number (-1: none) and the numbered codes in number order."""
+    touched = np.flatnonzero(np.bincount(codes[in_day & (codes >= 0)], minlength=len(names)))
+    touched = touched[_string_order(names[touched])]
+    number = np.full(len(names), -1)
+    number[touched] = np.arange(len(touched))
+    return _take(number, codes, -1), touched
 
 
 def _plan_matched(redemptions: pd.DataFrame, row: np.ndarray, in_day: np.ndarray, ambiguous: np.ndarray,
                   customers: pd.DataFrame) -> pd.DataFrame:
-    touched = np.flatnonzero(np.bincount(row[in_day & (row >= 0)], minlength=len(customers)))
+    group, touched = _day_groups(row, in_day, customers["customer_id"].to_numpy(dtype=object))
     if len(touched) == 0:
         return pd.DataFrame(columns=PLAN_COLUMNS)
-    number = np.full(len(customers), -1)
-    number[touched] = np.arange(len(touched))
-    group = _take(number, row, -1)
     mine = group >= 0
     plan = _wanted(redemptions, group, len(touched))
     current = customers.iloc[touched]
@@ -248,11 +272,11 @@ def _plan_matched(redemptions: pd.DataFrame, row: np.ndarray, in_day: np.ndarray
     plan["customer_id"] = current["customer_id"].to_numpy()
     plan["email"] = current["email_norm"].to_numpy()
     plan["redemptions_in_day"] = np.bincount(group[in_day & mine], minlength=len(touched))
-    plan["note"] = np.where(np.bincount(group[ambiguous & mine], minlength=len(touched)) > 0, AMBIGUOUS_EMAIL, "")
+    plan["note"] = _where(np.bincount(group[ambiguous & mine], minlength=len(touched)) > 0, AMBIGUOUS_EMAIL, "")
     plan["changed_keys"], plan["before"] = _diff(plan, current)
     multi = plan["currencies"].to_numpy() > 1
-    plan["action"] = np.where(multi, SKIP, np.where(plan["changed_keys"] != "", UPDATE, NONE))
-    plan["reason"] = np.where(multi, MULTI_CURRENCY, "")
+    plan["action"] = _where(multi, SKIP, _where(plan["changed_keys"] != "", UPDATE, NONE))
+    plan["reason"] = _where(multi, MULTI_CURRENCY, "")
     _blank_multi_currency(plan, multi)
     plan["name"] = None
     plan["phone"] = None
@@ -266,41 +290,40 @@ def _blank_multi_currency(plan: pd.DataFrame, multi: np.ndarray) -> None:
     plan.loc[multi, ["changed_keys", "before"]] = ""
 
 
-def _plan_unmatched(lost_ever: pd.DataFrame, in_day: np.ndarray, mode: str) -> pd.DataFrame:
-    lost = lost_ever[in_day]
+def _plan_unmatched(unmatched: pd.DataFrame, in_day: np.ndarray, mode: str) -> pd.DataFrame:
+    lost = unmatched[in_day]
     if len(lost) == 0:
         return pd.DataFrame(columns=PLAN_COLUMNS)
-    anonymous = lost[lost["email_norm"].isna()]
-    rows = [pd.DataFrame({
-        "customer_id": None, "email": None, "action": SKIP, "reason": ANONYMOUS, "note": anonymous["redemption_id"].to_numpy(),
-        "redemptions_in_day": 1, "changed_keys": "", "before": "", "name": None, "phone": None,
-        **{k: None for k in METADATA_KEYS},
-    })] if len(anonymous) else []
-
-    mail, emails = pd.factorize(lost_ever["email_norm"])
-    touched = np.flatnonzero(np.bincount(mail[in_day & (mail >= 0)], minlength=len(emails)))
+    rows = []
+    mail, emails = pd.factorize(unmatched["email_norm"])
+    group, touched = _day_groups(mail, in_day, np.asarray(emails, dtype=object))
     if len(touched):
-        number = np.full(len(emails), -1)
-        number[touched] = np.arange(len(touched))
-        group = _take(number, mail, -1)
-        plan = _wanted(lost_ever, group, len(touched))
+        plan = _wanted(unmatched, group, len(touched))
         plan["email"] = np.asarray(emails, dtype=object)[touched]
         plan["customer_id"] = None
         plan["redemptions_in_day"] = np.bincount(group[in_day & (group >= 0)], minlength=len(touched))
         # Name and phone from the earliest redemption that has them: stable as new days arrive.
         for col in ("name", "phone"):
-            has = lost_ever[col].notna().to_numpy() & (group >= 0)
-            first = _pick(group[has], len(touched), lost_ever.loc[has, ["redeemed_at", "redemption_id"]], last=False)
-            plan[col] = _take(lost_ever[col].to_numpy(dtype=object)[has], first, np.nan)
+            has = unmatched[col].notna().to_numpy() & (group >= 0)
+            first = _pick(group[has], len(touched), unmatched.loc[has, ["redeemed_at", "redemption_id"]], last=False)
+            plan[col] = _take(unmatched[col].to_numpy(dtype=object)[has], first, np.nan)
         creatable = (mode == "upsert") & (plan["currencies"].to_numpy() == 1)
         multi = plan["currencies"].to_numpy() > 1
-        plan["action"] = np.where(creatable, CREATE, SKIP)
-        plan["reason"] = np.where(creatable, "", np.where(multi & (mode == "upsert"), MULTI_CURRENCY, UNMATCHED))
+        plan["action"] = _where(creatable, CREATE, SKIP)
+        plan["reason"] = _where(creatable, "", _where(multi & (mode == "upsert"), MULTI_CURRENCY, UNMATCHED))
         plan["note"] = ""
         _blank_multi_currency(plan, multi)
-        plan["changed_keys"] = np.where(creatable, " ".join(METADATA_KEYS), "")
+        plan["changed_keys"] = _where(creatable, " ".join(METADATA_KEYS), "")
         plan["before"] = ""
         rows.append(plan)
+
+    anonymous = lost[lost["email_norm"].isna()]
+    if len(anonymous):
+        rows.append(pd.DataFrame({
+            "customer_id": None, "email": None, "action": SKIP, "reason": ANONYMOUS,
+            "note": anonymous["redemption_id"].to_numpy(), "redemptions_in_day": 1, "changed_keys": "", "before": "",
+            "name": None, "phone": None, **{k: None for k in METADATA_KEYS},
+        }))
     return pd.concat(rows, ignore_index=True)[PLAN_COLUMNS]
 
 
