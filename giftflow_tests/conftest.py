@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from giftflow_tests.harness import ROOT, free_port, pg_bindir, throwaway_postgres, wait_for
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
+__all__ = ["ROOT", "free_port", "wait_for"]
 
 
 @pytest.fixture
@@ -52,31 +31,10 @@ def localstripe():
             proc.wait(10)
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    return Path(found[-1]).parent if found else None
-
-
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A throwaway PostgreSQL cluster for the session. With CI=true a missing server fails, never skips."""
-    bindir = _pg_bin()
-    if bindir is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL server binaries are missing (.ci/run should have installed them)")
-        pytest.skip("PostgreSQL server binaries not installed")
-    tmp = tempfile.mkdtemp(prefix="giftflow-pg-")
-    as_user = [] if os.geteuid() != 0 else ["runuser", "-u", "nobody", "--"]
-    if os.geteuid() == 0:
-        shutil.chown(tmp, "nobody")
-    port = free_port()
-    data = f"{tmp}/data"
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", data, "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", data, "-l", f"{tmp}/log", "-w", "-o",
-                    f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", data, "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    """A throwaway PostgreSQL cluster for the session. A missing server fails the tests, never skips them."""
+    if pg_bindir() is None:
+        pytest.fail("PostgreSQL server binaries are missing: apt-get install postgresql (as .ci/run does)")
+    with throwaway_postgres() as url:
+        yield url

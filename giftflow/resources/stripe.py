@@ -36,7 +36,9 @@ class WriteResult:
 def _limiter(per_second: int, shared_db: str | None) -> Limiter:
     """One limiter per process, rate and bucket. With `shared_db`, the bucket is a SQLite file guarded by a
     file lock, so every run on the host (a backfill runs many at once) draws from one budget."""
-    rates = [Rate(per_second, Duration.SECOND)]
+    # A 10 % longer window than Stripe's: a call admitted here reaches Stripe a little later, and two calls a
+    # window apart here must not land inside one window there.
+    rates = [Rate(per_second, int(Duration.SECOND * 1.1))]
     if not shared_db:
         return Limiter(rates)
     Path(shared_db).parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +139,31 @@ class StripeResource(dg.ConfigurableResource):
     def update_customer(self, customer_id: str, params: dict, key: str) -> WriteResult:
         obj = self._call(lambda: self.client.v1.customers.update(
             customer_id, params=params, options={"idempotency_key": key}))
+        return WriteResult(obj.to_dict(), _request_id(obj))
+
+    def iter_customer_objects(self, *, with_tax_ids: bool = False, page_size: int = 100
+                              ) -> Iterator[tuple[list[dict], int]]:
+        """Every customer as Stripe returns it (with its tax ids where asked), a page at a time."""
+        params: dict[str, Any] = {"limit": page_size}
+        if with_tax_ids:
+            params["expand"] = ["data.tax_ids"]
+        return self._pages(self.client.v1.customers.list, params)
+
+    def list_promotion_codes(self, **params: Any) -> tuple[list[dict], int]:
+        """Promotion codes (the pinned API's way to give a customer a coupon) matching `params`."""
+        rows, calls = [], 0
+        for page, calls in self._pages(self.client.v1.promotion_codes.list, params):
+            rows += page
+        return rows, calls
+
+    def create_tax_id(self, customer_id: str, params: dict, key: str) -> WriteResult:
+        obj = self._call(lambda: self.client.v1.customers.tax_ids.create(
+            customer_id, params=params, options={"idempotency_key": key}))
+        return WriteResult(obj.to_dict(), _request_id(obj))
+
+    def create_promotion_code(self, params: dict, key: str) -> WriteResult:
+        obj = self._call(lambda: self.client.v1.promotion_codes.create(
+            params=params, options={"idempotency_key": key}))
         return WriteResult(obj.to_dict(), _request_id(obj))
 
 

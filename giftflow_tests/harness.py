@@ -1,0 +1,216 @@
+"""Real servers for tests and benchmarks: a throwaway PostgreSQL cluster, and the production shape
+(the repo's dagster.yaml on PostgreSQL, dagster-daemon and dagster-webserver as processes) against the
+simulators."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import httpx
+import sqlalchemy as sa
+
+from giftflow.simulators import cardivo, dataset, stripe
+from giftflow.simulators.server import BackgroundServer
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def pg_bindir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(found[-1]).parent if found else None
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A PostgreSQL cluster in a temporary directory on a free port; yields its SQLAlchemy URL.
+    `postgres` refuses to run as root, so as root it runs as `nobody`."""
+    bindir = pg_bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL server binaries are not installed")
+    tmp = tempfile.mkdtemp(prefix="giftflow-pg-")
+    as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    if os.geteuid() == 0:
+        shutil.chown(tmp, "nobody")
+    port, data = free_port(), f"{tmp}/data"
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", data, "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", data, "-l", f"{tmp}/log", "-w", "-o",
+                    f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c max_connections=300", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def create_database(url: str, name: str) -> str:
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+@dataclass
+class Stack:
+    url: str  # the webserver
+    env: dict
+    home: Path
+    cardivo_url: str
+    stripe_url: str
+    cardivo: cardivo.CardivoState
+    stripe: stripe.StripeState
+    world: dataset.World
+
+    def dagster(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dagster", *args, "-w", "workspace.yaml"], env=self.env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60)
+        response.raise_for_status()
+        body = response.json()
+        if "errors" in body:
+            raise RuntimeError(body["errors"])
+        return body["data"]
+
+    def log(self, name: str, tail: int = 3000) -> str:
+        return (self.home.parent / f"{name}.log").read_text()[-tail:]
+
+
+@contextlib.contextmanager
+def production_stack(postgres_url: str, workdir: Path, days: list[date], *, stripe_limit: int,
+                     redemptions_per_day: int = 6, customers: int = 40, sensor_interval_s: int = 2,
+                     extra_env: dict | None = None) -> Iterator[Stack]:
+    """dagster-webserver and dagster-daemon on the repo's dagster.yaml (PostgreSQL), giftflow's store on
+    PostgreSQL, the simulators in this process; the Stripe simulator refuses calls past `stripe_limit`/s and
+    giftflow is given the same budget."""
+    world = dataset.build_world(21, days, redemptions_per_day=redemptions_per_day, customers=customers)
+    cardivo_state, stripe_state = cardivo.CardivoState.from_world(world), stripe.StripeState(world.customers)
+    home = workdir / "dagster_home"
+    home.mkdir(parents=True)
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    suffix = workdir.name.lower().replace("-", "_")[-20:]
+    dagster_db = create_database(postgres_url, f"dagster_{suffix}")
+    giftflow_db = create_database(postgres_url, f"giftflow_{suffix}")
+    pg = urlparse(dagster_db)
+    procs: list[subprocess.Popen] = []
+    with BackgroundServer(cardivo.create_app(cardivo_state, "ck")) as c_srv, \
+            BackgroundServer(stripe.create_app(stripe_state, api_key="sk_test_e2e",
+                                               rate_limit_per_s=stripe_limit)) as s_srv:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GIFTFLOW_", "DAGSTER_"))}
+        env.update({"DAGSTER_HOME": str(home), "TMPDIR": str(workdir),
+                    "DAGSTER_POSTGRES_HOST": pg.hostname, "DAGSTER_POSTGRES_PORT": str(pg.port),
+                    "DAGSTER_POSTGRES_USER": "postgres", "DAGSTER_POSTGRES_PASSWORD": "",
+                    "DAGSTER_POSTGRES_DB": pg.path.lstrip("/"),
+                    "CARDIVO_API_BASE": c_srv.base_url, "CARDIVO_API_KEY": "ck",
+                    "STRIPE_API_BASE": s_srv.base_url, "STRIPE_API_KEY": "sk_test_e2e",
+                    "GIFTFLOW_DATABASE_URL": giftflow_db, "GIFTFLOW_STRIPE_MAX_RPS": str(stripe_limit),
+                    "GIFTFLOW_SENSOR_INTERVAL_S": str(sensor_interval_s), **(extra_env or {})})
+        # Create the instance's tables once, before two processes race to do it.
+        subprocess.run([sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().dispose()"],
+                       env=env, check=True, timeout=120)
+        port = free_port()
+        for name, cmd in (("webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
+                                         "-p", str(port)]),
+                          ("daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"])):
+            procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True,
+                                          stdout=open(workdir / f"{name}.log", "w"), stderr=subprocess.STDOUT))
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for(url + "/server_info", timeout=120)
+            yield Stack(url, env, home, c_srv.base_url, s_srv.base_url, cardivo_state, stripe_state, world)
+        finally:
+            for p in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+
+
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message }
+  }
+}"""
+BACKFILL_STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+  ... on PartitionBackfill { status } } }"""
+
+
+def launch_backfill(stack: Stack, job: str, partitions: list[str]) -> str:
+    launched = stack.graphql(LAUNCH_BACKFILL, {"params": {
+        "selector": {"partitionSetName": f"{job}_partition_set",
+                     "repositorySelector": {"repositoryLocationName": "giftflow", "repositoryName": "__repository__"}},
+        "partitionNames": partitions}})["launchPartitionBackfill"]
+    if launched["__typename"] != "LaunchBackfillSuccess":
+        raise RuntimeError(launched)
+    return launched["backfillId"]
+
+
+def backfill_runs(stack: Stack, backfill_id: str) -> list[dict]:
+    """The backfill's runs as dicts (status, start, end), read from the instance's PostgreSQL storage."""
+    code = ("import json, sys, dagster as dg\n"
+            "with dg.DagsterInstance.get() as i:\n"
+            "    rs = i.get_run_records(filters=dg.RunsFilter(tags={'dagster/backfill': sys.argv[1]}))\n"
+            "    print(json.dumps([{'status': r.dagster_run.status.value, 'start': r.start_time, 'end': r.end_time}"
+            " for r in rs]))")
+    import json
+
+    out = subprocess.run([sys.executable, "-c", code, backfill_id], env=stack.env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    return json.loads(out.stdout)
+
+
+def wait_for_backfill(stack: Stack, backfill_id: str, expected_runs: int, timeout: float) -> tuple[str, list[dict]]:
+    began = time.monotonic()
+    status, runs = None, []
+    while time.monotonic() - began < timeout:
+        status = stack.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]["status"]
+        runs = backfill_runs(stack, backfill_id)
+        done = [r for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+        if status not in ("REQUESTED",) and len(done) == expected_runs:
+            break
+        time.sleep(2)
+    return status, runs
+
+
+def most_at_once(runs: list[dict]) -> int:
+    spans = [(r["start"] or 0, r["end"] or float("inf")) for r in runs]
+    return max((sum(1 for s, e in spans if s <= t < e) for t, _ in spans), default=0)
