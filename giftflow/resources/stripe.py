@@ -47,6 +47,8 @@ def _limiter(per_second: int, shared_db: str | None) -> Limiter:
 
 
 def default_rate_limit_db() -> str | None:
+    if os.environ.get("GIFTFLOW_STRIPE_RATE_DB"):
+        return os.environ["GIFTFLOW_STRIPE_RATE_DB"]
     home = os.environ.get("DAGSTER_HOME")
     return str(Path(home) / "giftflow_stripe_rate.sqlite") if home else None
 
