@@ -23,8 +23,9 @@ def main() -> None:
     today = datetime.now(timezone.utc).date()
     with throwaway_postgres() as pg, tempfile.TemporaryDirectory() as tmp:
         with production_stack(pg, Path(tmp), [today - timedelta(days=1)], stripe_limit=25) as stack:
-            customers = [httpx.post(f"{stack.stripe_url}/v1/customers", data={"email": f"lat{i}@example.com"},
-                                    headers={"Authorization": "Bearer sk_test_e2e"}).json()["id"] for i in range(n)]
+            customers = [f"cus_lat{i:04d}" for i in range(n)]
+            stack.stripe.load([{"id": cid, "email": f"lat{i}@example.com", "created": int(time.time()), "metadata": {}}
+                               for i, cid in enumerate(customers)])
             assert stack.dagster("sensor", "start", "cardivo_redemptions_sensor").returncode == 0
             created: dict[str, float] = {}
             done: dict[str, float] = {}

@@ -105,6 +105,41 @@ def _count_files(folder: str) -> int:
     return len(os.listdir(folder)) if os.path.isdir(folder) else 0
 
 
+EXAMPLE_SYNC = "crm_customers"
+
+
+def _run_example_sync(defs, instance, env: dict[str, str], label: str) -> int:
+    """Materialize the example sync's asset and print its stored report; the Stripe writes it made."""
+    from giftflow.resources.store import GiftflowStore
+    from giftflow.syncs.runner import format_report
+
+    httpx.post(env["STRIPE_API_BASE"] + "/v1/coupons", data={"id": "WELCOME10", "percent_off": "10"},
+               headers={"Authorization": f"Bearer {env['STRIPE_API_KEY']}"})  # the coupon the CSV names
+    before = _stripe_writes(env)
+    result = defs.resolve_job_def(f"sync_{EXAMPLE_SYNC}_job").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=QUIET)
+    writes = _stripe_writes(env) - before
+    print(f"\n{label}")
+    runs = GiftflowStore().sync_runs(EXAMPLE_SYNC, result.run_id)
+    print(format_report(EXAMPLE_SYNC, runs[0]) if runs else "  (no report: the run failed before writing one)")
+    print(f"Stripe writes: {writes}")
+    return writes
+
+
+def syncs_report(args: argparse.Namespace) -> int:
+    """Print a stored sync-run report: the latest run, or --run."""
+    from giftflow.resources.store import GiftflowStore
+    from giftflow.syncs.runner import format_report
+
+    store = GiftflowStore(database_url=args.database_url or os.environ.get("GIFTFLOW_DATABASE_URL") or None)
+    runs = store.sync_runs(args.sync, args.run, limit=1)
+    if not runs:
+        print(f"no report for sync {args.sync!r}" + (f" run {args.run}" if args.run else ""), file=sys.stderr)
+        return 1
+    print(format_report(args.sync, runs[0]))
+    return 0
+
+
 def demo(args: argparse.Namespace) -> int:
     """Run giftcard_sync for the last few days against the simulators, then once more: 0 writes."""
     import dagster as dg
@@ -127,8 +162,10 @@ def demo(args: argparse.Namespace) -> int:
             _run_days(defs, instance, days, env, "First run: giftcard_sync per day")
             _run_workflows(defs, instance, days, env, outbox,
                            "Stripe Workflows (stripe_workflows, refunds enabled against the simulator)")
+            _run_example_sync(defs, instance, env, "Reverse ETL: sync crm_customers (CSV shipped in the package)")
             again = _run_days(defs, instance, days, env, "Second run of the same days (replay-safe: expect 0 writes)")
             again += _run_workflows(defs, instance, days, env, outbox, "Stripe Workflows again (expect 0 writes, 0 mails)")
+            again += _run_example_sync(defs, instance, env, "Reverse ETL: crm_customers again (expect 0 writes)")
     print("\n" + ("OK: the rerun made 0 Stripe writes and sent 0 mails" if again == 0
                   else f"UNEXPECTED: the rerun made {again} writes or mails"))
     return 0 if again == 0 else 1
@@ -137,7 +174,7 @@ def demo(args: argparse.Namespace) -> int:
 def dev(args: argparse.Namespace) -> int:
     """The simulators plus `dagster dev`, so the UI can be clicked through with no accounts."""
     today = datetime.now(timezone.utc).date()
-    days = [today - timedelta(days=n) for n in range(args.days, -1, -1)]
+    days = [today - timedelta(days=n) for n in range(args.days, 0, -1)]
     home = os.path.abspath(args.dagster_home)
     os.makedirs(home, exist_ok=True)
     with simulators(days, args.seed) as env:
@@ -212,6 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.set_defaults(func=webhooks)
+
+    p = sub.add_parser("syncs", help="reverse-ETL syncs to Stripe customers")
+    syncs_sub = p.add_subparsers(dest="syncs_command", required=True)
+    r = syncs_sub.add_parser("report", help="print a sync-run report (default: the latest run)")
+    r.add_argument("sync", help="the sync's name (its file's `name`)")
+    r.add_argument("--run", default=None, help="a Dagster run id")
+    r.add_argument("--database-url", default=None, help="giftflow's store (default: GIFTFLOW_DATABASE_URL)")
+    r.set_defaults(func=syncs_report)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -5,6 +5,7 @@ import os
 import dagster as dg
 
 from giftflow.assets import giftcard, workflows
+from giftflow.assets.syncs import build_sync_definitions
 from giftflow.automation import sensors
 from giftflow.resources.cardivo import CardivoResource
 from giftflow.resources.notifier import Notifier
@@ -37,6 +38,10 @@ def _resources() -> dict:
 
 def build_defs() -> dg.Definitions:
     """The Definitions, with optional settings read from the environment now."""
+    return dg.Definitions.merge(_core_defs(), build_sync_definitions(os.environ.get("GIFTFLOW_SYNCS_DIR") or None))
+
+
+def _core_defs() -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules([giftcard, workflows]),
         jobs=[giftcard.giftcard_sync, workflows.stripe_workflows],

@@ -20,7 +20,7 @@ def test_defs_load_and_jobs_resolve():
 def test_every_asset_has_description_group_and_kinds():
     for spec in giftflow.defs.resolve_all_asset_specs():
         assert spec.description, spec.key
-        assert spec.group_name in {"giftcard_sync", "stripe_workflows"}, spec.key
+        assert spec.group_name in {"giftcard_sync", "stripe_workflows", "reverse_etl"}, spec.key
         assert spec.kinds, spec.key
 
 

@@ -1,4 +1,8 @@
-"""Carry out a customer plan at Stripe: ledger first, idempotent write, mirror after.
+"""The one writer of Stripe customers: ledger first, idempotent write, mirror after.
+
+Both the gift-card sync (`apply_customer_plan`) and every reverse-ETL sync (`apply_sync_plan`) write through
+`update_customer`, `create_customer_once` and `_send` here, so there is exactly one code path with the
+ledger, idempotency keys, rate limit, dry run and the exactly-once create.
 
 A failed write is recorded and the rest still go out; the caller fails the step afterwards so Dagster
 shows it, and a retry resends only what the ledger does not show as sent.
@@ -6,31 +10,46 @@ shows it, and a retry resends only what the ledger does not show as sent.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pandas as pd
 import stripe
 
 from giftflow.core.reconcile import CREATE, NONE, SKIP, UPDATE, metadata_changes
 from giftflow.resources.store import GiftflowStore
-from giftflow.resources.stripe import StripeResource, idempotency_key
+from giftflow.resources.stripe import StripeResource, WriteResult, idempotency_key
 
 CREATE_KIND, UPDATE_KIND = "create_customer", "update_customer"
+TAX_ID_KIND, PROMOTION_CODE_KIND = "create_tax_id", "create_promotion_code"
+REJECT = "reject"
 
 
 @dataclass
 class ApplyReport:
     counts: Counter = field(default_factory=Counter)
     failures: list[dict] = field(default_factory=list)
-    created: dict[str, str] = field(default_factory=dict)  # e-mail -> new customer id
+    created: dict[str, str] = field(default_factory=dict)  # e-mail (or sync row key) -> new customer id
+    rejections: list[dict] = field(default_factory=list)  # syncs: rows refused, by validation or by Stripe
 
     @property
     def writes(self) -> int:
         return self.counts["created"] + self.counts["updated"]
 
 
+@dataclass
+class _Ctx:
+    stripe_api: StripeResource
+    store: GiftflowStore
+    partition: str | None
+    run_id: str | None
+    report: ApplyReport
+
+
+# -- the gift-card sync ------------------------------------------------------------------------------
 def apply_customer_plan(
     plan: pd.DataFrame,
     stripe_api: StripeResource,
@@ -43,6 +62,7 @@ def apply_customer_plan(
 ) -> ApplyReport:
     log = log or logging.getLogger(__name__)
     report = ApplyReport()
+    ctx = _Ctx(stripe_api, store, partition, run_id, report)
     report.counts["unchanged"] = int((plan["action"] == NONE).sum())
     report.counts["left_out"] = int((plan["action"] == SKIP).sum())
     for row in plan[plan["action"].isin([CREATE, UPDATE])].to_dict("records"):
@@ -51,62 +71,204 @@ def apply_customer_plan(
             continue
         try:
             if row["action"] == UPDATE:
-                _update(row, stripe_api, store, partition, run_id, report)
+                if update_customer(ctx, row["customer_id"], {"metadata": metadata_changes(row)}, row["before"]):
+                    report.counts["updated"] += 1
             else:
-                _create(row, stripe_api, store, partition, run_id, report)
+                metadata = {k: v for k, v in metadata_changes(row).items() if v != ""}
+                params = {"email": row["email"], "metadata": metadata,
+                          **{k: row[k] for k in ("name", "phone") if isinstance(row.get(k), str) and row[k]}}
+                create_customer_once(ctx, row["email"], params, lookup_email=row["email"])
         except stripe.StripeError as exc:
             target = row["customer_id"] or row["email"]
-            message = getattr(exc, "user_message", None) or str(exc)
+            message = _message(exc)
             report.counts["failed"] += 1
             report.failures.append({"target": target, "action": row["action"], "error": message})
             log.warning("Stripe %s of %s failed: %s", row["action"], target, message)
     return report
 
 
-def _send(kind, target, params, key, call, store, partition, run_id, report) -> dict | None:
+# -- reverse-ETL syncs ---------------------------------------------------------------------------------
+def apply_sync_plan(
+    plan: pd.DataFrame,
+    stripe_api: StripeResource,
+    store: GiftflowStore,
+    *,
+    sync: str,
+    dry_run: bool,
+    partition: str | None,
+    run_id: str | None,
+    log: logging.Logger | None = None,
+) -> ApplyReport:
+    """Carry out a sync plan (giftflow.syncs.plan). A row Stripe refuses (4xx) is a rejection with
+    Stripe's message; anything else that fails is a failure, to be retried."""
+    log = log or logging.getLogger(__name__)
+    report = ApplyReport()
+    ctx = _Ctx(stripe_api, store, partition, run_id, report)
+    report.counts["unchanged"] = int((plan["action"] == NONE).sum())
+    refused = plan[plan["action"] == REJECT]
+    report.counts["rejected"] = len(refused)
+    report.rejections += [{"row_key": r["row_key"], "customer_id": r["customer_id"], "stage": "validation",
+                           "reason": r["reason"]} for r in refused.to_dict("records")]
+    for row in plan[plan["action"].isin([CREATE, UPDATE])].to_dict("records"):
+        if dry_run:
+            report.counts[f"would_{row['action']}"] += 1
+            continue
+        customer_id, wrote = row["customer_id"], False
+        try:
+            if row["action"] == CREATE:
+                customer_id, wrote = create_customer_once(
+                    ctx, row["identity"], row["params"], lookup_email=row["email"] if "@" in row["identity"] else None,
+                    count=False)
+                store.record_sync_ids(sync, {row["row_key"]: customer_id}, run_id)
+            elif row["params"]:
+                wrote = update_customer(ctx, customer_id, row["params"], row["before"]) is not None
+            for op in row["follow_ups"] or []:
+                wrote |= _follow_up(ctx, customer_id, op, row["before"]) is not None
+        except stripe.StripeError as exc:
+            message = _message(exc)
+            outcome = "rejected" if _refused(exc) else "failed"
+            report.counts[outcome] += 1
+            entry = {"row_key": row["row_key"], "customer_id": customer_id,
+                     "stage": "stripe" if outcome == "rejected" else "stripe_error", "reason": message}
+            (report.rejections if outcome == "rejected" else report.failures).append(entry)
+            (log.info if outcome == "rejected" else log.warning)(
+                "Stripe %s of row %s %s: %s", row["action"], row["row_key"], outcome, message)
+            continue
+        if row["action"] == CREATE:
+            report.counts["created" if wrote else "recovered"] += 1
+        else:
+            report.counts["updated" if wrote else "already_sent"] += 1
+    return report
+
+
+def _refused(exc: stripe.StripeError) -> bool:
+    """Stripe said no to this row (4xx but not rate limiting or a misused idempotency key)."""
+    status = getattr(exc, "http_status", None) or 0
+    return 400 <= status < 500 and status != 429 and not isinstance(exc, stripe.IdempotencyError)
+
+
+def _message(exc: stripe.StripeError) -> str:
+    return getattr(exc, "user_message", None) or str(exc)
+
+
+# -- the one writer ----------------------------------------------------------------------------------
+def _send(ctx: _Ctx, kind: str, target: str, params: dict, key: str, call: Callable[[], WriteResult],
+          mirror: Callable[[dict], None]) -> dict | None:
     """Ledger 'planned' before the call, 'sent'/'failed' after: a crash in between is detectable."""
+    store = ctx.store
     prior = store.ledger_entries([key]).get(key)
     if prior and prior["status"] == "sent":
-        report.counts["already_sent"] += 1
+        ctx.report.counts["already_sent"] += 1
         return None
-    store.record_planned(key, kind, target, params, partition, run_id)
+    store.record_planned(key, kind, target, params, ctx.partition, ctx.run_id)
     try:
         result = call()
     except stripe.StripeError as exc:
         store.record_result(key, status="failed", request_id=getattr(exc, "request_id", None), error=str(exc)[:1000])
         raise
     store.record_result(key, status="sent", request_id=result.request_id, object_id=result.object.get("id"))
-    store.upsert_customers([result.object])
+    mirror(result.object)
     return result.object
 
 
-def _update(row, stripe_api, store, partition, run_id, report) -> None:
-    params = {"metadata": metadata_changes(row)}
-    key = idempotency_key(UPDATE_KIND, row["customer_id"], {**params, "before": row["before"]})
-    if _send(UPDATE_KIND, row["customer_id"], params, key,
-             lambda: stripe_api.update_customer(row["customer_id"], params, key), store, partition, run_id, report):
-        report.counts["updated"] += 1
+def _mirror_customer(store: GiftflowStore, tax_ids=(), coupons=()) -> Callable[[dict], None]:
+    def mirror(customer: dict) -> None:
+        store.upsert_customers([customer])
+        store.upsert_customer_objects([customer], add_tax_ids=tax_ids, add_coupons=coupons)
+    return mirror
 
 
-def _create(row, stripe_api, store, partition, run_id, report) -> None:
-    email = row["email"]
-    # A planned create that never reached 'sent' may still have happened at Stripe (crash between the
-    # call and the ledger): look before creating again. We create with the normalised e-mail, so
-    # Stripe's case-sensitive e-mail filter finds it.
-    if store.ledger_for_target(email, CREATE_KIND):
-        existing = stripe_api.list_customers_by_email(email)
+def update_customer(ctx: _Ctx, customer_id: str, params: dict, before) -> dict | None:
+    """One idempotent customer update. `before` (the values being replaced) goes into the key, so the same
+    values written later from another starting point are not mistaken for a replay."""
+    key = idempotency_key(UPDATE_KIND, customer_id, {**params, "before": before})
+    return _send(ctx, UPDATE_KIND, customer_id, params, key,
+                 lambda: ctx.stripe_api.update_customer(customer_id, params, key), _mirror_customer(ctx.store))
+
+
+def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email: str | None,
+                         count: bool = True):
+    """Create the customer named by `identity` (a normalised e-mail, or a sync's row) exactly once.
+
+    A create planned before but never confirmed may still have happened at Stripe (crash between the call
+    and the ledger): with an e-mail it is looked up by that e-mail (we create with the normalised e-mail,
+    so Stripe's case-sensitive filter finds it); otherwise the earlier request is replayed with its own
+    idempotency key and parameters, which Stripe answers with the customer it made, if it made one.
+    The gift-card sync counts into the report itself (`count`); syncs get (customer id, created now).
+    """
+    report, store = ctx.report, ctx.store
+    priors = store.ledger_for_target(identity, CREATE_KIND)
+    found = None
+    if priors and lookup_email:
+        existing = ctx.stripe_api.list_customers_by_email(lookup_email)
         if existing:
-            newest = max(existing, key=lambda c: (c["created"], c["id"]))
-            store.upsert_customers([newest])
-            report.counts["found_existing"] += 1
-            report.created[email] = newest["id"]
-            return
-    metadata = {k: v for k, v in metadata_changes(row).items() if v != ""}
-    params = {"email": email, "metadata": metadata,
-              **{k: row[k] for k in ("name", "phone") if isinstance(row.get(k), str) and row[k]}}
-    key = idempotency_key(CREATE_KIND, email, params)
-    created = _send(CREATE_KIND, email, params, key, lambda: stripe_api.create_customer(params, key),
-                    store, partition, run_id, report)
-    if created:
+            found = max(existing, key=lambda c: (c["created"], c["id"]))
+    elif priors:
+        found = _recover(ctx, identity, priors)
+    if found is not None:
+        _mirror_customer(store)(found)
+        report.counts["found_existing"] += 1
+        report.created[identity] = found["id"]
+        return None if count else (found["id"], False)
+    tax_ids = [f"{t['type']}:{t['value']}" for t in params.get("tax_id_data", [])]
+    key = idempotency_key(CREATE_KIND, identity, params)
+    created = _send(ctx, CREATE_KIND, identity, params, key, lambda: ctx.stripe_api.create_customer(params, key),
+                    _mirror_customer(store, tax_ids=tax_ids))
+    if created is None:  # this very create is in the ledger as sent
+        if count:
+            return None
+        sent = store.ledger_entries([key])[key]
+        created = ctx.stripe_api.retrieve("customers", sent["stripe_object_id"])
+        if not created.get("deleted"):
+            _mirror_customer(store)(created)
+        return created["id"], False
+    if count:
         report.counts["created"] += 1
-        report.created[email] = created["id"]
+    report.created[identity] = created["id"]
+    return None if count else (created["id"], True)
+
+
+def _recover(ctx: _Ctx, identity: str, priors: list[dict]) -> dict | None:
+    """The customer an earlier create of `identity` made, if any: sent ones from the ledger, unconfirmed
+    ones by replaying them (same key, same parameters) — refused replays made nothing."""
+    for prior in sorted(priors, key=lambda p: p["updated_at"], reverse=True):
+        if prior["status"] == "sent" and prior["stripe_object_id"]:
+            customer = ctx.stripe_api.retrieve("customers", prior["stripe_object_id"])
+            if not customer.get("deleted"):
+                return customer
+            continue
+        try:
+            result = ctx.stripe_api.create_customer(json.loads(prior["params"]), prior["op_key"])
+        except stripe.StripeError as exc:
+            if _refused(exc):
+                continue
+            raise
+        ctx.store.record_result(prior["op_key"], status="sent", request_id=result.request_id,
+                                object_id=result.object["id"])
+        return result.object
+    return None
+
+
+def _follow_up(ctx: _Ctx, customer_id: str, op: dict, before) -> dict | None:
+    """What Stripe keeps as its own objects: a tax id on the customer, a promotion code for a coupon."""
+    if op["kind"] == TAX_ID_KIND:
+        params = op["params"]
+        key = idempotency_key(TAX_ID_KIND, customer_id, {**params, "before": before})
+        shown = f"{params['type']}:{params['value']}"
+        return _send(ctx, TAX_ID_KIND, customer_id, params, key,
+                     lambda: ctx.stripe_api.create_tax_id(customer_id, params, key),
+                     lambda _obj: ctx.store.upsert_customer_objects(
+                         [_known_customer(ctx, customer_id)], add_tax_ids=[shown]))
+    params = {**op["params"], "customer": customer_id}
+    key = idempotency_key(PROMOTION_CODE_KIND, customer_id, {**params, "before": before})
+    return _send(ctx, PROMOTION_CODE_KIND, customer_id, params, key,
+                 lambda: ctx.stripe_api.create_promotion_code(params, key),
+                 lambda _obj: ctx.store.upsert_customer_objects(
+                     [_known_customer(ctx, customer_id)], add_coupons=[params["promotion"]["coupon"]]))
+
+
+def _known_customer(ctx: _Ctx, customer_id: str) -> dict:
+    """The mirrored customer (to attach a tax id or coupon to), else Stripe's."""
+    for customer in ctx.store.load_customer_objects_by_id([customer_id]):
+        return customer
+    return ctx.stripe_api.retrieve("customers", customer_id)

@@ -100,6 +100,39 @@ webhook_events = sa.Table(
     sa.Column("processed_at", TS),
 )
 
+# Reverse-ETL syncs: the full customer mirror they diff against (Stripe's object plus giftflow's `_tax_ids`
+# and `_coupons`), one report per sync run, and the ids of the customers each sync created, per source row.
+customer_objects = sa.Table(
+    "stripe_customer_objects", metadata_obj,
+    sa.Column("customer_id", sa.String(64), primary_key=True),
+    sa.Column("email_norm", sa.String(320), index=True),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("synced_at", TS, nullable=False),
+)
+
+sync_runs = sa.Table(
+    "sync_runs", metadata_obj,
+    sa.Column("sync", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("partition", sa.String(32)),
+    sa.Column("status", sa.String(16), nullable=False),  # success | failed
+    sa.Column("dry_run", sa.Boolean, nullable=False),
+    sa.Column("counts", sa.Text, nullable=False),
+    sa.Column("rejections", sa.Text, nullable=False),  # [{row_key, customer_id, stage, reason}]
+    sa.Column("started_at", TS, nullable=False),
+    sa.Column("finished_at", TS, nullable=False, index=True),
+)
+
+sync_ids = sa.Table(
+    "sync_customer_ids", metadata_obj,
+    sa.Column("sync", sa.String(64), primary_key=True),
+    sa.Column("row_key", sa.String(320), primary_key=True),
+    sa.Column("customer_id", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("created_at", TS, nullable=False),
+)
+
 kv = sa.Table(
     "giftflow_state", metadata_obj,
     sa.Column("key", sa.String(128), primary_key=True),
@@ -347,6 +380,81 @@ class GiftflowStore(dg.ConfigurableResource):
                 conn.execute(webhook_events.update().where(
                     webhook_events.c.source == source, webhook_events.c.event_id.in_(chunk)).values(processed_at=_now()))
 
+    # -- full customer mirror (syncs) ----------------------------------------------------------------
+    def replace_customer_objects(self, rows: list[dict], *, refreshed_key: str = "customer_objects_refreshed_at"
+                                 ) -> None:
+        """Make the full mirror exactly this listing (each row may carry `_tax_ids` / `_coupons`)."""
+        now = _now()
+        with self.engine.begin() as conn:
+            _upsert(conn, customer_objects, [_object_record(r, now) for r in rows], ["customer_id"])
+            conn.execute(customer_objects.delete().where(customer_objects.c.synced_at < now))
+            self._set(conn, refreshed_key, now.isoformat())
+
+    def upsert_customer_objects(self, rows: list[dict], *, add_tax_ids: Iterable[str] = (),
+                                add_coupons: Iterable[str] = ()) -> None:
+        """Customers as a write returned them; giftflow's `_tax_ids` / `_coupons` already mirrored are kept
+        (Stripe leaves them out of a customer unless expanded) and the given ones added."""
+        now = _now()
+        add_tax_ids, add_coupons = list(add_tax_ids), list(add_coupons)
+        with self.engine.begin() as conn:
+            known = {r.customer_id: json.loads(r.data) for chunk in _chunks([r["id"] for r in rows])
+                     for r in conn.execute(sa.select(customer_objects).where(customer_objects.c.customer_id.in_(chunk)))}
+            records = []
+            for row in rows:
+                row = dict(row)
+                old = known.get(row["id"], {})
+                for extra, added in (("_tax_ids", add_tax_ids), ("_coupons", add_coupons)):
+                    merged = row.get(extra) if extra in row else old.get(extra, [])
+                    row[extra] = list(dict.fromkeys([*(merged or []), *added]))
+                records.append(_object_record(row, now))
+            _upsert(conn, customer_objects, records, ["customer_id"])
+
+    def load_customer_objects(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [json.loads(r.data) for r in conn.execute(sa.select(customer_objects.c.data))]
+
+    def load_customer_objects_by_id(self, ids: Iterable[str]) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [json.loads(r.data) for chunk in _chunks(ids) for r in conn.execute(
+                sa.select(customer_objects.c.data).where(customer_objects.c.customer_id.in_(chunk)))]
+
+    # -- sync runs and created ids --------------------------------------------------------------------
+    def record_sync_run(self, sync: str, run_id: str, *, partition: str | None, status: str, dry_run: bool,
+                        counts: dict, rejections: list[dict], started_at: datetime) -> None:
+        row = {"sync": sync, "run_id": run_id, "partition": partition, "status": status, "dry_run": dry_run,
+               "counts": json.dumps(counts, sort_keys=True), "started_at": started_at, "finished_at": _now(),
+               "rejections": json.dumps(rejections, sort_keys=True, default=str)}
+        with self.engine.begin() as conn:
+            _upsert(conn, sync_runs, [row], ["sync", "run_id"])
+
+    def sync_runs(self, sync: str, run_id: str | None = None, limit: int = 20) -> list[dict]:
+        """Reports of a sync's runs, newest first (or the one run), counts and rejections decoded."""
+        query = sa.select(sync_runs).where(sync_runs.c.sync == sync)
+        if run_id:
+            query = query.where(sync_runs.c.run_id == run_id)
+        query = query.order_by(sync_runs.c.finished_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [{**dict(r), "counts": json.loads(r["counts"]), "rejections": json.loads(r["rejections"]),
+                     "started_at": _aware(r["started_at"]), "finished_at": _aware(r["finished_at"])}
+                    for r in conn.execute(query).mappings()]
+
+    def record_sync_ids(self, sync: str, created: dict[str, str], run_id: str | None) -> None:
+        """Source row key -> the Stripe customer id a sync created for it."""
+        now = _now()
+        rows = [{"sync": sync, "row_key": k, "customer_id": v, "run_id": run_id, "created_at": now}
+                for k, v in created.items()]
+        with self.engine.begin() as conn:
+            _upsert(conn, sync_ids, rows, ["sync", "row_key"])
+
+    def sync_ids(self, sync: str) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return {r.row_key: r.customer_id
+                    for r in conn.execute(sa.select(sync_ids).where(sync_ids.c.sync == sync))}
+
+    def delete_sync_ids(self, sync: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sync_ids.delete().where(sync_ids.c.sync == sync))
+
     # -- small state (cursors) ---------------------------------------------------------------------
     def get_state(self, key: str) -> str | None:
         with self.engine.connect() as conn:
@@ -364,3 +472,9 @@ class GiftflowStore(dg.ConfigurableResource):
 def _customer_record(row: dict, now: datetime) -> dict:
     return {"customer_id": row["id"], "email": row.get("email"), "created": int(row.get("created") or 0),
             "metadata": json.dumps(row.get("metadata") or {}, sort_keys=True), "synced_at": now}
+
+
+def _object_record(row: dict, now: datetime) -> dict:
+    return {"customer_id": row["id"], "email_norm": (row.get("email") or "").strip().lower() or None,
+            "created": int(row.get("created") or 0), "data": json.dumps(row, sort_keys=True, default=str),
+            "synced_at": now}

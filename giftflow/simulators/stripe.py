@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import itertools
 import random
 import re
 import secrets
@@ -30,8 +31,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from giftflow.syncs.stripe_fields import TAX_ID_TYPES
+
 CUSTOMER_PARAMS = {"email", "name", "phone", "description", "metadata", "address", "shipping", "balance",
-                   "preferred_locales", "tax_exempt", "expand"}
+                   "preferred_locales", "tax_exempt", "expand", "source", "tax_id_data"}
+TAX_ID_PARAMS = {"type", "value", "expand"}
+COUPON_PARAMS = {"id", "percent_off", "amount_off", "currency", "duration", "duration_in_months", "name", "metadata",
+                 "max_redemptions", "expand"}
+PROMOTION_CODE_PARAMS = {"promotion", "customer", "code", "active", "metadata", "expires_at", "max_redemptions",
+                         "expand"}
+# Stripe's test tokens (https://docs.stripe.com/testing): brand, last 4, funding; None: the card is declined.
+TEST_TOKENS = {"tok_visa": ("Visa", "4242", "credit"), "tok_visa_debit": ("Visa", "5556", "debit"),
+               "tok_mastercard": ("MasterCard", "4444", "credit"), "tok_amex": ("American Express", "8431", "credit"),
+               "tok_discover": ("Discover", "1117", "credit"), "tok_chargeDeclined": None}
+# The formats the simulator checks (Stripe checks every type; these are the ones tests and the demo use).
+TAX_ID_FORMATS = {"eu_vat": r"[A-Z]{2}[0-9A-Z]{8,12}", "gb_vat": r"GB[0-9]{9}([0-9]{3})?", "us_ein": r"[0-9]{2}-?[0-9]{7}",
+                  "au_abn": r"[0-9]{11}", "ch_vat": r"CHE-?[0-9]{3}\.?[0-9]{3}\.?[0-9]{3} ?(MWST|TVA|IVA)"}
 ADDRESS_KEYS = ("city", "country", "line1", "line2", "postal_code", "state")
 PAGING_PARAMS = {"limit", "starting_after", "ending_before", "created", "expand"}
 PAYMENT_INTENT_PARAMS = {"amount", "currency", "customer", "confirm", "payment_method", "metadata", "description",
@@ -41,9 +56,10 @@ REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 FRAUD_TYPES = ("card_never_received", "fraudulent_card_application", "made_with_counterfeit_card",
                "made_with_lost_card", "made_with_stolen_card", "misc", "unauthorized_use_of_card")
 PREFIXES = {"customer": "cus_", "payment_intent": "pi_", "charge": "ch_", "refund": "re_",
-            "radar.early_fraud_warning": "issfr_", "event": "evt_"}
+            "radar.early_fraud_warning": "issfr_", "event": "evt_", "tax_id": "txi_", "card": "card_",
+            "coupon": "", "promotion_code": "promo_"}
 API_VERSION = "2026-10-28.endive"  # the version stripe 16 pins; stamped on events
-_LIST_VALUED = {"preferred_locales", "expand", "types"}
+_LIST_VALUED = {"preferred_locales", "expand", "types", "tax_id_data"}
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _ID_CHARS = string.ascii_letters + string.digits
 
@@ -94,6 +110,11 @@ def _int(value: Any, param: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise StripeError(400, f"Invalid integer: {value}", param=param, code="parameter_invalid_integer") from None
+
+
+def _tax_id_types() -> frozenset[str]:
+    """Stripe's tax-id types, as the pinned SDK lists them."""
+    return TAX_ID_TYPES
 
 
 def _equals(key: str) -> Callable[[dict, Any], bool]:
@@ -342,9 +363,19 @@ class StripeState:
     def _insert(self, obj: dict) -> None:
         self._seq += 1
         self._tables[obj["object"]][obj["id"]] = {"obj": obj, "seq": self._seq, "deleted": False}
+        self.__dict__.setdefault("_order_cache", {}).pop(obj["object"], None)
 
     def _ordered(self, kind: str) -> list[dict]:
-        return sorted(self._tables[kind].values(), key=lambda r: (r["obj"]["created"], r["seq"]), reverse=True)
+        return self._ordered_with_positions(kind)[0]
+
+    def _ordered_with_positions(self, kind: str) -> tuple[list[dict], dict[str, int]]:
+        """Newest first, and each id's place; kept until the next insert of that kind (a `created` never
+        changes), so paging through 100,000 customers does not sort them once per page."""
+        cache = self.__dict__.setdefault("_order_cache", {})
+        if kind not in cache:
+            rows = sorted(self._tables[kind].values(), key=lambda r: (r["obj"]["created"], r["seq"]), reverse=True)
+            cache[kind] = (rows, {row["obj"]["id"]: i for i, row in enumerate(rows)})
+        return cache[kind]
 
     def _find(self, kind: str, object_id: Any, param: str = "id") -> dict:
         row = self._tables[kind].get(object_id) if isinstance(object_id, str) else None
@@ -432,8 +463,11 @@ class StripeState:
                 self._emit("radar.early_fraud_warning.updated", row["obj"], {"actionable": True}, created)
 
     # -- endpoints (called under the lock) ----------------------------------------------------------------------
-    def _apply_fields(self, obj: dict, params: dict) -> None:
-        _known(params, CUSTOMER_PARAMS)
+    def _apply_fields(self, obj: dict, params: dict, creating: bool = False) -> None:
+        _known(params, CUSTOMER_PARAMS if creating else CUSTOMER_PARAMS - {"tax_id_data"})
+        tax_ids = [self._check_tax_id(t, f"tax_id_data[{i}]") for i, t in enumerate(self._list_param(
+            params.get("tax_id_data", []), "tax_id_data"))]
+        card = self._check_token(params["source"]) if params.get("source") else None
         changes: dict = {}
         for name in ("name", "phone", "description"):
             if name in params:
@@ -463,11 +497,88 @@ class StripeState:
                     changes[name] = {k: value.get(k) or None for k in ADDRESS_KEYS}
                 else:
                     address = value.get("address") if isinstance(value.get("address"), dict) else {}
+                    if not value.get("name"):
+                        raise StripeError(400, "Missing required param: shipping[name].", param="shipping[name]",
+                                          code="parameter_missing")
+                    if not isinstance(value.get("address"), dict):
+                        raise StripeError(400, "Missing required param: shipping[address].",
+                                          param="shipping[address]", code="parameter_missing")
                     changes[name] = {"address": {k: address.get(k) or None for k in ADDRESS_KEYS},
                                      "name": value.get("name"), "phone": value.get("phone") or None}
         if "metadata" in params:
             changes["metadata"] = self._merge_metadata(obj["metadata"], params["metadata"])
         obj.update(changes)
+        # Everything is valid: now the objects the customer owns.
+        for type_, value in tax_ids:
+            self._new_tax_id(obj["id"], type_, value)
+        if card is not None:
+            obj["default_source"] = self._new_card(obj["id"], *card)["id"]
+
+    @staticmethod
+    def _list_param(value: Any, param: str) -> list:
+        if value == "" or value is None:
+            return []
+        if isinstance(value, dict):  # `x[0][k]=v` without the list decoding
+            value = [value[k] for k in sorted(value, key=lambda k: int(k) if k.isdigit() else -1)]
+        if not isinstance(value, list):
+            raise StripeError(400, f"Invalid array: {param}", param=param)
+        return value
+
+    @staticmethod
+    def _check_tax_id(given: Any, param: str) -> tuple[str, str]:
+        if not isinstance(given, dict) or not given.get("type") or not given.get("value"):
+            raise StripeError(400, f"Missing required param: {param}[type] and {param}[value].", param=param,
+                              code="parameter_missing")
+        type_, value = given["type"], given["value"]
+        if type_ not in _tax_id_types():
+            raise StripeError(400, f"Invalid {param}[type]: must be one of {', '.join(sorted(_tax_id_types())[:5])}, "
+                                   f"...", param=f"{param}[type]")
+        pattern = TAX_ID_FORMATS.get(type_)
+        if pattern and not re.fullmatch(pattern, value):
+            raise StripeError(400, f"Invalid value for {type_}.", param=f"{param}[value]", code="tax_id_invalid")
+        return type_, value
+
+    @staticmethod
+    def _check_token(token: Any) -> tuple[str, str, str]:
+        if token not in TEST_TOKENS:
+            raise StripeError(400, f"No such token: '{token}'", param="source", code="resource_missing")
+        if TEST_TOKENS[token] is None:
+            raise StripeError(402, "Your card was declined.", type="card_error", param="source", code="card_declined")
+        return TEST_TOKENS[token]
+
+    def _new_tax_id(self, customer_id: str, type_: str, value: str) -> dict:
+        country = value[:2] if type_ in ("eu_vat", "gb_vat") else type_[:2].upper()
+        obj = {"id": self._new_id("tax_id"), "object": "tax_id", "country": country, "created": self._now(),
+               "customer": customer_id, "livemode": False, "owner": {"customer": customer_id, "type": "customer"},
+               "type": type_, "value": value,
+               "verification": {"status": "pending", "verified_address": None, "verified_name": None}}
+        self._insert(obj)
+        self._emit("customer.tax_id.created", obj)
+        return obj
+
+    def _new_card(self, customer_id: str, brand: str, last4: str, funding: str) -> dict:
+        obj = {"id": self._new_id("card"), "object": "card", "address_city": None, "address_country": None,
+               "address_line1": None, "address_line2": None, "address_state": None, "address_zip": None,
+               "brand": brand, "country": "US", "customer": customer_id, "cvc_check": "pass", "exp_month": 12,
+               "exp_year": 2034, "fingerprint": self._rand(16), "funding": funding, "last4": last4, "metadata": {},
+               "name": None, "tokenization_method": None, "created": self._now()}
+        self._insert(obj)
+        return obj
+
+    def _owned(self, kind: str, customer_id: str) -> list[dict]:
+        return [copy.deepcopy(r["obj"]) for r in self._ordered(kind) if not r["deleted"]
+                and r["obj"]["customer"] == customer_id]
+
+    def _render_customer(self, obj: dict, expand: Any, prefix: str = "") -> dict:
+        """A customer as Stripe returns it; `tax_ids` and `sources` only where expanded."""
+        out = copy.deepcopy(obj)
+        expand = expand if isinstance(expand, list) else [expand] if expand else []
+        for name, kind in (("tax_ids", "tax_id"), ("sources", "card")):
+            if prefix + name in expand:
+                data = self._owned(kind, obj["id"])
+                out[name] = {"object": "list", "data": data, "has_more": False, "total_count": len(data),
+                             "url": f"/v1/customers/{obj['id']}/{name}"}
+        return out
 
     @staticmethod
     def _merge_metadata(current: dict, given: Any) -> dict:
@@ -493,17 +604,23 @@ class StripeState:
 
     def create_customer(self, path: dict, params: dict) -> tuple[int, dict]:
         obj = self._new_customer(self._now())
-        self._apply_fields(obj, params)
+        staged = copy.deepcopy(obj)
+        self._apply_fields(staged, {k: v for k, v in params.items() if k not in ("source", "tax_id_data")},
+                           creating=True)  # validate first: a refused create leaves nothing behind
+        self._check_token(params["source"]) if params.get("source") else None
+        for i, t in enumerate(self._list_param(params.get("tax_id_data", []), "tax_id_data")):
+            self._check_tax_id(t, f"tax_id_data[{i}]")
         self._insert(obj)
+        self._apply_fields(obj, params, creating=True)
         self._emit("customer.created", obj)
-        return 200, copy.deepcopy(obj)
+        return 200, self._render_customer(obj, params.get("expand"))
 
     def retrieve_customer(self, path: dict, params: dict) -> tuple[int, dict]:
         _known(params, {"expand"})
         row = self._tables["customer"].get(path["id"])
         if row and row["deleted"]:  # Stripe answers a deleted customer with its tombstone
             return 200, {"id": path["id"], "object": "customer", "deleted": True}
-        return 200, copy.deepcopy(self._find("customer", path["id"]))
+        return 200, self._render_customer(self._find("customer", path["id"]), params.get("expand"))
 
     def update_customer(self, path: dict, params: dict) -> tuple[int, dict]:
         obj = self._find("customer", path["id"])
@@ -513,7 +630,7 @@ class StripeState:
         obj.update(staged)
         if previous:
             self._emit("customer.updated", obj, previous)
-        return 200, copy.deepcopy(obj)
+        return 200, self._render_customer(obj, params.get("expand"))
 
     def delete_customer(self, path: dict, params: dict) -> tuple[int, dict]:
         obj = self._find("customer", path["id"])
@@ -522,7 +639,84 @@ class StripeState:
         return 200, {"id": obj["id"], "object": "customer", "deleted": True}
 
     def list_customers(self, path: dict, params: dict) -> tuple[int, dict]:
-        return self._list("customer", params, {"email": _equals("email")}, "/v1/customers")
+        status, body = self._list("customer", params, {"email": _equals("email")}, "/v1/customers")
+        if params.get("expand"):
+            body["data"] = [self._render_customer(c, params["expand"], "data.") for c in body["data"]]
+        return status, body
+
+    def create_tax_id(self, path: dict, params: dict) -> tuple[int, dict]:
+        _known(params, TAX_ID_PARAMS)
+        customer = self._find("customer", path["id"])
+        type_, value = self._check_tax_id({k: params.get(k) for k in ("type", "value")}, "tax_id")
+        return 200, copy.deepcopy(self._new_tax_id(customer["id"], type_, value))
+
+    def list_tax_ids(self, path: dict, params: dict) -> tuple[int, dict]:
+        customer = self._find("customer", path["id"])
+        return self._list_owned("tax_id", customer["id"], params, f"/v1/customers/{customer['id']}/tax_ids")
+
+    def list_sources(self, path: dict, params: dict) -> tuple[int, dict]:
+        customer = self._find("customer", path["id"])
+        return self._list_owned("card", customer["id"], {k: v for k, v in params.items() if k != "object"},
+                                f"/v1/customers/{customer['id']}/sources")
+
+    def _list_owned(self, kind: str, customer_id: str, params: dict, url: str) -> tuple[int, dict]:
+        return self._list(kind, params, {}, url, only=lambda obj: obj["customer"] == customer_id)
+
+    def create_coupon(self, path: dict, params: dict) -> tuple[int, dict]:
+        _known(params, COUPON_PARAMS)
+        if ("percent_off" in params) == ("amount_off" in params):
+            raise StripeError(400, "You must pass exactly one of percent_off or amount_off.", param="percent_off")
+        coupon_id = params.get("id") or self._rand(8)
+        if coupon_id in self._tables["coupon"]:
+            raise StripeError(400, "Coupon already exists.", param="id", code="resource_already_exists")
+        duration = params.get("duration", "once")
+        if duration not in ("once", "repeating", "forever"):
+            raise StripeError(400, f"Invalid duration: {duration}", param="duration")
+        obj = {"id": coupon_id, "object": "coupon", "amount_off": None, "created": self._now(), "currency": None,
+               "duration": duration, "duration_in_months": None, "livemode": False, "max_redemptions": None,
+               "metadata": {}, "name": params.get("name") or None, "percent_off": None, "redeem_by": None,
+               "times_redeemed": 0, "valid": True}
+        if "percent_off" in params:
+            obj["percent_off"] = float(params["percent_off"])
+        else:
+            obj.update(amount_off=_int(params["amount_off"], "amount_off"), currency=str(params.get("currency", "usd")))
+        if "metadata" in params:
+            obj["metadata"] = self._merge_metadata({}, params["metadata"])
+        self._insert(obj)
+        return 200, copy.deepcopy(obj)
+
+    def retrieve_coupon(self, path: dict, params: dict) -> tuple[int, dict]:
+        return self._retrieve("coupon", path, params)
+
+    def create_promotion_code(self, path: dict, params: dict) -> tuple[int, dict]:
+        """The pinned API's way to give one customer a coupon: a promotion code restricted to that customer."""
+        _known(params, PROMOTION_CODE_PARAMS)
+        promotion = params.get("promotion")
+        if not isinstance(promotion, dict) or promotion.get("type") != "coupon" or not promotion.get("coupon"):
+            raise StripeError(400, "Missing required param: promotion[coupon].", param="promotion",
+                              code="parameter_missing")
+        coupon = self._find("coupon", promotion["coupon"], "promotion[coupon]")
+        customer = self._find("customer", params["customer"], "customer")["id"] if params.get("customer") else None
+        code = params.get("code") or self._rand(8, string.ascii_uppercase + string.digits)
+        if not re.fullmatch(r"[a-zA-Z0-9-]+", code):
+            raise StripeError(400, f"Invalid code: {code}", param="code")
+        obj = {"id": self._new_id("promotion_code"), "object": "promotion_code",
+               "active": _bool(params.get("active", "true"), "active"), "code": code, "created": self._now(),
+               "customer": customer, "customer_account": None, "expires_at": None, "livemode": False,
+               "max_redemptions": None, "metadata": {}, "promotion": {"coupon": coupon["id"], "type": "coupon"},
+               "restrictions": {"currency_options": {}, "first_time_transaction": False, "minimum_amount": None,
+                                "minimum_amount_currency": None}, "times_redeemed": 0}
+        if "metadata" in params:
+            obj["metadata"] = self._merge_metadata({}, params["metadata"])
+        self._insert(obj)
+        self._emit("promotion_code.created", obj)
+        return 200, copy.deepcopy(obj)
+
+    def list_promotion_codes(self, path: dict, params: dict) -> tuple[int, dict]:
+        return self._list("promotion_code", params, {
+            "customer": _equals("customer"), "code": _equals("code"),
+            "coupon": lambda obj, v: obj["promotion"]["coupon"] == v,
+            "active": lambda obj, v: obj["active"] == _bool(v, "active")}, "/v1/promotion_codes")
 
     def create_payment_intent(self, path: dict, params: dict) -> tuple[int, dict]:
         _known(params, PAYMENT_INTENT_PARAMS)
@@ -640,7 +834,7 @@ class StripeState:
             "/v1/events")
 
     def _list(self, kind: str, params: dict, filters: dict[str, Callable[[dict, Any], bool]],
-              url: str) -> tuple[int, dict]:
+              url: str, only: Callable[[dict], bool] | None = None) -> tuple[int, dict]:
         """A Stripe list: newest first, `created` and `filters` (parameter -> test), cursors, `has_more`."""
         _known(params, PAGING_PARAMS | filters.keys())
         limit = _int(params.get("limit", 10), "limit")
@@ -650,14 +844,14 @@ class StripeState:
         if "starting_after" in params and "ending_before" in params:
             raise StripeError(400, "You may only specify one of these parameters: ending_before, starting_after.",
                               param="ending_before")
-        rows = self._ordered(kind)
-        position = {row["obj"]["id"]: i for i, row in enumerate(rows)}
+        rows, position = self._ordered_with_positions(kind)
         keep = self._created_filter(params.get("created"))
         tests = [(filters[name], params[name]) for name in filters if name in params]
 
         def match(row: dict) -> bool:
             obj = row["obj"]
-            return not row["deleted"] and keep(obj["created"]) and all(test(obj, v) for test, v in tests)
+            return (not row["deleted"] and keep(obj["created"]) and all(test(obj, v) for test, v in tests)
+                    and (only is None or only(obj)))
 
         for cursor in ("starting_after", "ending_before"):
             if cursor in params and params[cursor] not in position:
@@ -667,7 +861,8 @@ class StripeState:
             page, more = before[-limit:], len(before) > limit
         else:
             start = position[params["starting_after"]] + 1 if "starting_after" in params else 0
-            after = [row for row in rows[start:] if match(row)]
+            after = list(itertools.islice((row for row in itertools.islice(rows, start, None) if match(row)),
+                                          limit + 1))
             page, more = after[:limit], len(after) > limit
         return 200, {"object": "list", "data": [copy.deepcopy(r["obj"]) for r in page], "has_more": more,
                      "url": url}
@@ -856,6 +1051,13 @@ def create_app(state: StripeState, *, api_key: str | None = None, rate_limit_per
         route("/v1/radar/early_fraud_warnings", "GET", StripeState.list_early_fraud_warnings),
         route("/v1/radar/early_fraud_warnings/{id}", "GET", StripeState.retrieve_early_fraud_warning),
         route("/v1/events", "GET", StripeState.list_events),
+        route("/v1/customers/{id}/tax_ids", "GET", StripeState.list_tax_ids),
+        route("/v1/customers/{id}/tax_ids", "POST", StripeState.create_tax_id),
+        route("/v1/customers/{id}/sources", "GET", StripeState.list_sources),
+        route("/v1/coupons", "POST", StripeState.create_coupon),
+        route("/v1/coupons/{id}", "GET", StripeState.retrieve_coupon),
+        route("/v1/promotion_codes", "GET", StripeState.list_promotion_codes),
+        route("/v1/promotion_codes", "POST", StripeState.create_promotion_code),
         route("/v1/events/{id}", "GET", StripeState.retrieve_event),
         Route("/{path:path}", endpoint("other", None), methods=methods),
     ], middleware=[Middleware(_RequestId)])

@@ -1,0 +1,385 @@
+"""Reverse-ETL syncs: sync files, validation, diff, the shared writer, reports — over real HTTP."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pandas as pd
+import pytest
+
+from giftflow.assets.syncs import build_sync_asset, build_sync_definitions
+from giftflow.resources.settings import Settings
+from giftflow.resources.store import GiftflowStore
+from giftflow.resources.stripe import StripeResource
+from giftflow.simulators import stripe as sim
+from giftflow.simulators.server import BackgroundServer
+from giftflow.syncs.runner import run_sync
+from giftflow.syncs.spec import SyncSpecError, load_folder, parse_sync
+
+KEY = "sk_test_sync"
+FULL = """
+version: 1
+name: {name}
+source: {{csv: rows.csv}}
+mode: {mode}
+identifier: {identifier}
+primary_key: ref
+empty_values: {empty}
+mapping:
+  id: stripe_id
+  email: email
+  name: name
+  phone: phone
+  description: notes
+  balance: balance
+  tax_id: {{type_column: tax_type, value: tax_value}}
+  source: token
+  coupon: coupon
+  address: {{line1: a_line1, line2: a_line2, city: a_city, state: a_state, postal_code: a_zip, country: a_country}}
+  shipping: {{name: s_name, phone: s_phone, line1: s_line1, city: s_city, postal_code: s_zip, country: s_country}}
+  metadata: {{columns: {{tier: tier}}, json: extra}}
+"""
+COLUMNS = ["ref", "stripe_id", "email", "name", "phone", "notes", "balance", "tax_type", "tax_value", "token",
+           "coupon", "a_line1", "a_line2", "a_city", "a_state", "a_zip", "a_country", "s_name", "s_phone", "s_line1",
+           "s_city", "s_zip", "s_country", "tier", "extra"]
+
+
+def row(ref, **given):
+    return {c: "" for c in COLUMNS} | {"ref": ref} | given
+
+
+ANA = row("r1", email="Ana@Example.com", name="Ana López", phone="+34 612 345 678", notes="wholesale",
+          balance="-500", tax_type="eu_vat", tax_value="ESB12345678", token="tok_visa", coupon="WELCOME10",
+          a_line1="Calle Mayor 1", a_line2="Piso 2", a_city="Madrid", a_state="M", a_zip="28013", a_country="es",
+          s_name="Ana López", s_phone="+34612345678", s_line1="Calle Mayor 1", s_city="Madrid", s_zip="28013",
+          s_country="ES", tier="gold", extra='{"since": 2019, "vip": true}')
+
+
+class World:
+    """A Stripe simulator on loopback, a store, and a folder holding one sync file and its CSV."""
+
+    def __init__(self, tmp_path: Path, rate_limit=None):
+        self.state = sim.StripeState()
+        self.server = BackgroundServer(sim.create_app(self.state, api_key=KEY, rate_limit_per_s=rate_limit))
+        self.tmp = tmp_path
+        self.store = GiftflowStore(database_url=f"sqlite:///{tmp_path}/giftflow.sqlite")
+
+    def __enter__(self):
+        self.url = self.server.start()
+        httpx.post(self.url + "/v1/coupons", data={"id": "WELCOME10", "percent_off": "10"},
+                   headers={"Authorization": f"Bearer {KEY}"}).raise_for_status()
+        self.state.reset_stats()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.stop()
+
+    def api(self, retries=3):
+        return StripeResource(api_key=KEY, api_base=self.url, max_requests_per_second=200,
+                              max_network_retries=retries)
+
+    def write(self, rows, *, name="crm", mode="upsert", identifier="email", empty="leave", text=None):
+        folder = self.tmp / "syncs"
+        folder.mkdir(exist_ok=True)
+        (folder / "sync.yaml").write_text(text or FULL.format(name=name, mode=mode, identifier=identifier,
+                                                             empty=empty))
+        pd.DataFrame(rows, columns=COLUMNS).to_csv(folder / "rows.csv", index=False)
+        return load_folder(folder)[0]
+
+    def materialize(self, spec_base, *, retries=3, dry_run=False, max_age=0):
+        asset = build_sync_asset(*spec_base)
+        return dg.materialize([asset], raise_on_error=False, resources={
+            "stripe_api": self.api(retries), "store": self.store,
+            "settings": Settings(dry_run=dry_run, customer_mirror_max_age_s=max_age)})
+
+    def writes(self):
+        return self.state.stats()["writes"]
+
+    def customers(self):
+        return {c["email"]: c for c in self.state.customers()}
+
+
+@pytest.fixture
+def world(tmp_path):
+    with World(tmp_path) as w:
+        yield w
+
+
+def metadata_of(result):
+    mat = result.get_asset_materialization_events()[0].event_specific_data.materialization
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+# -- sync files ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,line,problem", [
+    ("version: 1\nname: x\nsource: {csv: a.csv}\nidentifier: email\nmapping:\n  email: e\n  balanse: b\n",
+     7, "mapping.balanse: Extra inputs are not permitted"),
+    ("version: 1\nname: x\nsource: {csv: a.csv, sql: select 1}\nidentifier: email\nmapping: {email: e}\n",
+     3, "give exactly one of csv, parquet, sql, asset"),
+    ("version: 1\nname: x\nsource: {csv: a.csv}\nidentifier: id\nmapping:\n  email: e\n", 1,
+     "identifier 'id' needs mapping.id"),
+    ("version: 1\nname: x\nsource: {csv: a.csv}\nidentifier: email\nmapping:\n  email: e\n  tax_id:\n"
+     "    type: xx_vat\n    value: v\n", 8, "not one of Stripe's tax-id types"),
+    ("version: 1\nname: x\nsource: {csv: a.csv}\nidentifier: email\nmode: merge\nmapping: {email: e}\n", 5,
+     "mode: Input should be 'update' or 'upsert'"),
+    ("version: 1\nname: x\nsource: {csv: a.csv}\nidentifier: email\nschedule: every day\nmapping: {email: e}\n", 5,
+     "is not a cron expression"),
+    ("version: 1\nname: x\nsource: {csv: a.csv}\nidentifier: email\nmapping:\n  email: e\n  metadata:\n"
+     "    columns: {a_key_that_is_far_too_long_for_stripe_metadata: c}\n", 8, "at most 40 characters"),
+    ("version: 1\nname: x\n  source: [\n", None, "not valid YAML"),
+])
+def test_bad_sync_files_name_file_line_and_problem(text, line, problem):
+    with pytest.raises(SyncSpecError) as err:
+        parse_sync(text, "syncs/bad.yaml")
+    message = str(err.value)
+    assert message.startswith("syncs/bad.yaml"), message
+    assert problem in message, message
+    if line:
+        assert f"syncs/bad.yaml:{line}:" in message, message
+
+
+def test_shipped_example_loads_and_every_sync_is_an_asset():
+    (spec, base), = load_folder()
+    assert (base / spec.source.csv).exists()
+    defs = build_sync_definitions()
+    specs = [s for asset in defs.assets for s in asset.specs]
+    assert [s.key.to_user_string() for s in specs] == ["sync_crm_customers"]
+    assert specs[0].group_name == "reverse_etl" and "stripe" in specs[0].kinds
+    assert "| `tax_id.value` | `vat_id` |" in specs[0].description
+    assert [(s.name, s.cron_schedule) for s in defs.schedules] == [("sync_crm_customers_schedule", "0 6 * * *")]
+
+
+# -- every Catalytic field, through the simulator -----------------------------------------------------------
+def test_every_field_round_trips_and_the_rerun_writes_nothing(world):
+    spec = world.write([ANA])
+    result = world.materialize(spec)
+    assert result.success
+    assert {k: metadata_of(result)[k] for k in ("read", "created", "rejected")} == {"read": 1, "created": 1,
+                                                                                     "rejected": 0}
+    ana = world.customers()["ana@example.com"]
+    assert (ana["name"], ana["phone"], ana["description"], ana["balance"]) == (
+        "Ana López", "+34612345678", "wholesale", -500)
+    assert ana["address"] == {"line1": "Calle Mayor 1", "line2": "Piso 2", "city": "Madrid", "state": "M",
+                              "postal_code": "28013", "country": "ES"}
+    assert ana["shipping"] == {"name": "Ana López", "phone": "+34612345678", "address": {
+        "line1": "Calle Mayor 1", "line2": None, "city": "Madrid", "state": None, "postal_code": "28013",
+        "country": "ES"}}
+    assert ana["metadata"] == {"tier": "gold", "since": "2019", "vip": "true"}
+    auth = {"Authorization": f"Bearer {KEY}"}
+    tax_ids = httpx.get(f"{world.url}/v1/customers/{ana['id']}/tax_ids", headers=auth).json()["data"]
+    assert [(t["type"], t["value"], t["customer"]) for t in tax_ids] == [("eu_vat", "ESB12345678", ana["id"])]
+    card = httpx.get(f"{world.url}/v1/customers/{ana['id']}/sources", headers=auth).json()["data"][0]
+    assert ana["default_source"] == card["id"] and card["last4"] == "4242"
+    promo = httpx.get(f"{world.url}/v1/promotion_codes", params={"customer": ana["id"]}, headers=auth).json()
+    assert [p["promotion"]["coupon"] for p in promo["data"]] == ["WELCOME10"]
+    assert world.store.sync_ids("crm") == {"r1": ana["id"]}
+
+    before = world.writes()
+    again = world.materialize(spec)
+    assert again.success and world.writes() == before
+    assert metadata_of(again)["unchanged"] == 1
+
+
+def test_only_changed_fields_are_sent_and_empty_values_follow_the_policy(world):
+    spec = world.write([ANA])
+    world.materialize(spec)
+    changed = dict(ANA, name="Ana L.", tier="", a_city="Sevilla")
+    world.write([changed], empty="leave")
+    world.state.reset_stats()
+    assert world.materialize(spec).success
+    ana = world.customers()["ana@example.com"]
+    assert ana["name"] == "Ana L." and ana["metadata"]["tier"] == "gold"  # leave: the empty tier is not sent
+    assert ana["address"]["city"] == "Sevilla" and ana["address"]["line2"] == "Piso 2"  # the rest kept
+    assert world.writes() == 1
+    event = world.state.objects("event")[0]
+    assert event["type"] == "customer.updated" and set(event["data"]["previous_attributes"]) == {"name", "address"}
+
+    assert world.materialize(world.write([changed], empty="clear")).success
+    assert "tier" not in world.customers()["ana@example.com"]["metadata"]
+
+
+def test_update_by_id_writes_existing_customers_and_rejects_unknown_ids(world):
+    known = world.state  # a customer that exists already, updated by id
+    auth = {"Authorization": f"Bearer {KEY}"}
+    cid = httpx.post(f"{world.url}/v1/customers", data={"email": "zoe@example.com"}, headers=auth).json()["id"]
+    spec = world.write([row("z", stripe_id=cid, name="Zoë", tier="new"), row("y", stripe_id="cus_nope", name="Y"),
+                        row("x", name="no id")], mode="update", identifier="id")
+    result = world.materialize(spec)
+    assert result.success
+    md = metadata_of(result)
+    assert (md["updated"], md["created"], md["rejected"]) == (1, 0, 2)
+    assert known.get(cid)["name"] == "Zoë" and known.get(cid)["metadata"] == {"tier": "new"}
+    reasons = {r["row_key"]: r["reason"] for r in world.store.sync_runs("crm")[0]["rejections"]}
+    assert reasons == {"y": "no Stripe customer with this id (mode update)",
+                       "x": "no Stripe customer with this id (mode update)"}
+
+
+def test_rejected_rows_carry_their_reasons_and_the_rest_go_on(world):
+    rows = [row("ok", email="ok@example.com", name="OK"),
+            row("mail", email="not-an-email"),
+            row("phone", email="p@example.com", phone="0612"),
+            row("country", email="c@example.com", a_line1="x", a_country="UK"),
+            row("tax", email="t@example.com", tax_type="xx_tax", tax_value="1"),
+            row("bal", email="b@example.com", balance="12.50"),
+            row("meta", email="m@example.com", tier="x" * 501),
+            row("ship", email="s@example.com", s_line1="1 Road"),
+            row("vat", email="v@example.com", tax_type="eu_vat", tax_value="DE12"),  # Stripe refuses it
+            row("card", email="d@example.com", token="tok_chargeDeclined"),      # Stripe declines it
+            row("dup", email="OK@example.com", name="twice")]
+    result = world.materialize(world.write(rows))
+    assert result.success
+    md = metadata_of(result)
+    assert (md["read"], md["created"], md["rejected"], md["failed"]) == (11, 1, 10, 0)
+    reasons = {r["row_key"]: r["reason"] for r in world.store.sync_runs("crm")[0]["rejections"]}
+    assert reasons["mail"] == "email: not a valid e-mail address"
+    assert reasons["phone"].startswith("phone: not an international phone number")
+    assert reasons["country"] == "address.country: not an ISO 3166-1 alpha-2 code"
+    assert reasons["tax"] == "tax_id: type is not one of Stripe's tax-id types"
+    assert reasons["bal"] == "balance: not a whole amount in minor units (cents)"
+    assert reasons["meta"] == "metadata.tier: longer than 500 characters"
+    assert reasons["ship"] == "shipping: a shipping address needs shipping.name"
+    assert reasons["vat"] == "Invalid value for eu_vat."
+    assert reasons["card"] == "Your card was declined."
+    assert reasons["dup"] == "another row of this sync creates a customer with the same e-mail"
+    assert list(world.customers()) == ["ok@example.com"]
+    table = md["rejected_rows"]
+    assert len(table.records) == 10
+
+
+def test_upsert_by_email_creates_once_across_reruns_and_a_crash(world):
+    spec = world.write([ANA, row("r2", email="bob@example.com", name="Bob")])
+    assert world.materialize(spec).success
+    assert world.materialize(spec).success
+    assert sorted(world.customers()) == ["ana@example.com", "bob@example.com"]
+    # The crash: the creates reached Stripe, the ledger still says planned, mirror and written-back ids lost.
+    ledger = world.store.ledger_frame()
+    creates = ledger[ledger["kind"] == "create_customer"]
+    for key in creates["op_key"]:
+        world.store.record_result(key, status="planned")
+    world.store.replace_customer_objects([])
+    world.store.delete_sync_ids("crm")
+    result = world.materialize(spec, max_age=3600)  # keep the stale (empty) mirror: the worst case
+    assert result.success
+    assert sorted(world.customers()) == ["ana@example.com", "bob@example.com"]
+    assert metadata_of(result)["recovered"] == 2
+    assert world.store.sync_ids("crm").keys() == {"r1", "r2"}
+
+
+def test_create_by_row_id_survives_a_crash_by_replaying_its_idempotency_key(world):
+    spec = world.write([row("n1", name="No e-mail")], identifier="id")
+    assert world.materialize(spec).success
+    [made] = world.state.customers()
+    ledger = world.store.ledger_frame()
+    world.store.record_result(ledger["op_key"].iloc[0], status="planned")
+    world.store.replace_customer_objects([])
+    world.store.delete_sync_ids("crm")
+    assert world.materialize(spec, max_age=3600).success
+    assert [c["id"] for c in world.state.customers()] == [made["id"]]
+    assert world.store.sync_ids("crm") == {"n1": made["id"]}
+
+
+def test_a_partial_stripe_failure_fails_the_step_and_the_retry_makes_no_duplicates(world):
+    spec = world.write([row(f"r{i}", email=f"p{i}@example.com", name=f"P{i}") for i in range(6)])
+    world.state.lose_next_responses(2)  # applied at Stripe, but the answer never arrives
+    failed = world.materialize(spec, retries=0)
+    assert not failed.success
+    report = world.store.sync_runs("crm")[0]
+    assert report["status"] == "failed" and report["counts"]["failed"] == 2 and report["counts"]["created"] == 4
+    retry = world.materialize(spec, retries=0)
+    assert retry.success
+    assert len(world.state.customers()) == 6  # the two whose answers were lost are found, not created again
+    assert (metadata_of(retry)["unchanged"], metadata_of(retry)["created"]) == (6, 0)
+
+
+def test_a_lost_update_is_resent_with_its_key_and_stripe_replays_it(world):
+    spec = world.write([row(f"r{i}", email=f"p{i}@example.com", name=f"P{i}") for i in range(3)])
+    assert world.materialize(spec).success
+    world.write([row(f"r{i}", email=f"p{i}@example.com", name=f"Q{i}") for i in range(3)])
+    world.state.lose_next_responses(1)
+    assert not world.materialize(spec, retries=0).success
+    writes = world.writes()
+    assert world.materialize(spec, retries=0, max_age=3600).success  # the mirror still says P: resend
+    assert world.writes() == writes and world.state.stats()["replays"] == 1  # same key: Stripe's saved answer
+    assert sorted(c["name"] for c in world.state.customers()) == ["Q0", "Q1", "Q2"]
+
+
+def test_dry_run_writes_nothing(world):
+    result = world.materialize(world.write([ANA]), dry_run=True)
+    assert result.success and world.writes() == 0
+    assert metadata_of(result)["would_create"] == 1
+
+
+def test_upstream_asset_and_store_sql_sources(world):
+    @dg.asset
+    def crm_export() -> pd.DataFrame:
+        return pd.DataFrame([{"ref": "u1", "email": "up@example.com", "name": "Up"}])
+
+    text = ("version: 1\nname: {n}\nsource: {src}\nmode: upsert\nidentifier: email\nprimary_key: ref\n"
+            "mapping: {{email: email, name: name}}\n")
+    folder = world.tmp / "up"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(text.format(n="from_asset", src="{asset: crm_export}"))
+    (folder / "b.yaml").write_text(text.format(
+        n="from_store", src="{sql: \"select 's1' as ref, 'sql@example.com' as email, 'Sql' as name\"}"))
+    defs = build_sync_definitions(folder)
+    assets = [crm_export, *defs.assets]
+    result = dg.materialize(assets, resources={"stripe_api": world.api(), "store": world.store,
+                                               "settings": Settings()})
+    assert result.success
+    assert {c["email"]: c["name"] for c in world.state.customers()} == {"up@example.com": "Up",
+                                                                       "sql@example.com": "Sql"}
+
+
+def test_syncs_report_command_prints_the_stored_report(world):
+    rows = [ANA, row("bad", email="nope")]
+    result = world.materialize(world.write(rows))
+    exe = Path(sys.executable).with_name("giftflow")
+    done = subprocess.run([str(exe), "syncs", "report", "crm", "--database-url", world.store.database_url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"run {result.run_id}" in done.stdout
+    lines = done.stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.split()[:2] == ["read", "created"]))
+    assert lines[header + 1].split()[:6] == ["2", "1", "0", "0", "1", "0"]
+    assert "bad" in done.stdout and "email: not a valid e-mail address" in done.stdout
+    missing = subprocess.run([str(exe), "syncs", "report", "crm", "--run", "nope", "--database-url",
+                              world.store.database_url], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no report" in missing.stderr
+
+
+# -- localstripe, where it supports the field --------------------------------------------------------------
+def test_supported_fields_round_trip_through_localstripe(localstripe, tmp_path):
+    api = StripeResource(api_key="sk_test_12345", api_base=localstripe, max_requests_per_second=50)
+    store = GiftflowStore(database_url=f"sqlite:///{tmp_path}/s.sqlite")
+    spec = parse_sync("""
+version: 1
+name: ls
+source: {csv: unused.csv}
+mode: upsert
+identifier: email
+primary_key: ref
+mapping:
+  email: email
+  name: name
+  phone: phone
+  description: notes
+  tax_id: {type: eu_vat, value: vat}
+  address: {line1: street, city: city, postal_code: zip, country: country}
+  metadata: {columns: {tier: tier}}
+""")
+    frame = pd.DataFrame([{"ref": "1", "email": "Ana@Example.com", "name": "Ana", "phone": "+34612345678",
+                           "notes": "wholesale", "vat": "DE123456789", "street": "1 Road", "city": "Berlin",
+                           "zip": "10115", "country": "de", "tier": "gold"}])
+    first = run_sync(spec, frame, api, store, dry_run=False, run_id="r1")
+    assert first.counts["created"] == 1 and first.ok
+    [ana] = [c for page, _ in api.iter_customer_objects(with_tax_ids=True) for c in page]
+    assert (ana["email"], ana["name"], ana["phone"], ana["description"]) == (
+        "ana@example.com", "Ana", "+34612345678", "wholesale")
+    assert ana["address"]["city"] == "Berlin" and ana["address"]["country"] == "DE"
+    assert ana["metadata"] == {"tier": "gold"}
+    assert [(t["type"], t["value"]) for t in ana["tax_ids"]["data"]] == [("eu_vat", "DE123456789")]
+    again = run_sync(spec, frame.assign(name="Ana B."), api, store, dry_run=False, run_id="r2")
+    assert (again.counts["updated"], again.counts["created"]) == (1, 0)
+    assert api.retrieve("customers", ana["id"])["name"] == "Ana B."
