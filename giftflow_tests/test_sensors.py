@@ -77,7 +77,7 @@ def test_cardivo_sensor_catches_up_in_chunks_after_an_outage(cardivo_sim, store,
     _, url = cardivo_sim
     monkeypatch.setattr(sensors, "MAX_PAGES_PER_TICK", 2)  # 20 records a tick with pages of 10
     cursor = json.dumps({"updated_after": "2020-01-01T00:00:00+00:00"})
-    ticks, requested_ids = 0, set()
+    ticks = 0
     while True:
         result, cursor = cardivo_tick(url, store, cursor)
         ticks += 1

@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from giftflow.core.money import CURRENCIES, format_minor
+from giftflow.core.yaml_files import parse_yaml_model
 
 DEFAULT_RULES = Path(__file__).resolve().parents[1] / "default_rules.yaml"
 PAYMENT_SUCCEEDED = "payment_intent.succeeded"
@@ -135,41 +135,14 @@ class RulesFile(_Model):
         return self
 
 
-def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            break
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-    return line
+_ACTION_TAGS = ("email", "update_customer_metadata", "refund")  # pydantic's union tags, not YAML keys
 
 
 def parse_rules(text: str, source: str = "<rules>") -> RulesFile:
     """Parse and validate a rules file; a RulesError names the file, the line and the problem."""
-    try:
-        data = yaml.safe_load(text)
-        tree = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise RulesError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise RulesError(f"{source}: a rules file is a mapping with `version` and `rules`")
-    try:
-        return RulesFile.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in
-                                                          ("email", "update_customer_metadata", "refund")))
-            where = ".".join(str(p) for p in loc) or "file"
-            line = _line_of(tree, loc)
-            problems.append(f"{source}:{line or '?'}: {where}: {err['msg'].removeprefix('Value error, ')}")
-        raise RulesError("\n".join(problems)) from None
+    return parse_yaml_model(text, source, RulesFile, RulesError,
+                            shape="a rules file is a mapping with `version` and `rules`",
+                            loc_part=lambda p: None if p in _ACTION_TAGS else p)
 
 
 def load_rules(path: str | Path | None = None) -> RulesFile:

@@ -9,10 +9,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from giftflow.core.rules import _line_of
+from giftflow.core.yaml_files import parse_yaml_model
 from giftflow.syncs.stripe_fields import METADATA_MAX_KEY_LEN, METADATA_MAX_KEYS, TAX_ID_TYPES
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1] / "sync_definitions"
@@ -179,27 +178,18 @@ class SyncSpec(_Model):
         return f"sync_{self.name}"
 
 
+def _json_key(data: dict) -> None:
+    # `json` would shadow a pydantic BaseModel attribute: it is `json_column` inside the model.
+    metadata = (data.get("mapping") or {}).get("metadata")
+    if isinstance(metadata, dict) and "json" in metadata:
+        metadata["json_column"] = metadata.pop("json")
+
+
 def parse_sync(text: str, source: str = "<sync>") -> SyncSpec:
     """Parse and validate one sync file; a SyncSpecError names the file, the line and the problem."""
-    try:
-        data = yaml.safe_load(text)
-        tree = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise SyncSpecError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise SyncSpecError(f"{source}:1: a sync file is a mapping with version, name, source, identifier, mapping")
-    if isinstance((data.get("mapping") or {}).get("metadata"), dict) and "json" in data["mapping"]["metadata"]:
-        data["mapping"]["metadata"]["json_column"] = data["mapping"]["metadata"].pop("json")
-    try:
-        return SyncSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple("json" if p == "json_column" else p for p in err["loc"])
-            where = ".".join(str(p) for p in loc) or "file"
-            problems.append(f"{source}:{_line_of(tree, loc) or '?'}: {where}: "
-                            f"{err['msg'].removeprefix('Value error, ')}")
-        raise SyncSpecError("\n".join(problems)) from None
+    return parse_yaml_model(text, source, SyncSpec, SyncSpecError,
+                            shape="a sync file is a mapping with version, name, source, identifier, mapping",
+                            prepare=_json_key, loc_part=lambda p: "json" if p == "json_column" else p)
 
 
 def load_sync(path: str | Path) -> tuple[SyncSpec, Path]:
