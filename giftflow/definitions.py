@@ -22,6 +22,7 @@ def _resources() -> dict:
             api_key=dg.EnvVar("STRIPE_API_KEY"),
             api_base=os.environ.get("STRIPE_API_BASE") or None,
             max_requests_per_second=int(os.environ.get("GIFTFLOW_STRIPE_MAX_RPS", "20")),
+            max_concurrent_writes=int(os.environ.get("GIFTFLOW_STRIPE_WRITE_CONCURRENCY", "8")),
         ),
         "store": GiftflowStore(database_url=os.environ.get("GIFTFLOW_DATABASE_URL") or None),
         "settings": Settings.from_env(),

@@ -162,6 +162,8 @@ def production_stack(postgres_url: str, workdir: Path, days: list[date], *, stri
                     p.wait(20)
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
+            # Code servers the webserver and daemon spawned put their sockets under our TMPDIR: end them too.
+            subprocess.run(["pkill", "-f", f"--socket {workdir}"], capture_output=True)
 
 
 LAUNCH_BACKFILL = """

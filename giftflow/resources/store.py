@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -148,8 +149,16 @@ def default_database_url() -> str:
     return f"sqlite:///{(home / 'giftflow.sqlite').resolve()}"
 
 
-@lru_cache(maxsize=8)
+_engine_lock = threading.Lock()
+
+
 def _engine(url: str) -> sa.Engine:
+    with _engine_lock:  # writer threads may be the first to ask; create the tables once
+        return _make_engine(url)
+
+
+@lru_cache(maxsize=8)
+def _make_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 60})
 

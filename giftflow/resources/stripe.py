@@ -67,6 +67,9 @@ class StripeResource(dg.ConfigurableResource):
     max_requests_per_second: int = Field(
         default=20, ge=1, description="client-side limit; Stripe allows 25/s in test mode, 100/s live")
     max_network_retries: int = Field(default=3, ge=0)
+    max_concurrent_writes: int = Field(
+        default=8, ge=1, description="writes in flight at once (GIFTFLOW_STRIPE_WRITE_CONCURRENCY); the rate "
+                                     "limit still caps the total")
     rate_limit_db: str | None = Field(
         default=None, description="SQLite file shared by all runs on the host for one Stripe budget; "
                                   "default $DAGSTER_HOME/giftflow_stripe_rate.sqlite, in-process when unset")
