@@ -99,3 +99,21 @@ def test_repo_dagster_yaml_runs_on_postgres(postgres_url, tmp_path, monkeypatch)
         assert result.success
         assert instance.get_latest_materialization_event(dg.AssetKey("probe")) is not None
         assert instance.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
+
+
+def test_many_runs_opening_a_new_postgres_database_at_once(postgres_url):
+    """A backfill's first runs all create giftflow's tables at the same moment (seen: catalog collisions)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from giftflow.resources.store import _create_tables
+
+    url = postgres_url.rsplit("/", 1)[0] + "/" + "concurrent_create"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text('CREATE DATABASE "concurrent_create"'))
+    admin.dispose()
+    engines = [sa.create_engine(url) for _ in range(8)]  # one engine each, as separate processes would have
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(_create_tables, engines))
+    with engines[0].connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM redemptions")).scalar() == 0

@@ -168,8 +168,22 @@ def _make_engine(url: str) -> sa.Engine:
             conn.execute("PRAGMA busy_timeout=60000")
     else:
         engine = sa.create_engine(url, pool_pre_ping=True)
-    metadata_obj.create_all(engine)
+    _create_tables(engine)
     return engine
+
+
+def _create_tables(engine: sa.Engine) -> None:
+    """Create giftflow's tables once, even when many runs of a backfill open a new database at once."""
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            # Concurrent CREATE TABLEs collide in PostgreSQL's catalog: one process at a time.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7263531)"))
+            metadata_obj.create_all(conn)
+        return
+    try:
+        metadata_obj.create_all(engine)
+    except sa.exc.OperationalError:  # another process created them between the check and the CREATE
+        metadata_obj.create_all(engine)
 
 
 def _now() -> datetime:
