@@ -106,6 +106,11 @@ def test_partitions_out_of_order_reach_the_contract_state_and_rerun_writes_nothi
     results = run([DAYS[2], DAYS[0], DAYS[3], DAYS[1]], instance)
     assert all(r.success for r in results)
     assert sims.writes() > 0
+    known = {c["id"] for c in world.customers}
+    anonymous = [r for r in world.redemptions if not ((r["customer"] or {}).get("email") or "").strip()
+                 and r["stripe_customer_id"] not in known]
+    reported = sum((r.output_for_node("giftcard_customer_plan")["reason"] == "anonymous").sum() for r in results)
+    assert anonymous and reported == len(anonymous)  # left out, but reported with their reason
 
     expected = expected_metadata(world.redemptions, world.customers)
     actual = stripe_metadata(sims)

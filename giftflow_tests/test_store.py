@@ -52,6 +52,13 @@ def test_customer_mirror_replace_drops_deleted(store):
     assert store.customers_refreshed_at() is not None
 
 
+def test_one_batch_may_carry_the_same_customer_twice(store):
+    # A sensor tick sees customer.created and customer.updated of one customer together.
+    store.upsert_customers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {}},
+                            {"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"v": "2"}}])
+    assert store.load_customers()[0]["metadata"] == {"v": "2"}
+
+
 def test_ledger_lifecycle(store):
     store.record_planned("k1", "update_customer", "cus_1", {"metadata": {"a": "1"}}, "2026-11-20", "run-1")
     store.record_result("k1", status="failed", error="boom")

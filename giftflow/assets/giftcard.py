@@ -75,6 +75,19 @@ def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResour
     return dg.MaterializeResult(metadata={"customers": len(rows), "api_calls": calls, "reused_mirror": False})
 
 
+def _plan_day(window: dg.TimeWindow, store: GiftflowStore, settings: Settings) -> pd.DataFrame:
+    customers = customers_frame(store.load_customers())
+    day = store.load_redemptions(start=window.start, end=window.end)
+    # A customer's values come from all their days: widen to every redemption linked to them.
+    touched = match_redemptions(day, customers)["customer_id"].dropna().unique()
+    emails = set(customers.loc[customers["customer_id"].isin(touched), "email_norm"].dropna())
+    emails |= set(day["email_norm"].dropna())
+    ids = set(touched) | set(day["stripe_customer_id"].dropna())
+    # The day itself too: anonymous redemptions match neither an e-mail nor an id, and are reported.
+    history = store.load_redemptions(start=window.start, end=window.end, emails=emails, customer_ids=ids)
+    return plan_customer_updates(history, customers, window.start, window.end, settings.sync_mode)
+
+
 @dg.asset(
     partitions_def=daily, group_name=GROUP, kinds={"pandas"}, deps=[cardivo_redemptions, stripe_customers],
     description="Per customer touched by the day's redemptions: the gift-card metadata Stripe should "
@@ -83,16 +96,7 @@ def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResour
 )
 def giftcard_customer_plan(context: dg.AssetExecutionContext, store: GiftflowStore,
                            settings: Settings) -> dg.Output[pd.DataFrame]:
-    window = context.partition_time_window
-    customers = customers_frame(store.load_customers())
-    day = store.load_redemptions(start=window.start, end=window.end)
-    # A customer's values come from all their days: widen to every redemption linked to them.
-    touched = match_redemptions(day, customers)["customer_id"].dropna().unique()
-    emails = set(customers.loc[customers["customer_id"].isin(touched), "email_norm"].dropna())
-    emails |= set(day["email_norm"].dropna())
-    ids = set(touched) | set(day["stripe_customer_id"].dropna())
-    history = store.load_redemptions(emails=emails, customer_ids=ids)
-    plan = plan_customer_updates(history, customers, window.start, window.end, settings.sync_mode)
+    plan = _plan_day(context.partition_time_window, store, settings)
     counts = summarize(plan)
     shown = plan[["customer_id", "email", "action", "reason", "note", "changed_keys",
                   "giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions"]]
@@ -110,9 +114,13 @@ def giftcard_customer_plan(context: dg.AssetExecutionContext, store: GiftflowSto
 def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_customer_plan: pd.DataFrame,
                               stripe_api: StripeResource, store: GiftflowStore,
                               settings: Settings) -> dg.MaterializeResult:
-    report = apply_customer_plan(giftcard_customer_plan, stripe_api, store, dry_run=settings.dry_run,
+    # Runs of other days may have written the same customers since this run planned (the pool lets one
+    # writer in at a time): diff again against the store as it is now, so an older plan never overwrites.
+    plan = _plan_day(context.partition_time_window, store, settings)
+    report = apply_customer_plan(plan, stripe_api, store, dry_run=settings.dry_run,
                                  partition=context.partition_key, run_id=context.run_id, log=context.log)
-    metadata = {"dry_run": settings.dry_run, "sent": report.writes, **dict(report.counts)}
+    metadata = {"dry_run": settings.dry_run, "sent": report.writes, **dict(report.counts),
+                "rows_changed_since_plan": len(_row_set(plan) - _row_set(giftcard_customer_plan))}
     if report.failures:
         raise dg.Failure(
             description=f"{len(report.failures)} Stripe write(s) failed; the others were sent. "
@@ -120,6 +128,10 @@ def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_custom
             metadata={**metadata, "failures": _md(pd.DataFrame(report.failures))},
         )
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _row_set(plan: pd.DataFrame) -> set[tuple]:
+    return set(zip(plan["customer_id"].fillna(plan["email"]), plan["action"], plan["changed_keys"]))
 
 
 giftcard_sync = dg.define_asset_job(

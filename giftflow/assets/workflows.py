@@ -93,7 +93,8 @@ def workflow_plan(context: dg.AssetExecutionContext, store: GiftflowStore, strip
     triggers = {PAYMENT_SUCCEEDED: payment_triggers(pis), FRAUD_WARNING: fraud_triggers(warnings, charges)}
     customers = sorted(set(pis["customer"].dropna()))
     lifetime = _lifetime_spend(store, customers)
-    mirror = {c["id"]: c["metadata"] for c in store.load_customers() if c["id"] in set(customers)}
+    wanted = set(customers)
+    mirror = {c["id"]: c["metadata"] for c in store.load_customers() if c["id"] in wanted}
 
     def evaluate(meta):
         return evaluate_rules(rules, triggers, customer_meta=meta, lifetime_spend=lifetime,

@@ -19,8 +19,6 @@ METADATA_KEYS = (
     "giftcard_last_redeemed_at",
     "giftcard_last4",
 )
-# Removed (set to "" at Stripe) when a customer has no completed redemption left.
-REMOVABLE_KEYS = ("giftcard_currency", "giftcard_last_redeemed_at", "giftcard_last4")
 CUSTOMER_COLUMNS = ["customer_id", "email_norm", "created", *METADATA_KEYS]
 
 # Plan vocabulary. Actions write; reasons explain rows left out.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import quote
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -16,7 +17,6 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 
 
 class CardivoError(Exception):
@@ -74,7 +74,7 @@ class CardivoResource(dg.ConfigurableResource):
                reraise=True)
         def attempt() -> dict:
             response = client.get(path, params=params)
-            if response.status_code in RETRYABLE_STATUS:
+            if response.status_code == 429 or response.status_code >= 500:  # the contract: these may be retried
                 header = response.headers.get("Retry-After")
                 raise _Retryable(response.status_code, float(header) if header else None, response.text[:200])
             if response.status_code >= 400:
@@ -129,4 +129,4 @@ class CardivoResource(dg.ConfigurableResource):
     def find_gift_card(self, code: str) -> dict:
         """The "Find Gift Card" search by gift-card code."""
         with self._client() as client:
-            return self._get(client, f"/v1/gift_cards/{code}", {})
+            return self._get(client, f"/v1/gift_cards/{quote(code, safe='')}", {})

@@ -193,6 +193,8 @@ def _now() -> datetime:
 def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str]) -> None:
     if not rows:
         return
+    # PostgreSQL refuses one INSERT ... ON CONFLICT that touches a row twice: the last version wins.
+    rows = list({tuple(r[k] for k in keys): r for r in rows}.values())
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif conn.dialect.name == "sqlite":
