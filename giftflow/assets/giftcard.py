@@ -108,8 +108,9 @@ def giftcard_customer_plan(context: dg.AssetExecutionContext, store: GiftflowSto
 @dg.asset(
     partitions_def=daily, group_name=GROUP, kinds={"stripe"}, pool="stripe_customer_writes",
     description="Carries out the plan at Stripe: one idempotent write per changed customer, each in "
-                "giftflow's ledger. A failed write fails the step after the others went out; a retry "
-                "resends only what failed. GIFTFLOW_DRY_RUN=true writes nothing.",
+                "giftflow's ledger, diffed again at write time (one writer at a time across runs). A failed "
+                "write fails the step after the others went out; a retry resends only what failed. "
+                "GIFTFLOW_DRY_RUN=true writes nothing.",
 )
 def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_customer_plan: pd.DataFrame,
                               stripe_api: StripeResource, store: GiftflowStore,
