@@ -33,7 +33,7 @@ def main() -> None:
             status, runs = wait_for_backfill(stack, backfill_id, days_n, timeout=6 * 3600)
             wall = time.monotonic() - began
             stats = stack.stripe.stats()
-    ok = sum(r["status"] == "SUCCESS" for r in runs)
+    ok = sum(r["status"] == "SUCCESS" for r in runs)  # retried runs count once per attempt
     print(f"days={days_n} status={status} runs_ok={ok}/{len(runs)} wall_s={wall:.0f} "
           f"most_runs_at_once={most_at_once(runs)}")
     print(f"stripe_calls={stats['requests']} writes={stats['writes']} calls_per_s={stats['requests'] / wall:.2f} "
