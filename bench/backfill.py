@@ -25,7 +25,8 @@ def main() -> None:
     limit = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     today = datetime.now(timezone.utc).date()
     days = [today - timedelta(days=n) for n in range(days_n, 0, -1)]
-    with throwaway_postgres() as pg, tempfile.TemporaryDirectory() as tmp:
+    tmp = tempfile.mkdtemp(prefix="giftflow-backfill-")  # kept: daemon.log and webserver.log for a failed run
+    with throwaway_postgres() as pg:
         with production_stack(pg, Path(tmp), days, stripe_limit=limit, redemptions_per_day=20, customers=300) as stack:
             stack.stripe.reset_stats()
             began = time.monotonic()
@@ -34,6 +35,7 @@ def main() -> None:
             wall = time.monotonic() - began
             stats = stack.stripe.stats()
     ok = sum(r["status"] == "SUCCESS" for r in runs)  # retried runs count once per attempt
+    print(f"logs: {tmp}")
     print(f"days={days_n} status={status} runs_ok={ok}/{len(runs)} wall_s={wall:.0f} "
           f"most_runs_at_once={most_at_once(runs)}")
     print(f"stripe_calls={stats['requests']} writes={stats['writes']} calls_per_s={stats['requests'] / wall:.2f} "
