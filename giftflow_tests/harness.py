@@ -143,6 +143,10 @@ def production_stack(postgres_url: str, workdir: Path, days: list[date], *, stri
         # Create the instance's tables once, before two processes race to do it.
         subprocess.run([sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().dispose()"],
                        env=env, check=True, timeout=120)
+        # Set the write pool's limit before runs start: left to the first runs, several initialise it at once
+        # and Dagster's insert collides (seen in a 60-day backfill: one run failed on it).
+        subprocess.run([str(BIN / "dagster"), "instance", "concurrency", "set", "stripe_customer_writes", "1"],
+                       env=env, check=True, timeout=120, capture_output=True)
         port = free_port()
         for name, cmd in (("webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
                                          "-p", str(port)]),
