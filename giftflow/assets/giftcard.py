@@ -8,6 +8,7 @@ import pandas as pd
 from giftflow.apply.customers import apply_customer_plan
 from giftflow.core.reconcile import customers_frame, match_redemptions, plan_customer_updates, summarize
 from giftflow.core.redemptions import validate_redemptions
+from giftflow.assets.metadata import markdown_table
 from giftflow.partitions import daily
 from giftflow.resources.cardivo import CardivoResource
 from giftflow.resources.settings import Settings
@@ -15,13 +16,6 @@ from giftflow.resources.store import GiftflowStore
 from giftflow.resources.stripe import StripeResource
 
 GROUP = "giftcard_sync"
-PREVIEW_ROWS = 20
-
-
-def _md(frame: pd.DataFrame) -> dg.MetadataValue:
-    if frame.empty:
-        return dg.MetadataValue.md("_nothing_")
-    return dg.MetadataValue.md(frame.head(PREVIEW_ROWS).to_markdown(index=False))
 
 
 @dg.asset(
@@ -45,8 +39,8 @@ def cardivo_redemptions(context: dg.AssetExecutionContext, cardivo: CardivoResou
     preview = valid[["redemption_id", "status", "amount", "currency", "card_last4", "email_norm", "redeemed_at"]]
     return dg.MaterializeResult(metadata={
         "fetched": len(fetched.records), "valid": len(valid), "quarantined": len(bad),
-        "api_calls": fetched.calls, "preview": _md(preview),
-        "quarantine_reasons": _md(pd.DataFrame(bad, columns=["record_key", "reason"])),
+        "api_calls": fetched.calls, "preview": markdown_table(preview),
+        "quarantine_reasons": markdown_table(pd.DataFrame(bad, columns=["record_key", "reason"])),
     })
 
 
@@ -101,7 +95,7 @@ def giftcard_customer_plan(context: dg.AssetExecutionContext, store: GiftflowSto
     shown = plan[["customer_id", "email", "action", "reason", "note", "changed_keys",
                   "giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions"]]
     return dg.Output(plan, metadata={
-        "customers": len(plan), "mode": settings.sync_mode, **counts, "plan": _md(shown),
+        "customers": len(plan), "mode": settings.sync_mode, **counts, "plan": markdown_table(shown),
     })
 
 
@@ -126,7 +120,7 @@ def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_custom
         raise dg.Failure(
             description=f"{len(report.failures)} Stripe write(s) failed; the others were sent. "
                         "Retry the step to resend only the failed ones.",
-            metadata={**metadata, "failures": _md(pd.DataFrame(report.failures))},
+            metadata={**metadata, "failures": markdown_table(pd.DataFrame(report.failures))},
         )
     return dg.MaterializeResult(metadata=metadata)
 

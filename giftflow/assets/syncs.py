@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from giftflow.assets.metadata import markdown_table
 from giftflow.partitions import daily
 from giftflow.resources.settings import Settings
 from giftflow.resources.store import GiftflowStore
@@ -30,7 +31,7 @@ def _rejected_table(result: SyncResult) -> dg.MetadataValue:
 
 def _changes_md(plan: pd.DataFrame) -> dg.MetadataValue:
     shown = plan.loc[plan["action"].isin(["create", "update"]), ["row_key", "customer_id", "action", "changed"]]
-    return dg.MetadataValue.md(shown.head(20).to_markdown(index=False) if len(shown) else "_nothing to write_")
+    return markdown_table(shown, empty="_nothing to write_")
 
 
 def _description(spec: SyncSpec) -> str:

@@ -13,6 +13,7 @@ from giftflow.core.rules import (
     payment_triggers,
     plan_violations,
 )
+from giftflow.assets.metadata import markdown_table
 from giftflow.partitions import daily
 from giftflow.resources.notifier import Notifier
 from giftflow.resources.settings import Settings
@@ -34,10 +35,6 @@ CHECKS = {
 def _window(context: dg.AssetExecutionContext) -> dict[str, int]:
     window = context.partition_time_window
     return {"gte": int(window.start.timestamp()), "lt": int(window.end.timestamp())}
-
-
-def _md(frame: pd.DataFrame, rows: int = 30) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False) if len(frame) else "_nothing_")
 
 
 @dg.asset(partitions_def=daily, group_name=GROUP, kinds={"stripe"},
@@ -108,9 +105,9 @@ def workflow_plan(context: dg.AssetExecutionContext, store: GiftflowStore, strip
 
     per_rule = plan.groupby(["rule", "action", "status"]).size().reset_index(name="count")
     yield dg.Output(plan, metadata={
-        "actions": len(plan), "per_rule": _md(per_rule),
-        "plan": _md(plan[["rule", "action", "status", "object_id", "customer_id", "amount", "currency",
-                          "refund_amount", "recipient", "reason"]]),
+        "actions": len(plan), "per_rule": markdown_table(per_rule, rows=30),
+        "plan": markdown_table(plan[["rule", "action", "status", "object_id", "customer_id", "amount", "currency",
+                          "refund_amount", "recipient", "reason"]], rows=30),
     })
     for name, problems in plan_violations(plan, rules.limits).items():
         yield dg.AssetCheckResult(check_name=name, passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
@@ -138,12 +135,12 @@ def workflow_actions(context: dg.AssetExecutionContext, workflow_plan: pd.DataFr
                                  partition=context.partition_key, run_id=context.run_id, log=context.log)
     summary = pd.DataFrame([{"rule": r, **c} for r, c in report.per_rule().items()]).fillna(0)
     metadata = {"dry_run": settings.dry_run, "refunds_enabled": settings.refunds_enabled,
-                "per_rule": _md(summary), "per_rule_counts": dg.MetadataValue.json(report.per_rule()),
+                "per_rule": markdown_table(summary, rows=30), "per_rule_counts": dg.MetadataValue.json(report.per_rule()),
                 "failed": len(report.failures)}
     if report.failures:
         raise dg.Failure(description=f"{len(report.failures)} workflow action(s) failed; the others were done. "
                                      "Retry the step to redo only the failed ones.",
-                         metadata={**metadata, "failures": _md(pd.DataFrame(report.failures))})
+                         metadata={**metadata, "failures": markdown_table(pd.DataFrame(report.failures), rows=30)})
     return dg.MaterializeResult(metadata=metadata)
 
 

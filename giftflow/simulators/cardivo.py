@@ -40,11 +40,6 @@ class CardivoState:
     def from_world(cls, world: World) -> CardivoState:
         return cls(world.redemptions, world.gift_cards)
 
-    @property
-    def request_count(self) -> int:
-        with self._lock:
-            return sum(self.requests.values())
-
     def count(self, route: str | None = None, status: int | None = None) -> None:
         with self._lock:
             if route:

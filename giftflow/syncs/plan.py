@@ -446,6 +446,3 @@ def describe_mapping(spec: SyncSpec) -> str:
         lines.append(f"| `tax_id.type` | `{spec.mapping.tax_id.type}` (fixed) |")
     return "\n".join(lines)
 
-
-def summarize_plan(plan: pd.DataFrame) -> dict[str, int]:
-    return {f"planned_{a}": int(n) for a, n in plan["action"].value_counts().items()}
