@@ -60,7 +60,7 @@ def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResour
         (now - datetime.fromisoformat(events_synced)).total_seconds() < 120
     if kept_fresh or (age is not None and age < settings.customer_mirror_max_age_s):
         context.log.info(f"customer mirror reused (relisted {age:.0f} s ago, kept fresh by events: {kept_fresh})")
-        return dg.MaterializeResult(metadata={"customers": len(store.load_customers()), "api_calls": 0,
+        return dg.MaterializeResult(metadata={"customers": store.count_customers(), "api_calls": 0,
                                               "reused_mirror": True})
     rows, calls = [], 0
     for page, calls in stripe_api.iter_customers():

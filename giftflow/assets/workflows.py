@@ -90,8 +90,7 @@ def workflow_plan(context: dg.AssetExecutionContext, store: GiftflowStore, strip
     triggers = {PAYMENT_SUCCEEDED: payment_triggers(pis), FRAUD_WARNING: fraud_triggers(warnings, charges)}
     customers = sorted(set(pis["customer"].dropna()))
     lifetime = _lifetime_spend(store, customers)
-    wanted = set(customers)
-    mirror = {c["id"]: c["metadata"] for c in store.load_customers() if c["id"] in wanted}
+    mirror = {c["id"]: c["metadata"] for c in store.load_customers(ids=customers)}
 
     def evaluate(meta):
         return evaluate_rules(rules, triggers, customer_meta=meta, lifetime_spend=lifetime,

@@ -292,13 +292,19 @@ class GiftflowStore(dg.ConfigurableResource):
             for chunk in _chunks(ids):
                 conn.execute(customers.delete().where(customers.c.customer_id.in_(chunk)))
 
-    def load_customers(self) -> list[dict]:
-        """The mirror as Stripe-shaped dicts: id, email, created, metadata."""
+    def load_customers(self, ids: Iterable[str] | None = None) -> list[dict]:
+        """The mirror (or the customers among `ids`) as Stripe-shaped dicts: id, email, created, metadata."""
+        queries = [sa.select(customers)] if ids is None else \
+            [sa.select(customers).where(customers.c.customer_id.in_(c)) for c in _chunks(ids)]
         with self.engine.connect() as conn:
             return [
                 {"id": r.customer_id, "email": r.email, "created": r.created, "metadata": json.loads(r.metadata)}
-                for r in conn.execute(sa.select(customers))
+                for q in queries for r in conn.execute(q)
             ]
+
+    def count_customers(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(customers)).scalar()
 
     def customers_refreshed_at(self) -> datetime | None:
         value = self.get_state("customers_refreshed_at")
