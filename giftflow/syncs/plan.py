@@ -331,7 +331,8 @@ def _row_values(wanted: pd.DataFrame, fields: list[str], rows: np.ndarray) -> li
 def _fill_updates(plan, spec, wanted, current, fields, rows, pos, changes) -> None:
     clear = spec.empty_values == "clear"
     wants = _row_values(wanted, fields, rows)
-    cur_cols = {f: current[f].to_numpy(dtype=object)[pos] for f in fields if f in current}
+    none = np.full(len(rows), None, dtype=object)
+    cur_cols = {f: current[f].to_numpy(dtype=object)[pos] if f in current else none for f in fields}
     params_col, before_col, changed_col, follow_col = [], [], [], []
     ids = plan["customer_id"].to_numpy(dtype=object)[rows]
     for i, (w, flags) in enumerate(zip(wants, changes)):
@@ -342,7 +343,7 @@ def _fill_updates(plan, spec, wanted, current, fields, rows, pos, changes) -> No
         cid = ids[i]
         groups = set()
         for field in names:
-            value, was = w[field], cur_cols.get(field, [None] * len(rows))[i]
+            value, was = w[field], cur_cols[field][i]
             if field in SCALARS:
                 params[field] = "" if value is None else int(value) if field == "balance" else value
                 before[field] = was
