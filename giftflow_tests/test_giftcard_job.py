@@ -4,6 +4,7 @@ Expected Stripe state comes from an independent, loop-by-loop reading of the con
 not from giftflow's own reconcile code.
 """
 
+import os
 from datetime import date, datetime, timezone
 
 import dagster as dg
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from giftflow.definitions import build_defs
+from giftflow.resources.store import GiftflowStore
 from giftflow.simulators import cardivo, dataset, stripe
 from giftflow.simulators.server import BackgroundServer
 
@@ -194,29 +196,48 @@ def test_crash_between_create_and_ledger_does_not_create_twice(sims, world, tmp_
     assert len(sims.stripe_state.customers()) == customers_before
 
 
-def test_failed_writes_fail_the_step_and_a_retry_sends_only_those(sims, world):
+def test_a_customer_stripe_refuses_is_rejected_and_the_others_are_written(sims, world):
     instance = dg.DagsterInstance.ephemeral()
     expected = expected_metadata(world.redemptions, world.customers)
     victim, partition = next((c["id"], d.isoformat()) for d in DAYS for c in world.customers
                              if isinstance(expected.get(c["id"]), dict) and _touches(world, c["id"], d))
     # Stripe refuses writes to one customer: delete it at Stripe after the mirror was taken.
     job = build_defs().resolve_job_def("giftcard_sync")
-    first = job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False,
+    first = job.execute_in_process(partition_key=partition, instance=instance,
                                    op_selection=["cardivo_redemptions", "stripe_customers", "giftcard_customer_plan"])
     assert first.success
     deleted = httpx.delete(f"{sims.stripe_url}/v1/customers/{victim}", headers={"Authorization": "Bearer sk_test_x"})
     assert deleted.json()["deleted"] is True
-    failing = job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False,
+    before = sims.writes()
+    applied = job.execute_in_process(partition_key=partition, instance=instance,
                                      op_selection=["giftcard_customer_updates"])
+    md = applied.asset_materializations_for_node("giftcard_customer_updates")[0].metadata
+    assert md["rejected"].value == 1 and victim in md["rejected_rows"].value and "No such customer" in \
+        md["rejected_rows"].value
+    assert md["updated"].value == sims.writes() - before > 0  # the other customers' writes went out
+    [report] = GiftflowStore(database_url=os.environ["GIFTFLOW_DATABASE_URL"]).sync_runs("giftcard")
+    assert report["partition"] == partition and report["counts"]["rejected"] == 1
+
+
+def test_failed_writes_fail_the_step_and_a_retry_sends_only_those(sims):
+    instance = dg.DagsterInstance.ephemeral()
+    partition = DAYS[0].isoformat()
+    job = build_defs().resolve_job_def("giftcard_sync")
+    sims.stripe_state.lose_next_responses(2)  # applied at Stripe, but the answers never arrive
+    no_retries = {"resources": {"stripe_api": {"config": {"max_network_retries": 0, "api_key": "sk_test_x",
+                                                          "api_base": sims.stripe_url}}}}
+    failing = job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False,
+                                     run_config=no_retries)
     assert not failing.success
     failure = [e for e in failing.all_events if e.event_type_value == "STEP_FAILURE"][0]
-    assert "failed" in failure.step_failure_data.error.message
+    assert "2 Stripe write(s) failed" in failure.step_failure_data.error.message
     sent = sims.writes()
-    assert sent > 1  # the other customers' writes went out
-    again = job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False,
+    assert sent > 2  # the other customers' writes went out too
+    again = job.execute_in_process(partition_key=partition, instance=instance,
                                    op_selection=["giftcard_customer_updates"])
-    assert not again.success  # still fails for the deleted customer
-    assert sims.writes() == sent  # and resent nothing that had gone out
+    assert again.success
+    assert sims.writes() == sent  # the two lost answers are replayed by Stripe, not written again
+    assert sims.stripe_state.stats()["replays"] == 2
 
 
 def _touches(world, cid, day):

@@ -3,13 +3,9 @@
 import pandas as pd
 import pytest
 
-from giftflow.core.reconcile import (
-    customers_frame,
-    metadata_changes,
-    plan_customer_updates,
-    summarize,
-)
+from giftflow.core.reconcile import customers_frame, giftcard_sync_spec, plan_customer_updates, summarize
 from giftflow.core.redemptions import validate_redemptions
+from giftflow.syncs.plan import request
 from giftflow_tests.factories import customer, day, redemption
 
 D = "2026-11-20"
@@ -19,6 +15,11 @@ def plan_for(records, custs, d=D, mode="update"):
     frame, bad = validate_redemptions(records)
     assert bad == []
     return plan_customer_updates(frame, customers_frame(custs), *day(d), mode=mode)
+
+
+def metadata_changes(row: dict) -> dict:
+    """The `metadata` the engine would send for a plan row: changed keys only, "" deletes a key."""
+    return request(giftcard_sync_spec(), row).params.get("metadata", {})
 
 
 def row(plan, **match):

@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from giftflow.apply.customers import apply_customer_plan
-from giftflow.core.reconcile import customers_frame, plan_customer_updates
+from giftflow.apply.customers import apply_sync_plan
+from giftflow.core.reconcile import SKIP, customers_frame, giftcard_sync_spec, plan_customer_updates
 from giftflow.core.redemptions import validate_redemptions
 from giftflow.resources.store import GiftflowStore
 from giftflow.resources.stripe import StripeResource, idempotency_key
@@ -43,7 +43,8 @@ def test_whole_plan_applied_then_rerun_is_noop(localstripe, tmp_path):
     for mode_pass in range(2):
         customers = [c for page, _ in api.iter_customers() for c in page]
         plan = plan_customer_updates(frame, customers_frame(customers), *day("2026-11-20"), mode="upsert")
-        report = apply_customer_plan(plan, api, store, dry_run=False, partition="2026-11-20", run_id="r")
+        report = apply_sync_plan(plan[plan["action"] != SKIP], api, store, spec=giftcard_sync_spec("upsert"),
+                                 dry_run=False, partition="2026-11-20", run_id="r")
         assert report.failures == []
         assert report.writes == (2 if mode_pass == 0 else 0)
     after = {c["email"]: c for page, _ in api.iter_customers() for c in page}

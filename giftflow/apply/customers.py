@@ -1,8 +1,8 @@
 """The one writer of Stripe customers: ledger first, idempotent write, mirror after.
 
-Both the gift-card sync (`apply_customer_plan`) and every reverse-ETL sync (`apply_sync_plan`) write through
-`update_customer`, `create_customer_once` and `_send` here, so there is exactly one code path with the
-ledger, idempotency keys, rate limit, dry run and the exactly-once create.
+The gift-card sync and every reverse-ETL sync are configurations of one engine: giftflow.syncs.plan diffs,
+`apply_sync_plan` here writes, through `update_customer`, `create_customer_once` and `_send`: one code path
+with the ledger, idempotency keys, rate limit, dry run and the exactly-once create.
 
 A failed write is recorded and the rest still go out; the caller fails the step afterwards so Dagster
 shows it, and a retry resends only what the ledger does not show as sent.
@@ -20,21 +20,21 @@ from typing import Callable
 import pandas as pd
 import stripe
 
-from giftflow.core.reconcile import CREATE, NONE, SKIP, UPDATE, metadata_changes
 from giftflow.resources.store import GiftflowStore
 from giftflow.resources.stripe import StripeResource, WriteResult, idempotency_key
+from giftflow.syncs.plan import CREATE, NONE, REJECT, UPDATE, request
+from giftflow.syncs.spec import SyncSpec
 
 CREATE_KIND, UPDATE_KIND = "create_customer", "update_customer"
 TAX_ID_KIND, PROMOTION_CODE_KIND = "create_tax_id", "create_promotion_code"
-REJECT = "reject"
 
 
 @dataclass
 class ApplyReport:
     counts: Counter = field(default_factory=Counter)
     failures: list[dict] = field(default_factory=list)
-    created: dict[str, str] = field(default_factory=dict)  # e-mail (or sync row key) -> new customer id
-    rejections: list[dict] = field(default_factory=list)  # syncs: rows refused, by validation or by Stripe
+    created: dict[str, str] = field(default_factory=dict)  # identity (e-mail or sync row) -> new customer id
+    rejections: list[dict] = field(default_factory=list)  # rows refused, by validation or by Stripe
 
     @property
     def writes(self) -> int:
@@ -50,48 +50,7 @@ class _Ctx:
     report: ApplyReport
 
 
-# -- the gift-card sync ------------------------------------------------------------------------------
-def apply_customer_plan(
-    plan: pd.DataFrame,
-    stripe_api: StripeResource,
-    store: GiftflowStore,
-    *,
-    dry_run: bool,
-    partition: str | None,
-    run_id: str | None,
-    log: logging.Logger | None = None,
-) -> ApplyReport:
-    log = log or logging.getLogger(__name__)
-    report = ApplyReport()
-    ctx = _Ctx(stripe_api, store, partition, run_id, report)
-    report.counts["unchanged"] = int((plan["action"] == NONE).sum())
-    report.counts["left_out"] = int((plan["action"] == SKIP).sum())
-    rows = plan[plan["action"].isin([CREATE, UPDATE])].to_dict("records")
-
-    def write(ctx: _Ctx, row: dict) -> None:
-        if dry_run:
-            ctx.report.counts[f"would_{row['action']}"] += 1
-            return
-        try:
-            if row["action"] == UPDATE:
-                if update_customer(ctx, row["customer_id"], {"metadata": metadata_changes(row)}, row["before"]):
-                    ctx.report.counts["updated"] += 1
-            else:
-                metadata = {k: v for k, v in metadata_changes(row).items() if v != ""}
-                params = {"email": row["email"], "metadata": metadata,
-                          **{k: row[k] for k in ("name", "phone") if isinstance(row.get(k), str) and row[k]}}
-                create_customer_once(ctx, row["email"], params, lookup_email=row["email"])
-        except stripe.StripeError as exc:
-            target = row["customer_id"] or row["email"]
-            message = _message(exc)
-            ctx.report.counts["failed"] += 1
-            ctx.report.failures.append({"target": target, "action": row["action"], "error": message})
-            log.warning("Stripe %s of %s failed: %s", row["action"], target, message)
-
-    _write_rows(ctx, rows, write, target=lambda r: r["customer_id"] or r["email"])
-    return report
-
-
+# -- writing a plan -----------------------------------------------------------------------------------
 def _write_rows(ctx: _Ctx, rows: list[dict], write: Callable[[_Ctx, dict], None],
                 target: Callable[[dict], str]) -> None:
     """Write rows on `max_concurrent_writes` threads: Stripe answers in hundreds of milliseconds, so one
@@ -116,19 +75,18 @@ def _write_rows(ctx: _Ctx, rows: list[dict], write: Callable[[_Ctx, dict], None]
             ctx.report.rejections += sub.rejections
 
 
-# -- reverse-ETL syncs ---------------------------------------------------------------------------------
 def apply_sync_plan(
     plan: pd.DataFrame,
     stripe_api: StripeResource,
     store: GiftflowStore,
     *,
-    sync: str,
+    spec: SyncSpec,
     dry_run: bool,
     partition: str | None,
     run_id: str | None,
     log: logging.Logger | None = None,
 ) -> ApplyReport:
-    """Carry out a sync plan (giftflow.syncs.plan). A row Stripe refuses (4xx) is a rejection with
+    """Carry out a sync plan (giftflow.syncs.plan) of `spec`. A row Stripe refuses (4xx) is a rejection with
     Stripe's message; anything else that fails is a failure, to be retried."""
     log = log or logging.getLogger(__name__)
     report = ApplyReport()
@@ -147,15 +105,15 @@ def apply_sync_plan(
             return
         customer_id, wrote = row["customer_id"], False
         try:
+            params, before, follow_ups = request(spec, row)
             if row["action"] == CREATE:
                 customer_id, wrote = create_customer_once(
-                    ctx, row["identity"], row["params"], lookup_email=row["email"] if "@" in row["identity"] else None,
-                    count=False)
-                store.record_sync_ids(sync, {row["row_key"]: customer_id}, run_id)
-            elif row["params"]:
-                wrote = update_customer(ctx, customer_id, row["params"], row["before"]) is not None
-            for op in row["follow_ups"] or []:
-                wrote |= _follow_up(ctx, customer_id, op, row["before"]) is not None
+                    ctx, row["identity"], params, lookup_email=row["email"] if "@" in row["identity"] else None)
+                store.record_sync_ids(spec.name, {row["row_key"]: customer_id}, run_id)
+            elif params:
+                wrote = update_customer(ctx, customer_id, params, before) is not None
+            for op in follow_ups:
+                wrote |= _follow_up(ctx, customer_id, op, before) is not None
         except stripe.StripeError as exc:
             message = _message(exc)
             outcome = "rejected" if _refused(exc) else "failed"
@@ -220,17 +178,16 @@ def update_customer(ctx: _Ctx, customer_id: str, params: dict, before) -> dict |
                  lambda: ctx.stripe_api.update_customer(customer_id, params, key), _mirror_customer(ctx.store))
 
 
-def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email: str | None,
-                         count: bool = True):
-    """Create the customer named by `identity` (a normalised e-mail, or a sync's row) exactly once.
+def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email: str | None) -> tuple[str, bool]:
+    """Create the customer named by `identity` (a normalised e-mail, or a sync's row) exactly once; returns its
+    id and whether this call created it.
 
     A create planned before but never confirmed may still have happened at Stripe (crash between the call
     and the ledger): with an e-mail it is looked up by that e-mail (we create with the normalised e-mail,
     so Stripe's case-sensitive filter finds it); otherwise the earlier request is replayed with its own
     idempotency key and parameters, which Stripe answers with the customer it made, if it made one.
-    The gift-card sync counts into the report itself (`count`); syncs get (customer id, created now).
     """
-    report, store = ctx.report, ctx.store
+    store = ctx.store
     priors = store.ledger_for_target(identity, CREATE_KIND)
     found = None
     if priors and lookup_email:
@@ -241,25 +198,20 @@ def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email
         found = _recover(ctx, identity, priors)
     if found is not None:
         _mirror_customer(store)(found)
-        report.counts["found_existing"] += 1
-        report.created[identity] = found["id"]
-        return None if count else (found["id"], False)
+        ctx.report.created[identity] = found["id"]
+        return found["id"], False
     tax_ids = [f"{t['type']}:{t['value']}" for t in params.get("tax_id_data", [])]
     key = idempotency_key(CREATE_KIND, identity, params)
     created = _send(ctx, CREATE_KIND, identity, params, key, lambda: ctx.stripe_api.create_customer(params, key),
                     _mirror_customer(store, tax_ids=tax_ids))
     if created is None:  # this very create is in the ledger as sent
-        if count:
-            return None
         sent = store.ledger_entries([key])[key]
         created = ctx.stripe_api.retrieve("customers", sent["stripe_object_id"])
         if not created.get("deleted"):
             _mirror_customer(store)(created)
         return created["id"], False
-    if count:
-        report.counts["created"] += 1
-    report.created[identity] = created["id"]
-    return None if count else (created["id"], True)
+    ctx.report.created[identity] = created["id"]
+    return created["id"], True
 
 
 def _recover(ctx: _Ctx, identity: str, priors: list[dict]) -> dict | None:

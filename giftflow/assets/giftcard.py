@@ -5,8 +5,9 @@ from datetime import datetime, timezone
 import dagster as dg
 import pandas as pd
 
-from giftflow.apply.customers import apply_customer_plan
-from giftflow.core.reconcile import customers_frame, match_redemptions, plan_customer_updates, summarize
+from giftflow.apply.customers import apply_sync_plan
+from giftflow.core.reconcile import (SKIP, customers_frame, giftcard_sync_spec, match_redemptions, plan_customer_updates,
+                                    summarize)
 from giftflow.core.redemptions import validate_redemptions
 from giftflow.assets.metadata import markdown_table
 from giftflow.partitions import daily
@@ -85,15 +86,17 @@ def _plan_day(window: dg.TimeWindow, store: GiftflowStore, settings: Settings) -
 @dg.asset(
     partitions_def=daily, group_name=GROUP, kinds={"pandas"}, deps=[cardivo_redemptions, stripe_customers],
     description="Per customer touched by the day's redemptions: the gift-card metadata Stripe should "
-                "hold (from all days seen), the diff against what it holds, and the action: create, "
-                "update, none, or skip with a reason (unmatched, anonymous, multi_currency).",
+                "hold (from all days seen), the keys that differ from what it holds, and the action: create, "
+                "update, none, or skip with a reason (unmatched, anonymous, multi_currency). The diff is the "
+                "sync engine's, configured by giftflow/syncs/giftcard.yaml.",
 )
 def giftcard_customer_plan(context: dg.AssetExecutionContext, store: GiftflowStore,
                            settings: Settings) -> dg.Output[pd.DataFrame]:
     plan = _plan_day(context.partition_time_window, store, settings)
     counts = summarize(plan)
     shown = plan[["customer_id", "email", "action", "reason", "note", "changed_keys",
-                  "giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions"]]
+                  "giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions"]].assign(
+        changed_keys=plan["changed_keys"].str.replace("metadata.", "", regex=False))
     return dg.Output(plan, metadata={
         "customers": len(plan), "mode": settings.sync_mode, **counts, "plan": markdown_table(shown),
     })
@@ -101,9 +104,11 @@ def giftcard_customer_plan(context: dg.AssetExecutionContext, store: GiftflowSto
 
 @dg.asset(
     partitions_def=daily, group_name=GROUP, kinds={"stripe"}, pool="stripe_customer_writes",
-    description="Carries out the plan at Stripe: one idempotent write per changed customer, each in "
-                "giftflow's ledger, diffed again at write time (one writer at a time across runs). A failed "
-                "write fails the step after the others went out; a retry resends only what failed. "
+    description="Carries out the plan at Stripe through the sync engine's one customer writer: one idempotent "
+                "write per changed customer, each in giftflow's ledger, diffed again at write time (one writer "
+                "at a time across runs). A customer Stripe refuses (4xx) is reported as rejected with Stripe's "
+                "message; any other failed write fails the step after the others went out, and a retry resends "
+                "only what failed. Each run's report is kept (`giftflow syncs report giftcard`). "
                 "GIFTFLOW_DRY_RUN=true writes nothing.",
 )
 def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_customer_plan: pd.DataFrame,
@@ -111,11 +116,19 @@ def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_custom
                               settings: Settings) -> dg.MaterializeResult:
     # Runs of other days may have written the same customers since this run planned (the pool lets one
     # writer in at a time): diff again against the store as it is now, so an older plan never overwrites.
+    started = datetime.now(timezone.utc)
     plan = _plan_day(context.partition_time_window, store, settings)
-    report = apply_customer_plan(plan, stripe_api, store, dry_run=settings.dry_run,
-                                 partition=context.partition_key, run_id=context.run_id, log=context.log)
-    metadata = {"dry_run": settings.dry_run, "sent": report.writes, **dict(report.counts),
+    spec = giftcard_sync_spec(settings.sync_mode)
+    report = apply_sync_plan(plan[plan["action"] != SKIP], stripe_api, store, spec=spec, dry_run=settings.dry_run,
+                             partition=context.partition_key, run_id=context.run_id, log=context.log)
+    counts = {"read": len(plan), "left_out": int((plan["action"] == SKIP).sum()), **report.counts}
+    store.record_sync_run(spec.name, context.run_id, partition=context.partition_key, dry_run=settings.dry_run,
+                          status="failed" if report.failures else "success", counts=counts,
+                          rejections=report.rejections + report.failures, started_at=started)
+    metadata = {"dry_run": settings.dry_run, "sent": report.writes, **counts,
                 "rows_changed_since_plan": len(_row_set(plan) - _row_set(giftcard_customer_plan))}
+    if report.rejections:
+        metadata["rejected_rows"] = markdown_table(pd.DataFrame(report.rejections))
     if report.failures:
         raise dg.Failure(
             description=f"{len(report.failures)} Stripe write(s) failed; the others were sent. "

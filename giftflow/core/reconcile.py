@@ -1,6 +1,8 @@
 """Gift-card sync reconciliation: redemptions x Stripe customers -> one plan row per customer.
 
-Pure pandas, no I/O: the rules of giftflow-contract.md ("The gift-card sync") live here and only here.
+Pure pandas, no I/O: the rules of giftflow-contract.md ("The gift-card sync") live here and only here. What
+Stripe should hold is decided here; the diff against what it holds, and so the action, is the sync engine's
+(giftflow/syncs/plan.py, configured by giftflow/syncs/giftcard.yaml), the one path that writes customers.
 Sized for ~1M redemptions x 1M customers (bench/reconcile.py): the work runs on integer codes and
 positions, and strings are only hashed, compared or made where they must be.
 """
@@ -8,9 +10,14 @@ positions, and strings are only hashed, compared or made where they must be.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from giftflow.syncs.plan import CREATE, NONE, REJECT, UPDATE, plan_sync
+from giftflow.syncs.spec import SyncSpec, load_sync
 
 METADATA_KEYS = (
     "giftcard_redeemed_total",
@@ -21,14 +28,25 @@ METADATA_KEYS = (
 )
 CUSTOMER_COLUMNS = ["customer_id", "email_norm", "created", *METADATA_KEYS]
 
-# Plan vocabulary. Actions write; reasons explain rows left out.
-UPDATE, CREATE, NONE, SKIP = "update", "create", "none", "skip"
+# Plan vocabulary: the engine's actions, and skip for rows left out (the reason says why).
+SKIP = "skip"
+_SYNC = "sync"  # not decided here: the engine diffs it
 UNMATCHED, ANONYMOUS, MULTI_CURRENCY, AMBIGUOUS_EMAIL = "unmatched", "anonymous", "multi_currency", "ambiguous_email"
 
 PLAN_COLUMNS = [
-    "customer_id", "email", "action", "reason", "note", "redemptions_in_day", *METADATA_KEYS,
-    "changed_keys", "before", "name", "phone",
+    "customer_id", "email", "action", "reason", "note", "redemptions_in_day", *METADATA_KEYS, "changed_keys",
+    "name", "phone",
 ]
+_PREFIXED = {k: f"metadata.{k}" for k in METADATA_KEYS}
+SPEC_FILE = Path(__file__).resolve().parents[1] / "syncs" / "giftcard.yaml"
+
+
+@cache
+def giftcard_sync_spec(mode: str = "update") -> SyncSpec:
+    """The gift-card sync's configuration of the sync engine, in `mode` (update or upsert)."""
+    if mode not in ("update", "upsert"):
+        raise ValueError(f"mode must be 'update' or 'upsert', not {mode!r}")
+    return load_sync(SPEC_FILE)[0].model_copy(update={"mode": mode})
 
 
 def customers_frame(rows: list[dict]) -> pd.DataFrame:
@@ -188,38 +206,6 @@ def _wanted(redemptions: pd.DataFrame, group: np.ndarray, groups: int) -> pd.Dat
     return out
 
 
-def _diff(wanted: pd.DataFrame, current: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the keys whose wanted value differs, and the current values of those keys.
-
-    The current values go into the write's idempotency key, so a later write of the same values
-    from another starting point is not mistaken for a replay.
-    """
-    differs, valued = [], []
-    for key in METADATA_KEYS:
-        w = wanted[key].to_numpy(dtype=object)
-        c = current[key].to_numpy(dtype=object)
-        w_absent, c_absent = pd.isna(w), pd.isna(c)
-        both = np.flatnonzero(~w_absent & ~c_absent)
-        differs.append(w_absent != c_absent)
-        differs[-1][both] = ~(w[both] == c[both])
-        valued.append(differs[-1] & ~c_absent)
-    # Making a string per row is what costs: both strings come from a table of the 32 combinations of
-    # differing keys, except `before` where a differing key has a current value to show.
-    combo = sum(d.astype(np.int64) << bit for bit, d in enumerate(differs))
-    keys = [[k for bit, k in enumerate(METADATA_KEYS) if c >> bit & 1] for c in range(2 ** len(METADATA_KEYS))]
-    names = np.array([" ".join(ks) for ks in keys], dtype=object)[combo]
-    before = np.array(["".join(f"{k}=;" for k in ks) for ks in keys], dtype=object)[combo]
-    rows = np.flatnonzero(np.logical_or.reduce(valued))
-    pieces = []
-    for key, d, v in zip(METADATA_KEYS, differs, valued):
-        piece = _where(d[rows], f"{key}=;", "")
-        cells = np.flatnonzero(v[rows])
-        piece[cells] = [f"{key}={x};" for x in current[key].to_numpy(dtype=object)[rows[cells]]]
-        pieces.append(piece)
-    before[rows] = list(map("".join, zip(*pieces)))
-    return names, before
-
-
 def plan_customer_updates(
     redemptions: pd.DataFrame,
     customers: pd.DataFrame,
@@ -231,8 +217,7 @@ def plan_customer_updates(
 
     `redemptions` is everything giftflow has seen (all days): a customer's values come from all of them.
     """
-    if mode not in ("update", "upsert"):
-        raise ValueError(f"mode must be 'update' or 'upsert', not {mode!r}")
+    spec = giftcard_sync_spec(mode)
     row, _, ambiguous = _match(redemptions, customers)
     in_day = ((redemptions["redeemed_at"] >= pd.Timestamp(day_start))
               & (redemptions["redeemed_at"] < pd.Timestamp(day_end))).to_numpy()
@@ -243,9 +228,40 @@ def plan_customer_updates(
     plan = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else None
     if plan is None:
         return pd.DataFrame(columns=PLAN_COLUMNS)
+    plan = _decide(spec, plan, customers)
     # The parts come ordered by customer_id, then e-mail, missing last: what is left is the action.
-    action = pd.Categorical(plan["action"], categories=[CREATE, UPDATE, NONE, SKIP]).codes
-    return plan[PLAN_COLUMNS].take(np.argsort(action, kind="stable")).reset_index(drop=True)
+    action = pd.Categorical(plan["action"], categories=[CREATE, UPDATE, NONE, REJECT, SKIP]).codes
+    return plan.take(np.argsort(action, kind="stable")).reset_index(drop=True)
+
+
+def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
+    """The engine's plan for the rows not left out: their wanted values against the customers they match."""
+    todo = np.flatnonzero((plan["action"] == _SYNC).to_numpy())
+    rows = plan.iloc[todo]
+    ids, emails = rows["customer_id"].to_numpy(dtype=object), rows["email"].to_numpy(dtype=object)
+    wanted = _objects({"row_key": np.where(pd.isna(ids), emails, ids), "given_id": ids, "email_norm": emails,
+                       "email": emails, **{c: rows[c].to_numpy(dtype=object) for c in ("name", "phone")},
+                       **{f"metadata.{k}": rows[k].to_numpy(dtype=object) for k in METADATA_KEYS}})
+    matched = rows["_row"].fillna(-1).to_numpy(dtype=np.int64) if "_row" in rows else np.full(len(rows), -1)
+    current = customers.iloc[matched[matched >= 0]].set_index("customer_id")
+    decided = plan_sync(spec, wanted, pd.Series(dtype=object), current.rename(columns=lambda c: _PREFIXED.get(c, c)))
+
+    def spread(values: pd.Series, base: np.ndarray | None = None) -> pd.Series:
+        out = np.full(len(plan), None, dtype=object) if base is None else base.copy()
+        out[todo] = values.to_numpy(dtype=object)
+        return pd.Series(out, index=plan.index, dtype=object, copy=False)  # object: None stays None
+
+    out = {c: plan[c] for c in PLAN_COLUMNS}
+    out |= {c: spread(decided[c], plan[c].to_numpy(dtype=object)) for c in ("action", "reason")}
+    out["changed_keys"] = spread(decided["changed"], np.full(len(plan), "", dtype=object))
+    # What the writer needs: the engine's own columns, for the rows it decided.
+    out |= {c: spread(decided[c]) for c in decided.columns if c not in out}
+    return pd.DataFrame(out, copy=False)
+
+
+def _objects(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A frame of object columns as given: pandas would otherwise scan each to infer a string dtype."""
+    return pd.DataFrame({k: pd.Series(v, dtype=object, copy=False) for k, v in columns.items()}, copy=False)
 
 
 def _day_groups(codes: np.ndarray, in_day: np.ndarray, names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -267,13 +283,13 @@ def _plan_matched(redemptions: pd.DataFrame, row: np.ndarray, in_day: np.ndarray
     plan = _wanted(redemptions, group, len(touched))
     current = customers.iloc[touched]
 
+    plan["_row"] = touched  # the customer's position in `customers`
     plan["customer_id"] = current["customer_id"].to_numpy()
     plan["email"] = current["email_norm"].to_numpy()
     plan["redemptions_in_day"] = np.bincount(group[in_day & mine], minlength=len(touched))
     plan["note"] = _where(np.bincount(group[ambiguous & mine], minlength=len(touched)) > 0, AMBIGUOUS_EMAIL, "")
-    plan["changed_keys"], plan["before"] = _diff(plan, current)
     multi = plan["currencies"].to_numpy() > 1
-    plan["action"] = _where(multi, SKIP, _where(plan["changed_keys"] != "", UPDATE, NONE))
+    plan["action"] = _where(multi, SKIP, _SYNC)
     plan["reason"] = _where(multi, MULTI_CURRENCY, "")
     _blank_multi_currency(plan, multi)
     plan["name"] = None
@@ -285,7 +301,7 @@ def _blank_multi_currency(plan: pd.DataFrame, multi: np.ndarray) -> None:
     # Sums across currencies are not money: show which currencies instead, write nothing.
     plan.loc[multi, "note"] = plan.loc[multi, "currency_list"]
     plan.loc[multi, list(METADATA_KEYS)] = None
-    plan.loc[multi, ["changed_keys", "before"]] = ""
+    plan["changed_keys"] = ""
 
 
 def _plan_unmatched(unmatched: pd.DataFrame, in_day: np.ndarray, mode: str) -> pd.DataFrame:
@@ -307,27 +323,20 @@ def _plan_unmatched(unmatched: pd.DataFrame, in_day: np.ndarray, mode: str) -> p
             plan[col] = _take(unmatched[col].to_numpy(dtype=object)[has], first, np.nan)
         creatable = (mode == "upsert") & (plan["currencies"].to_numpy() == 1)
         multi = plan["currencies"].to_numpy() > 1
-        plan["action"] = _where(creatable, CREATE, SKIP)
+        plan["action"] = _where(creatable, _SYNC, SKIP)
         plan["reason"] = _where(creatable, "", _where(multi & (mode == "upsert"), MULTI_CURRENCY, UNMATCHED))
         plan["note"] = ""
         _blank_multi_currency(plan, multi)
-        plan["changed_keys"] = _where(creatable, " ".join(METADATA_KEYS), "")
-        plan["before"] = ""
         rows.append(plan)
 
     anonymous = lost[lost["email_norm"].isna()]
     if len(anonymous):
         rows.append(pd.DataFrame({
             "customer_id": None, "email": None, "action": SKIP, "reason": ANONYMOUS,
-            "note": anonymous["redemption_id"].to_numpy(), "redemptions_in_day": 1, "changed_keys": "", "before": "",
+            "note": anonymous["redemption_id"].to_numpy(), "redemptions_in_day": 1, "changed_keys": "",
             "name": None, "phone": None, **{k: None for k in METADATA_KEYS},
         }))
     return pd.concat(rows, ignore_index=True)[PLAN_COLUMNS]
-
-
-def metadata_changes(row: dict) -> dict[str, str]:
-    """The Stripe `metadata` parameter for one plan row: changed keys only, "" deletes a key."""
-    return {k: (row[k] if row[k] is not None and not pd.isna(row[k]) else "") for k in row["changed_keys"].split()}
 
 
 def summarize(plan: pd.DataFrame) -> dict[str, int]:

@@ -8,7 +8,7 @@ are turned into request parameters one by one.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,8 +21,9 @@ CREATE, UPDATE, NONE, REJECT = "create", "update", "none", "reject"
 SCALARS = ("email", "name", "phone", "description", "balance")
 # Fields Stripe keeps as their own objects: added when missing, never cleared by a sync.
 ADD_ONLY = ("tax_id", "coupon", "source")
-PLAN_COLUMNS = ["row_key", "customer_id", "email", "action", "reason", "changed", "params", "before", "follow_ups",
-                "identity"]
+PLAN_COLUMNS = ["row_key", "customer_id", "email", "action", "reason", "changed", "identity"]
+# Beside those, per mapped field: the value wanted and the value Stripe holds (matched rows).
+WANT, WAS = "want:", "was:"
 EMAIL_RE = r"[^@\s]+@[^@\s]+\.[^@\s]+"
 PHONE_RE = r"\+[1-9][0-9]{6,14}"
 
@@ -88,8 +89,8 @@ def wanted_frame(source: pd.DataFrame, spec: SyncSpec) -> tuple[pd.DataFrame, pd
         problems.add(bad | (out["email"].str.len() > 512).fillna(False), "email: not a valid e-mail address")
     out["email_norm"] = out["email"].str.lower() if "email" in out else pd.Series(pd.NA, index=out.index,
                                                                                     dtype="string")
-    if spec.identifier == "email":
-        problems.add(out["email_norm"].isna(), "no e-mail to match on")
+    if spec.identifier == "email":  # a row naming its customer by id needs no e-mail to be found
+        problems.add(out["email_norm"].isna() & out["given_id"].isna(), "no e-mail to match on")
     for field in ("phone", "shipping.phone"):
         if field in out:
             phone = out[field].str.replace(r"[\s().\-/]", "", regex=True)
@@ -225,17 +226,22 @@ def plan_sync(spec: SyncSpec, wanted: pd.DataFrame, invalid: pd.Series, current:
     reason[invalid.index.to_numpy(dtype=np.intp)] = invalid.to_numpy(dtype=object)
     valid = reason == ""
 
+    current = current[~current.index.duplicated()]
     known = current.index
     given = wanted["given_id"].to_numpy(dtype=object, na_value=None)
-    back = wanted["row_key"].map(pd.Series(written_back or {}, dtype=object)).to_numpy(dtype=object, na_value=None)
-    cid = np.where(pd.Series(given).isin(known).to_numpy(), given,
-                   np.where(pd.Series(back).isin(known).to_numpy(), back, None))
+    at = known.get_indexer(given)  # each row's customer as a position in `current`, -1: none yet
+    if written_back:
+        back = wanted["row_key"].map(pd.Series(written_back, dtype=object)).to_numpy(dtype=object, na_value=None)
+        at = np.where(at < 0, known.get_indexer(back), at)
     if spec.identifier == "email":
-        newest = current.sort_values(["created"], kind="stable").reset_index()
-        newest = newest[newest["email_norm"].notna()].drop_duplicates("email_norm", keep="last")
-        by_mail = wanted["email_norm"].map(newest.set_index("email_norm")["customer_id"])
-        cid = np.where(pd.isna(cid), by_mail.to_numpy(dtype=object, na_value=None), cid)
-    cid = np.where(pd.isna(cid), None, cid)
+        need = np.flatnonzero(at < 0)
+        mails = wanted["email_norm"].iloc[need]
+        # Only the customers sharing a wanted e-mail need sorting: the newest created one wins.
+        cand = current[current["email_norm"].isin(mails.dropna()).to_numpy()]
+        newest = cand.reset_index().sort_values(["created", "customer_id"], kind="stable")
+        newest = newest.drop_duplicates("email_norm", keep="last").set_index("email_norm")["customer_id"]
+        at[need] = known.get_indexer(mails.map(newest).to_numpy(dtype=object, na_value=None))
+    cid = np.append(known.to_numpy(dtype=object), None)[at]  # -1 picks the None
     matched = valid & (cid != None)  # noqa: E711 (element-wise)
     unmatched = valid & ~matched
     if spec.mode == "update" or spec.identifier == "id":
@@ -245,7 +251,11 @@ def plan_sync(spec: SyncSpec, wanted: pd.DataFrame, invalid: pd.Series, current:
         reason[stray] = f"no Stripe customer with {what} (mode {spec.mode})" if spec.mode == "update" else \
             "no Stripe customer with this id"
         unmatched &= ~stray
-    twice = pd.Series(cid).where(matched).duplicated(keep="first").to_numpy() & matched
+    if spec.identifier == "email":
+        lost = unmatched & wanted["email_norm"].isna().to_numpy()
+        reason[lost] = "no Stripe customer with this id, and no e-mail to match on or create with"
+        unmatched &= ~lost
+    twice = pd.Series(np.where(matched, at, -1)).duplicated(keep="first").to_numpy() & matched
     reason[twice] = "another row of this sync already maps to the same Stripe customer"
     matched &= ~twice
     if spec.identifier == "email":
@@ -255,26 +265,50 @@ def plan_sync(spec: SyncSpec, wanted: pd.DataFrame, invalid: pd.Series, current:
 
     action = np.where(reason != "", REJECT, NONE).astype(object)
     action[unmatched] = CREATE
-    nothing = np.full(n, None, dtype=object)
-    plan = pd.DataFrame({
-        "row_key": pd.Series(wanted["row_key"].to_numpy(dtype=object, na_value=None), dtype=object),
-        "customer_id": pd.Series(cid, dtype=object),
-        "email": pd.Series(wanted["email_norm"].to_numpy(dtype=object, na_value=None), dtype=object),
-        "action": pd.Series(action, dtype=object), "reason": pd.Series(reason, dtype=object),
-        "changed": pd.Series(np.full(n, "", dtype=object), dtype=object),
-        **{col: pd.Series(nothing.copy(), dtype=object) for col in ("params", "before", "follow_ups", "identity")},
-    }, columns=PLAN_COLUMNS)
-
+    changed = np.full(n, "", dtype=object)
     rows = np.flatnonzero(matched)
+    pos = at[rows]
     if len(rows):
-        pos = known.get_indexer(cid[rows])
         changes = _changes(spec, wanted, current, fields, rows, pos)
-        changed_rows = np.flatnonzero(changes.any(axis=1))
-        plan.iloc[rows[changed_rows], plan.columns.get_loc("action")] = UPDATE
-        _fill_updates(plan, spec, wanted, current, fields, rows[changed_rows], pos[changed_rows],
-                      changes[changed_rows])
-    _fill_creates(plan, spec, wanted, fields, np.flatnonzero(unmatched))
-    return plan
+        changed[rows] = _names(changes, fields)
+        action[rows[changes.any(axis=1)]] = UPDATE
+    creates = np.flatnonzero(unmatched)
+    if len(creates) and fields:
+        has_value = np.column_stack([~_gather(wanted[f], creates)[1] for f in fields])
+        changed[creates] = _names(has_value, [_group(f) or f for f in fields])
+
+    keys = wanted["row_key"].to_numpy(dtype=object, na_value=None)
+    emails = wanted["email_norm"].to_numpy(dtype=object, na_value=None)
+    identity = np.where(matched, cid, None)
+    if len(creates):
+        identity[creates] = emails[creates] if spec.identifier == "email" else \
+            np.array([f"sync:{spec.name}:{k}" for k in keys[creates]], dtype=object)
+    columns = {"row_key": keys, "customer_id": cid, "email": emails, "action": action, "reason": reason,
+               "changed": changed, "identity": identity}
+    for f in fields:
+        columns[WANT + f] = wanted[f].to_numpy(dtype=object)  # request() reads NaN as None
+        was = np.full(n, None, dtype=object)
+        if f in current and len(rows):
+            was[rows] = current[f].to_numpy(dtype=object)[pos]
+        columns[WAS + f] = was
+    return pd.DataFrame({k: pd.Series(v, dtype=object, copy=False) for k, v in columns.items()}, copy=False)
+
+
+def _names(flags: np.ndarray, names: list[str]) -> np.ndarray:
+    """Per row of a rows x fields boolean matrix, the names of its true columns joined by spaces (a repeated
+    name once). Joined once per distinct pattern: rows share few."""
+    width = flags.shape[1]
+    if width == 0:
+        return np.full(len(flags), "", dtype=object)
+    if width < 63:  # one integer per row sorts much faster than rows of bytes
+        patterns, inverse = np.unique(flags.astype(np.int64) @ (1 << np.arange(width, dtype=np.int64)),
+                                      return_inverse=True)
+        bits = (patterns[:, None] >> np.arange(width)) & 1 == 1
+    else:
+        patterns, inverse = np.unique(np.packbits(flags, axis=1), axis=0, return_inverse=True)
+        bits = np.unpackbits(patterns, axis=1, count=width).astype(bool)
+    table = np.array([" ".join(dict.fromkeys(n for n, b in zip(names, row) if b)) for row in bits], dtype=object)
+    return table[inverse.reshape(-1)]
 
 
 def _changes(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fields: list[str], rows: np.ndarray,
@@ -283,19 +317,34 @@ def _changes(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fields
     clear = spec.empty_values == "clear"
     out = np.zeros((len(rows), len(fields)), dtype=bool)
     for j, field in enumerate(fields):
-        w = wanted[field].to_numpy(dtype=object, na_value=None)[rows]
-        c = current[field].to_numpy(dtype=object)[pos] if field in current else np.full(len(rows), None, object)
-        w_none, c_none = pd.isna(w), pd.isna(c)
+        if _top(field) in spec.create_only:
+            continue
+        w, w_none = _gather(wanted[field], rows)
+        c, c_none = _gather(current[field], pos) if field in current else (np.full(len(rows), None, object),
+                                                                           np.ones(len(rows), dtype=bool))
         if field in ("tax_id", "coupon"):
             out[:, j] = ~w_none & np.array([w_none[i] or f"|{w[i]}|" not in c[i] for i in range(len(w))], bool)
         elif field == "source":
             out[:, j] = ~w_none & c_none  # a token is single-use: only where the customer has no default source
         else:
             if field == "email":  # Stripe keeps the case it was given; matching ignores it, so must the diff
-                w = np.array([v.lower() if v else v for v in w], dtype=object)
-                c = np.array([v.lower() if v else v for v in c], dtype=object)
+                w = np.array([v.lower() if isinstance(v, str) else v for v in w], dtype=object)
+                c = np.array([v.lower() if isinstance(v, str) else v for v in c], dtype=object)
             out[:, j] = (~w_none & (c_none | (w != c))) | (clear & w_none & ~c_none)
     return out
+
+
+def _gather(column: pd.Series, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """column[at] as objects with None for any missing value (pd.NA would not compare), and where missing."""
+    values = column.to_numpy(dtype=object)[at]
+    missing = pd.isna(values)
+    values[missing] = None
+    return values, missing
+
+
+def _top(field: str) -> str:
+    """The mapping entry a flat field belongs to: "shipping.address.city" -> "shipping"."""
+    return field.split(".")[0]
 
 
 def _group(field: str) -> str | None:
@@ -323,55 +372,48 @@ def _nested(spec: SyncSpec, group: str, w: dict, c: dict | None, clear: bool, cr
             "address": {k: pick(f"shipping.address.{k}", (cur.get("address") or {}).get(k)) for k in ADDRESS_KEYS}}
 
 
-def _row_values(wanted: pd.DataFrame, fields: list[str], rows: np.ndarray) -> list[dict]:
-    cols = {f: wanted[f].to_numpy(dtype=object, na_value=None)[rows] for f in fields}
-    return [{f: cols[f][i] for f in fields} for i in range(len(rows))]
+class Request(NamedTuple):
+    params: dict
+    before: dict  # the values replaced: they go into the idempotency key
+    follow_ups: list[dict]  # what Stripe keeps as objects of their own: tax ids, promotion codes
 
 
-def _fill_updates(plan, spec, wanted, current, fields, rows, pos, changes) -> None:
-    clear = spec.empty_values == "clear"
-    wants = _row_values(wanted, fields, rows)
-    none = np.full(len(rows), None, dtype=object)
-    cur_cols = {f: current[f].to_numpy(dtype=object)[pos] if f in current else none for f in fields}
-    params_col, before_col, changed_col, follow_col = [], [], [], []
-    ids = plan["customer_id"].to_numpy(dtype=object)[rows]
-    for i, (w, flags) in enumerate(zip(wants, changes)):
-        params: dict = {}
-        before: dict = {}
-        follow: list = []
-        names = [f for f, flag in zip(fields, flags) if flag]
-        cid = ids[i]
-        groups = set()
-        for field in names:
-            value, was = w[field], cur_cols[field][i]
-            if field in SCALARS:
-                params[field] = "" if value is None else int(value) if field == "balance" else value
-                before[field] = was
-            elif field.startswith("metadata."):
-                params.setdefault("metadata", {})[field[9:]] = value or ""
-                before[field] = was
-            elif field == "source":
-                params["source"] = value
-            elif field == "tax_id":
-                type_, _, tax = value.partition(":")
-                follow.append({"kind": "create_tax_id", "params": {"type": type_, "value": tax}})
-            elif field == "coupon":
-                follow.append({"kind": "create_promotion_code",
-                               "params": {"promotion": {"type": "coupon", "coupon": value}, "customer": cid}})
-            else:
-                groups.add(_group(field))
-                before[field] = was
-        if groups:
-            shown = {f: cur_cols[f][i] for f in fields if _group(f) in groups}
-            mirror = _as_customer(shown)
-            for group in sorted(groups):
-                params[group] = _nested(spec, group, w, mirror, clear, create=False)
-        params_col.append(params)
-        before_col.append(before)
-        changed_col.append(" ".join(names))
-        follow_col.append(follow)
-    _assign(plan, rows, params=params_col, before=before_col, changed=changed_col, follow_ups=follow_col,
-            identity=list(plan["customer_id"].to_numpy(dtype=object)[rows]))
+def request(spec: SyncSpec, row: dict) -> Request:
+    """The Stripe request(s) for one plan row to create or update. Made when the row is written, so a plan
+    of a million rows builds no dictionaries for the rows that stay as they are."""
+    # A plan that went through pandas may hold NaN for None: the idempotency key must not see a difference.
+    want = {k[len(WANT):]: None if pd.isna(v) else v for k, v in row.items() if k.startswith(WANT)}
+    if row["action"] == CREATE:
+        return _create_request(spec, want)
+    was = {k[len(WAS):]: None if pd.isna(v) else v for k, v in row.items() if k.startswith(WAS)}
+    params: dict = {}
+    before: dict = {}
+    follow: list = []
+    groups = set()
+    for field in row["changed"].split():
+        value = want[field]
+        if field in SCALARS:
+            params[field] = "" if value is None else int(value) if field == "balance" else value
+            before[field] = was[field]
+        elif field.startswith("metadata."):
+            params.setdefault("metadata", {})[field[9:]] = value or ""
+            before[field] = was[field]
+        elif field == "source":
+            params["source"] = value
+        elif field == "tax_id":
+            type_, _, tax = value.partition(":")
+            follow.append({"kind": "create_tax_id", "params": {"type": type_, "value": tax}})
+        elif field == "coupon":
+            follow.append({"kind": "create_promotion_code", "params": {
+                "promotion": {"type": "coupon", "coupon": value}, "customer": row["customer_id"]}})
+        else:
+            groups.add(_group(field))
+            before[field] = was[field]
+    if groups:
+        mirror = _as_customer({f: v for f, v in was.items() if _group(f) in groups})
+        for group in sorted(groups):
+            params[group] = _nested(spec, group, want, mirror, spec.empty_values == "clear", create=False)
+    return Request(params, before, follow)
 
 
 def _as_customer(flat: dict) -> dict:
@@ -388,53 +430,34 @@ def _as_customer(flat: dict) -> dict:
     return out
 
 
-def _fill_creates(plan, spec, wanted, fields, rows) -> None:
-    if not len(rows):
-        return
-    params_col, follow_col, identity_col, changed_col = [], [], [], []
-    keys = plan["row_key"].to_numpy(dtype=object)[rows]
-    for i, w in enumerate(_row_values(wanted, fields, rows)):
-        params: dict = {}
-        follow: list = []
-        for field in SCALARS:
-            if w.get(field) is not None:
-                params[field] = int(w[field]) if field == "balance" else w[field]
-        if spec.identifier == "email":
-            # Created with the normalised e-mail, so Stripe's case-sensitive filter finds it after a crash.
-            params["email"] = params["email"].lower()
-        metadata = {f[9:]: v for f, v in w.items() if f.startswith("metadata.") and v is not None}
-        if metadata:
-            params["metadata"] = metadata
-        for group in ("address", "shipping"):
-            if any(w[f] is not None for f in fields if _group(f) == group):
-                params[group] = _prune(_nested(spec, group, w, None, False, create=True))
-        if w.get("tax_id"):
-            type_, _, value = w["tax_id"].partition(":")
-            params["tax_id_data"] = [{"type": type_, "value": value}]
-        if w.get("source"):
-            params["source"] = w["source"]
-        if w.get("coupon"):
-            follow.append({"kind": "create_promotion_code",
-                           "params": {"promotion": {"type": "coupon", "coupon": w["coupon"]}}})
-        params_col.append(params)
-        follow_col.append(follow)
-        row_key = keys[i]
-        identity_col.append(params["email"] if spec.identifier == "email" else f"sync:{spec.name}:{row_key}")
-        changed_col.append(" ".join(dict.fromkeys(_group(f) or f for f in fields if w[f] is not None)))
-    _assign(plan, rows, params=params_col, before=[{}] * len(rows), follow_ups=follow_col, identity=identity_col,
-            changed=changed_col)
+def _create_request(spec: SyncSpec, w: dict) -> Request:
+    params: dict = {}
+    follow: list = []
+    for field in SCALARS:
+        if w.get(field) is not None:
+            params[field] = int(w[field]) if field == "balance" else w[field]
+    if spec.identifier == "email":
+        # Created with the normalised e-mail, so Stripe's case-sensitive filter finds it after a crash.
+        params["email"] = params["email"].lower()
+    metadata = {f[9:]: v for f, v in w.items() if f.startswith("metadata.") and v is not None}
+    if metadata:
+        params["metadata"] = metadata
+    for group in ("address", "shipping"):
+        if any(v is not None for f, v in w.items() if _group(f) == group):
+            params[group] = _prune(_nested(spec, group, w, None, False, create=True))
+    if w.get("tax_id"):
+        type_, _, value = w["tax_id"].partition(":")
+        params["tax_id_data"] = [{"type": type_, "value": value}]
+    if w.get("source"):
+        params["source"] = w["source"]
+    if w.get("coupon"):
+        follow.append({"kind": "create_promotion_code",
+                       "params": {"promotion": {"type": "coupon", "coupon": w["coupon"]}}})
+    return Request(params, {}, follow)
 
 
 def _prune(value: dict) -> dict:
     return {k: _prune(v) if isinstance(v, dict) else v for k, v in value.items() if v not in ("", None, {})}
-
-
-def _assign(plan: pd.DataFrame, rows: np.ndarray, **columns: list) -> None:
-    for name, values in columns.items():
-        col = plan[name].to_numpy(dtype=object).copy()
-        for r, v in zip(rows, values):
-            col[r] = v
-        plan[name] = pd.Series(col, index=plan.index, dtype=object)
 
 
 def describe_mapping(spec: SyncSpec) -> str:

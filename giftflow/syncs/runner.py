@@ -71,7 +71,7 @@ def run_sync(spec: SyncSpec, frame: pd.DataFrame, stripe_api: StripeResource, st
     wanted, invalid = wanted_frame(frame, spec)
     plan = plan_sync(spec, wanted, invalid, current_frame(mirror, fields_of(wanted)), store.sync_ids(spec.name))
     t2 = time.perf_counter()
-    report: ApplyReport = apply_sync_plan(plan, stripe_api, store, sync=spec.name, dry_run=dry_run,
+    report: ApplyReport = apply_sync_plan(plan, stripe_api, store, spec=spec, dry_run=dry_run,
                                           partition=partition, run_id=run_id, log=log)
     t3 = time.perf_counter()
     counts = {"read": len(frame), **{k: 0 for k in REPORT_COUNTS[1:]}, **dict(report.counts)}

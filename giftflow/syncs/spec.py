@@ -145,6 +145,9 @@ class SyncSpec(_Model):
     empty_values: Literal["leave", "clear"] = "leave"
     schedule: str | None = None
     partitions: Literal["daily"] | None = None
+    # Mapped fields sent when a customer is created and never diffed afterwards (e.g. a sync that must not
+    # rename or re-address customers it only tags).
+    create_only: tuple[str, ...] = ()
     mapping: Mapping
 
     @field_validator("name")
@@ -166,6 +169,9 @@ class SyncSpec(_Model):
         column = getattr(self.mapping, self.identifier)
         if column is None:
             raise ValueError(f"identifier {self.identifier!r} needs mapping.{self.identifier}")
+        mapped = {field.split(".")[0] for field in self.mapping.columns()} - {"id"}
+        if stray := [f for f in self.create_only if f not in mapped]:
+            raise ValueError(f"create_only: {stray[0]!r} is not a mapped field (mapped: {', '.join(sorted(mapped))})")
         return self
 
     @property
