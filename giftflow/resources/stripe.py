@@ -32,13 +32,18 @@ class WriteResult:
     request_id: str | None
 
 
+def client_rates(per_second: int) -> list[Rate]:
+    """The client's pace for a limit of `per_second`: 3 % below it, at least one call below. A call admitted
+    here reaches Stripe a little later, so a burst admitted at the edge of a window here could land inside
+    one window there; the margin is larger than any burst the writer threads make."""
+    return [Rate(max(1, per_second - max(1, per_second * 3 // 100)), Duration.SECOND)]
+
+
 @lru_cache(maxsize=16)
 def _limiter(per_second: int, shared_db: str | None) -> Limiter:
     """One limiter per process, rate and bucket. With `shared_db`, the bucket is a SQLite file guarded by a
     file lock, so every run on the host (a backfill runs many at once) draws from one budget."""
-    # A 10 % longer window than Stripe's: a call admitted here reaches Stripe a little later, and two calls a
-    # window apart here must not land inside one window there.
-    rates = [Rate(per_second, int(Duration.SECOND * 1.1))]
+    rates = client_rates(per_second)
     if not shared_db:
         return Limiter(rates)
     Path(shared_db).parent.mkdir(parents=True, exist_ok=True)
