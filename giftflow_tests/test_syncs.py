@@ -383,3 +383,83 @@ mapping:
     again = run_sync(spec, frame.assign(name="Ana B."), api, store, dry_run=False, run_id="r2")
     assert (again.counts["updated"], again.counts["created"]) == (1, 0)
     assert api.retrieve("customers", ana["id"])["name"] == "Ana B."
+
+
+# -- sources ---------------------------------------------------------------------------------------------
+SOURCE_SYNC = """
+version: 1
+name: shop
+source: {source}
+mode: upsert
+identifier: email
+primary_key: ref
+{extra}
+mapping:
+  email: email
+  name: name
+  balance: balance
+  address: {{postal_code: zip, country: country}}
+  metadata: {{columns: {{ref: ref}}}}
+"""
+
+
+def _write_sync(folder: Path, source: str, extra: str = ""):
+    folder.mkdir(exist_ok=True)
+    (folder / "shop.yaml").write_text(SOURCE_SYNC.format(source=source, extra=extra))
+    return load_folder(folder)[0]
+
+
+def test_a_parquet_source_keeps_its_types_and_leading_zeros(world):
+    folder = world.tmp / "syncs"
+    folder.mkdir()
+    pd.DataFrame({"ref": ["p1", "p2", "p3"], "email": ["a@x.com", "b@x.com", None], "name": ["A", None, "C"],
+                  "balance": [-250, 0, 7], "zip": ["01234", "99999", "00001"], "country": ["fr", "DE", "US"]}
+                 ).to_parquet(folder / "shop.parquet")
+    result = world.materialize(_write_sync(folder, "{parquet: shop.parquet}"))
+    assert result.success
+    assert (metadata_of(result)["created"], metadata_of(result)["rejected"]) == (2, 1)  # p3 has no e-mail
+    made = world.customers()
+    assert (made["a@x.com"]["balance"], made["a@x.com"]["address"]["postal_code"],
+            made["a@x.com"]["address"]["country"]) == (-250, "01234", "FR")
+    assert made["b@x.com"]["name"] is None and made["b@x.com"]["metadata"] == {"ref": "p2"}
+    assert world.materialize(_write_sync(folder, "{parquet: shop.parquet}")).success
+    assert world.writes() == 2  # the rerun reads the same typed values and finds nothing to change
+
+
+def test_a_daily_partitioned_csv_source_syncs_each_day_from_its_own_file(world):
+    folder = world.tmp / "syncs"
+    folder.mkdir()
+    for day, refs in (("2026-11-20", ["d1", "d2"]), ("2026-11-21", ["d3"])):
+        pd.DataFrame({"ref": refs, "email": [f"{r}@x.com" for r in refs], "name": refs, "balance": "",
+                      "zip": "", "country": ""}).to_csv(folder / f"shop_{day}.csv", index=False)
+    spec = _write_sync(folder, "{csv: 'shop_{partition}.csv'}", "partitions: daily")
+    asset = build_sync_asset(*spec)
+    assert asset.partitions_def is not None
+    resources = {"stripe_api": world.api(), "store": world.store, "settings": Settings()}
+    assert dg.materialize([asset], partition_key="2026-11-21", resources=resources).success
+    assert set(world.customers()) == {"d3@x.com"}
+    assert dg.materialize([asset], partition_key="2026-11-20", resources=resources).success
+    assert set(world.customers()) == {"d1@x.com", "d2@x.com", "d3@x.com"}
+    reports = {r["partition"]: r["counts"]["created"] for r in world.store.sync_runs("shop")}
+    assert reports == {"2026-11-20": 2, "2026-11-21": 1}
+    missing = dg.materialize([asset], partition_key="2026-11-22", resources=resources, raise_on_error=False)
+    assert not missing.success  # no file for the day: the run fails, it does not sync nothing quietly
+
+
+def test_a_daily_partitioned_sql_source_gets_the_partition_window(world):
+    with world.store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE signups (ref TEXT, email TEXT, name TEXT, balance INTEGER, zip TEXT, "
+                             "country TEXT, signed_up_at TEXT)")
+        conn.exec_driver_sql("INSERT INTO signups VALUES ('s1', 's1@x.com', 'S1', 100, NULL, NULL, "
+                             "'2026-11-20 23:59:59'), ('s2', 's2@x.com', 'S2', NULL, NULL, NULL, "
+                             "'2026-11-21 00:00:00')")
+    # The bounds are UTC-aware datetimes; SQLite keeps times as text, so the query normalises them.
+    query = ("{sql: 'select * from signups where signed_up_at >= datetime(:partition_start) "
+             "and signed_up_at < datetime(:partition_end)'}")
+    spec = _write_sync(world.tmp / "syncs", query, "partitions: daily")
+    asset = build_sync_asset(*spec)
+    resources = {"stripe_api": world.api(), "store": world.store, "settings": Settings()}
+    assert dg.materialize([asset], partition_key="2026-11-20", resources=resources).success
+    assert {e: c["balance"] for e, c in world.customers().items()} == {"s1@x.com": 100}
+    assert dg.materialize([asset], partition_key="2026-11-21", resources=resources).success
+    assert set(world.customers()) == {"s1@x.com", "s2@x.com"}

@@ -35,10 +35,7 @@ def read_source(spec: SyncSpec, base: Path, *, store_engine: sa.Engine | None = 
         if src.kind == "csv":
             # All text: phone numbers, postal codes and ids keep their leading zeros.
             return pd.read_csv(path, dtype=str, keep_default_na=False)
-        try:
-            return pd.read_parquet(path)
-        except ImportError as exc:
-            raise RuntimeError(f"sync {spec.name}: Parquet sources need pyarrow (pip install pyarrow)") from exc
+        return pd.read_parquet(path)  # fastparquet, a dependency (or pyarrow where installed)
     if src.kind == "sql":
         engine = sa.create_engine(src.url) if src.url else store_engine
         params = {}
