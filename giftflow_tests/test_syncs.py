@@ -8,13 +8,16 @@ import dagster as dg
 import httpx
 import pandas as pd
 import pytest
+import stripe
 
+from giftflow.apply.customers import _refused
 from giftflow.assets.syncs import build_sync_asset, build_sync_definitions
 from giftflow.resources.settings import Settings
 from giftflow.resources.store import GiftflowStore
 from giftflow.resources.stripe import StripeResource
 from giftflow.simulators import stripe as sim
 from giftflow.simulators.server import BackgroundServer
+from giftflow.syncs.plan import current_frame, fields_of, plan_sync, wanted_frame
 from giftflow.syncs.runner import run_sync
 from giftflow.syncs.spec import SyncSpecError, load_folder, parse_sync
 
@@ -247,6 +250,22 @@ def test_rejected_rows_carry_their_reasons_and_the_rest_go_on(world):
     table = md["rejected_rows"]
     assert len(table.records) == 10
 
+    # Rerun: Stripe's refusals are remembered, the same requests are not sent again (counted at the server).
+    refused_before = world.state.stats()["by_route"]["POST /v1/customers"]["requests"]
+    again = world.materialize(world.write(rows), max_age=3600)
+    assert metadata_of(again)["rejected"] == 10 and metadata_of(again)["unchanged"] == 1
+    assert world.state.stats()["by_route"]["POST /v1/customers"]["requests"] == refused_before
+    reasons = {r["row_key"]: r["reason"] for r in world.store.sync_runs("crm")[0]["rejections"]}
+    assert reasons["vat"].startswith("Invalid value for eu_vat. (Stripe's answer to this same request before")
+    # After a day the refusal is forgotten (its cause may have been outside the request): sent once more.
+    with world.store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE stripe_ledger SET updated_at = '2020-01-01 00:00:00' WHERE status = 'refused'")
+    world.materialize(world.write(rows), max_age=3600)
+    assert world.state.stats()["by_route"]["POST /v1/customers"]["requests"] == refused_before + 2
+    # A corrected row is a new request: it goes out.
+    fixed = [r if r["ref"] != "vat" else {**r, "tax_value": "DE123456789"} for r in rows]
+    assert metadata_of(world.materialize(world.write(fixed), max_age=3600))["created"] == 1
+
 
 def test_upsert_by_email_creates_once_across_reruns_and_a_crash(world):
     spec = world.write([ANA, row("r2", email="bob@example.com", name="Bob")])
@@ -463,3 +482,30 @@ def test_a_daily_partitioned_sql_source_gets_the_partition_window(world):
     assert {e: c["balance"] for e, c in world.customers().items()} == {"s1@x.com": 100}
     assert dg.materialize([asset], partition_key="2026-11-21", resources=resources).success
     assert set(world.customers()) == {"s1@x.com", "s2@x.com"}
+
+
+def test_key_problems_fail_the_run_and_row_problems_are_rejections():
+    def error(cls, status, *args):
+        return cls(*args, http_status=status)
+
+    assert _refused(error(stripe.InvalidRequestError, 400, "Invalid value for eu_vat.", "tax_id_data"))
+    assert _refused(error(stripe.CardError, 402, "Your card was declined.", None, "card_declined"))
+    assert not _refused(error(stripe.AuthenticationError, 401, "Invalid API Key provided"))
+    assert not _refused(error(stripe.PermissionError, 403, "The provided key does not have the required permissions"))
+    assert not _refused(error(stripe.RateLimitError, 429, "Too many requests"))
+
+
+def test_a_sync_matching_by_email_never_clears_the_email_of_a_row_named_by_id():
+    spec = parse_sync("version: 1\nname: x\nsource: {csv: a.csv}\nidentifier: email\nprimary_key: id\n"
+                      "empty_values: clear\nmapping: {id: id, email: email, name: name}\n")
+    wanted, invalid = wanted_frame(pd.DataFrame({"id": ["cus_1"], "email": [""], "name": [""]}), spec)
+    current = current_frame([{"id": "cus_1", "email": "a@x.com", "name": "A", "created": 1}], fields_of(wanted))
+    plan = plan_sync(spec, wanted, invalid, current)
+    assert (plan["action"][0], plan["changed"][0]) == ("update", "name")  # the name is cleared, the e-mail kept
+
+
+def test_the_gift_card_sync_name_is_reserved(tmp_path):
+    (tmp_path / "a.yaml").write_text("version: 1\nname: giftcard\nsource: {csv: a.csv}\nidentifier: email\n"
+                                     "mapping: {email: e}\n")
+    with pytest.raises(SyncSpecError, match="is the gift-card sync's"):
+        load_folder(tmp_path)

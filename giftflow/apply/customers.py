@@ -33,7 +33,6 @@ TAX_ID_KIND, PROMOTION_CODE_KIND = "create_tax_id", "create_promotion_code"
 class ApplyReport:
     counts: Counter = field(default_factory=Counter)
     failures: list[dict] = field(default_factory=list)
-    created: dict[str, str] = field(default_factory=dict)  # identity (e-mail or sync row) -> new customer id
     rejections: list[dict] = field(default_factory=list)  # rows refused, by validation or by Stripe
 
     @property
@@ -71,7 +70,6 @@ def _write_rows(ctx: _Ctx, rows: list[dict], write: Callable[[_Ctx, dict], None]
         for sub in pool.map(run, groups.values()):
             ctx.report.counts.update(sub.counts)
             ctx.report.failures += sub.failures
-            ctx.report.created.update(sub.created)
             ctx.report.rejections += sub.rejections
 
 
@@ -114,6 +112,11 @@ def apply_sync_plan(
                 wrote = update_customer(ctx, customer_id, params, before) is not None
             for op in follow_ups:
                 wrote |= _follow_up(ctx, customer_id, op, before) is not None
+        except RefusedBefore as exc:
+            report.counts["rejected"] += 1
+            report.rejections.append({"row_key": row["row_key"], "customer_id": customer_id, "stage": "stripe",
+                                      "reason": f"{exc} (Stripe's answer to this same request before: not resent)"})
+            return
         except stripe.StripeError as exc:
             message = _message(exc)
             outcome = "rejected" if _refused(exc) else "failed"
@@ -134,29 +137,50 @@ def apply_sync_plan(
 
 
 def _refused(exc: stripe.StripeError) -> bool:
-    """Stripe said no to this row (4xx but not rate limiting or a misused idempotency key)."""
+    """Stripe said no to this row: a 4xx, but not one about the key (401, 403), rate limiting or a misused
+    idempotency key, which are failures of the run."""
     status = getattr(exc, "http_status", None) or 0
-    return 400 <= status < 500 and status != 429 and not isinstance(exc, stripe.IdempotencyError)
+    return 400 <= status < 500 and status not in (401, 403, 429) and not isinstance(exc, stripe.IdempotencyError)
+
+
+def _age_s(entry: dict) -> float:
+    updated = pd.Timestamp(entry["updated_at"])
+    updated = updated.tz_localize("UTC") if updated.tzinfo is None else updated
+    return (pd.Timestamp.now(tz="UTC") - updated).total_seconds()
 
 
 def _message(exc: stripe.StripeError) -> str:
     return getattr(exc, "user_message", None) or str(exc)
 
 
+# Stripe does not keep refused requests under their idempotency key, so giftflow remembers them: the same
+# request is not resent on every run. For a day only, since the cause may lie outside the request (a coupon
+# created later, a full metadata hash, a customer restored).
+REFUSAL_MEMORY_S = 86_400
+
+
+class RefusedBefore(Exception):
+    """Stripe refused this exact request within REFUSAL_MEMORY_S (its message is the argument)."""
+
+
 # -- the one writer ----------------------------------------------------------------------------------
 def _send(ctx: _Ctx, kind: str, target: str, params: dict, key: str, call: Callable[[], WriteResult],
           mirror: Callable[[dict], None]) -> dict | None:
-    """Ledger 'planned' before the call, 'sent'/'failed' after: a crash in between is detectable."""
+    """Ledger 'planned' before the call, 'sent' / 'refused' (a 4xx) / 'failed' after: a crash in between is
+    detectable. The very request Stripe refused before is not sent again: same key, same answer."""
     store = ctx.store
     prior = store.ledger_entries([key]).get(key)
     if prior and prior["status"] == "sent":
-        ctx.report.counts["already_sent"] += 1
         return None
+    if prior and prior["status"] == "refused" and _age_s(prior) < REFUSAL_MEMORY_S:
+        raise RefusedBefore(prior["error"])
     store.record_planned(key, kind, target, params, ctx.partition, ctx.run_id)
     try:
         result = call()
     except stripe.StripeError as exc:
-        store.record_result(key, status="failed", request_id=getattr(exc, "request_id", None), error=str(exc)[:1000])
+        refused = _refused(exc)
+        store.record_result(key, status="refused" if refused else "failed", request_id=getattr(exc, "request_id", None),
+                            error=(_message(exc) if refused else str(exc))[:1000])
         raise
     store.record_result(key, status="sent", request_id=result.request_id, object_id=result.object.get("id"))
     mirror(result.object)
@@ -198,7 +222,6 @@ def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email
         found = _recover(ctx, identity, priors)
     if found is not None:
         _mirror_customer(store)(found)
-        ctx.report.created[identity] = found["id"]
         return found["id"], False
     tax_ids = [f"{t['type']}:{t['value']}" for t in params.get("tax_id_data", [])]
     key = idempotency_key(CREATE_KIND, identity, params)
@@ -210,7 +233,6 @@ def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email
         if not created.get("deleted"):
             _mirror_customer(store)(created)
         return created["id"], False
-    ctx.report.created[identity] = created["id"]
     return created["id"], True
 
 
@@ -218,6 +240,8 @@ def _recover(ctx: _Ctx, identity: str, priors: list[dict]) -> dict | None:
     """The customer an earlier create of `identity` made, if any: sent ones from the ledger, unconfirmed
     ones by replaying them (same key, same parameters) — refused replays made nothing."""
     for prior in sorted(priors, key=lambda p: p["updated_at"], reverse=True):
+        if prior["status"] == "refused":  # made nothing
+            continue
         if prior["status"] == "sent" and prior["stripe_object_id"]:
             customer = ctx.stripe_api.retrieve("customers", prior["stripe_object_id"])
             if not customer.get("deleted"):

@@ -160,17 +160,10 @@ def _text(values: pd.Series) -> pd.api.extensions.ExtensionArray:
     return text.array.take(codes)
 
 
-def wanted_metadata(redemptions: pd.DataFrame, key: str) -> pd.DataFrame:
-    """The contract's metadata values per `key` group, from all of the group's redemptions.
-
-    Index: the group key. Columns: METADATA_KEYS (None = remove) and `currencies` (how many distinct).
-    """
-    groups = pd.Index(redemptions[key].unique(), name=key)
-    return _wanted(redemptions, groups.get_indexer(redemptions[key]), len(groups)).set_axis(groups)
-
-
 def _wanted(redemptions: pd.DataFrame, group: np.ndarray, groups: int) -> pd.DataFrame:
-    """wanted_metadata with the groups given as numbers 0..groups-1 (-1: none), which are also the index."""
+    """The contract's metadata values per group, from all of the group's redemptions; groups are numbers
+    0..groups-1 (-1: none), which are also the index. Columns: METADATA_KEYS (None = remove), `currencies`
+    (how many distinct) and `currency_list`."""
     done = (redemptions["status"] == "completed").to_numpy() & (group >= 0)
     rows = redemptions.loc[done, ["amount", "currency", "card_last4", "redeemed_at", "redemption_id"]]
     group = group[done]
@@ -251,7 +244,7 @@ def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.D
         out[todo] = values.to_numpy(dtype=object)
         return pd.Series(out, index=plan.index, dtype=object, copy=False)  # object: None stays None
 
-    out = {c: plan[c] for c in PLAN_COLUMNS}
+    out = {c: plan[c] for c in PLAN_COLUMNS if c != "changed_keys"}
     out |= {c: spread(decided[c], plan[c].to_numpy(dtype=object)) for c in ("action", "reason")}
     out["changed_keys"] = spread(decided["changed"], np.full(len(plan), "", dtype=object))
     # What the writer needs: the engine's own columns, for the rows it decided.
@@ -301,7 +294,6 @@ def _blank_multi_currency(plan: pd.DataFrame, multi: np.ndarray) -> None:
     # Sums across currencies are not money: show which currencies instead, write nothing.
     plan.loc[multi, "note"] = plan.loc[multi, "currency_list"]
     plan.loc[multi, list(METADATA_KEYS)] = None
-    plan["changed_keys"] = ""
 
 
 def _plan_unmatched(unmatched: pd.DataFrame, in_day: np.ndarray, mode: str) -> pd.DataFrame:
@@ -333,10 +325,10 @@ def _plan_unmatched(unmatched: pd.DataFrame, in_day: np.ndarray, mode: str) -> p
     if len(anonymous):
         rows.append(pd.DataFrame({
             "customer_id": None, "email": None, "action": SKIP, "reason": ANONYMOUS,
-            "note": anonymous["redemption_id"].to_numpy(), "redemptions_in_day": 1, "changed_keys": "",
+            "note": anonymous["redemption_id"].to_numpy(), "redemptions_in_day": 1,
             "name": None, "phone": None, **{k: None for k in METADATA_KEYS},
         }))
-    return pd.concat(rows, ignore_index=True)[PLAN_COLUMNS]
+    return pd.concat(rows, ignore_index=True)
 
 
 def summarize(plan: pd.DataFrame) -> dict[str, int]:

@@ -33,9 +33,10 @@ class WriteResult:
 
 
 def client_rates(per_second: int) -> list[Rate]:
-    """The client's pace for a limit of `per_second`: 3 % below it, at least one call below. A call admitted
-    here reaches Stripe a little later, so a burst admitted at the edge of a window here could land inside
-    one window there; the margin is larger than any burst the writer threads make."""
+    """The client's pace for a limit of `per_second`: 3 % below it, and at least one call below where the limit
+    is above one. A call admitted here reaches Stripe a little later, so the writer threads' bursts at the edge
+    of a window can still land a few calls in one window there: Stripe answers 429 and the call is retried
+    with backoff (bench/sync_throughput.py: 0-1 of 10,000 calls at 200/s)."""
     return [Rate(max(1, per_second - max(1, per_second * 3 // 100)), Duration.SECOND)]
 
 

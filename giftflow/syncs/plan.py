@@ -19,10 +19,8 @@ from giftflow.syncs.stripe_fields import (ADDRESS_KEYS, ISO_COUNTRIES, METADATA_
 
 CREATE, UPDATE, NONE, REJECT = "create", "update", "none", "reject"
 SCALARS = ("email", "name", "phone", "description", "balance")
-# Fields Stripe keeps as their own objects: added when missing, never cleared by a sync.
-ADD_ONLY = ("tax_id", "coupon", "source")
-PLAN_COLUMNS = ["row_key", "customer_id", "email", "action", "reason", "changed", "identity"]
-# Beside those, per mapped field: the value wanted and the value Stripe holds (matched rows).
+# A plan has row_key, customer_id, email, action, reason, changed (field names) and identity (what a create is
+# known by), and per mapped field the value wanted and the value Stripe holds (matched rows):
 WANT, WAS = "want:", "was:"
 EMAIL_RE = r"[^@\s]+@[^@\s]+\.[^@\s]+"
 PHONE_RE = r"\+[1-9][0-9]{6,14}"
@@ -330,7 +328,9 @@ def _changes(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fields
             if field == "email":  # Stripe keeps the case it was given; matching ignores it, so must the diff
                 w = np.array([v.lower() if isinstance(v, str) else v for v in w], dtype=object)
                 c = np.array([v.lower() if isinstance(v, str) else v for v in c], dtype=object)
-            out[:, j] = (~w_none & (c_none | (w != c))) | (clear & w_none & ~c_none)
+            # The e-mail a sync matches on is never cleared: a row naming its customer by id may lack it.
+            clears = clear and not (field == "email" and spec.identifier == "email")
+            out[:, j] = (~w_none & (c_none | (w != c))) | (clears & w_none & ~c_none)
     return out
 
 
@@ -381,8 +381,9 @@ class Request(NamedTuple):
 def request(spec: SyncSpec, row: dict) -> Request:
     """The Stripe request(s) for one plan row to create or update. Made when the row is written, so a plan
     of a million rows builds no dictionaries for the rows that stay as they are."""
-    # A plan that went through pandas may hold NaN for None: the idempotency key must not see a difference.
-    want = {k[len(WANT):]: None if pd.isna(v) else v for k, v in row.items() if k.startswith(WANT)}
+    # A plan that went through pandas may hold NaN for None: the idempotency key must not see a difference;
+    # an empty string is no value either (a create never sends name="").
+    want = {k[len(WANT):]: None if pd.isna(v) or v == "" else v for k, v in row.items() if k.startswith(WANT)}
     if row["action"] == CREATE:
         return _create_request(spec, want)
     was = {k[len(WAS):]: None if pd.isna(v) else v for k, v in row.items() if k.startswith(WAS)}

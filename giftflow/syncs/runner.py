@@ -75,7 +75,6 @@ def run_sync(spec: SyncSpec, frame: pd.DataFrame, stripe_api: StripeResource, st
                                           partition=partition, run_id=run_id, log=log)
     t3 = time.perf_counter()
     counts = {"read": len(frame), **{k: 0 for k in REPORT_COUNTS[1:]}, **dict(report.counts)}
-    counts.pop("found_existing", None)
     store.record_sync_run(spec.name, run_id, partition=partition, status="failed" if report.failures else "success",
                           dry_run=dry_run, counts=counts, rejections=report.rejections + report.failures,
                           started_at=started)

@@ -15,6 +15,7 @@ from giftflow.core.yaml_files import parse_yaml_model
 from giftflow.syncs.stripe_fields import METADATA_MAX_KEY_LEN, METADATA_MAX_KEYS, TAX_ID_TYPES
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1] / "sync_definitions"
+RESERVED = "giftcard"  # giftcard.yaml beside this file, loaded by the gift-card sync, not by load_folder
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _CRON = re.compile(r"^(@(hourly|daily|weekly|monthly)|(\S+\s+){4}\S+)$")
 
@@ -216,6 +217,9 @@ def load_folder(folder: str | Path | None = None) -> list[tuple[SyncSpec, Path]]
     loaded, seen = [], {}
     for path in sorted(folder.glob("*.y*ml")):
         spec, base = load_sync(path)
+        if spec.name == RESERVED:
+            raise SyncSpecError(f"{path}: the sync name {RESERVED!r} is the gift-card sync's (its reports and "
+                                "created ids are kept under it); choose another")
         if spec.name in seen:
             raise SyncSpecError(f"{path}: sync name {spec.name!r} is already used by {seen[spec.name]}")
         seen[spec.name] = path
