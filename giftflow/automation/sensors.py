@@ -111,9 +111,20 @@ def stripe_events_sensor(context: dg.SensorEvaluationContext, stripe_api: Stripe
         return dg.SensorResult(cursor=json.dumps({"created_after": int(now.timestamp()), "fell_back": True}),
                                skip_reason=dg.SkipReason("event cursor past retention: fell back to relisting"))
 
+    # After a long stop the events since the cursor may not fit in one tick. Stripe lists newest first, so a
+    # partial listing would leave a gap: list a closed window [since, since + span) whole, or halve it.
+    span = state.get("span")
+    window_end = since + span if span and since + span < now.timestamp() - 1 else None
+    polled = _list_events(stripe_api, since, window_end, whole=bool(span and span <= 1))
+    if polled is None:
+        span = max(1, int((window_end or now.timestamp()) - since) // 2)
+        context.log.info(f"catching up: the events since {datetime.fromtimestamp(since, timezone.utc)} do not fit "
+                         f"in one tick; next tick lists {span} s of them")
+        return dg.SensorResult(cursor=json.dumps({**state, "created_after": since, "span": span}),
+                               skip_reason=dg.SkipReason(f"catching up on Stripe events, {span} s per tick"))
+
     pushed = store.pending_webhook_events("stripe")
     events = [e["payload"] for e in pushed]
-    polled, _ = stripe_api.list_all("events", created={"gte": since}, types=[*WORKFLOW_EVENTS, *CUSTOMER_EVENTS])
     seen = set(state.get("seen_at_edge", []))
     events += [e for e in polled if e["id"] not in seen]
     events = list({e["id"]: e for e in sorted(events, key=lambda e: (e["created"], e["id"]))}.values())
@@ -135,14 +146,29 @@ def stripe_events_sensor(context: dg.SensorEvaluationContext, stripe_api: Stripe
                               tags={"giftflow/trigger": "stripe_events_sensor"}) for day in days]
     store.mark_webhook_events_processed("stripe", [e["event_id"] for e in pushed])
 
-    edge = max([since, *(e["created"] for e in polled)])
-    # `created` is in whole seconds: keep asking from the edge second and drop the ids already handled there.
-    at_edge = {e["id"] for e in polled if e["created"] == edge} | (seen if edge == since else set())
+    if window_end is not None:  # a closed window, listed whole: the next one starts at its end, twice as long
+        cursor = {"created_after": window_end, "span": span * 2}
+    else:
+        edge = max([since, *(e["created"] for e in polled)])
+        # `created` is in whole seconds: keep asking from the edge second and drop the ids already handled there.
+        at_edge = {e["id"] for e in polled if e["created"] == edge} | (seen if edge == since else set())
+        cursor = {"created_after": edge, "seen_at_edge": sorted(at_edge)}
     context.log.info(f"{len(events)} events ({len(pushed)} pushed), {len(customers)} customer changes, "
                      f"runs for {days or 'no day'}")
-    return dg.SensorResult(run_requests=requests,
-                           cursor=json.dumps({"created_after": edge, "seen_at_edge": sorted(at_edge)}),
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor),
                            skip_reason=None if requests else dg.SkipReason("no new Stripe events for the workflows"))
+
+
+def _list_events(stripe_api: StripeResource, since: int, until: int | None, whole: bool) -> list[dict] | None:
+    """The events created in [since, until) (until None: up to now), or None when they take more than a
+    tick's pages or time; `whole` lists them regardless (one second cannot be split further)."""
+    created = {"gte": since, **({"lt": until} if until is not None else {})}
+    started, polled = time.monotonic(), []
+    for page, calls in stripe_api.iter_pages("events", created=created, types=[*WORKFLOW_EVENTS, *CUSTOMER_EVENTS]):
+        polled += page
+        if not whole and (calls > MAX_PAGES_PER_TICK or time.monotonic() - started > TICK_BUDGET_S):
+            return None
+    return polled
 
 
 RERUN_DAYS = int(os.environ.get("GIFTFLOW_RERUN_DAYS", "7"))

@@ -112,6 +112,13 @@ class StripeResource(dg.ConfigurableResource):
     def list_all(self, kind: str, **params: Any) -> tuple[list[dict], int]:
         """All objects of `kind` (customers, payment_intents, charges, early_fraud_warnings, events,
         refunds) matching `params`, and the calls it took."""
+        rows, calls = [], 0
+        for page, calls in self.iter_pages(kind, **params):
+            rows += page
+        return rows, calls
+
+    def iter_pages(self, kind: str, **params: Any) -> Iterator[tuple[list[dict], int]]:
+        """list_all one page at a time (newest first, as Stripe lists), with the running call count."""
         lister = {
             "customers": self.client.v1.customers.list,
             "payment_intents": self.client.v1.payment_intents.list,
@@ -120,10 +127,7 @@ class StripeResource(dg.ConfigurableResource):
             "events": self.client.v1.events.list,
             "refunds": self.client.v1.refunds.list,
         }[kind]
-        rows, calls = [], 0
-        for page, calls in self._pages(lister, params):
-            rows += page
-        return rows, calls
+        return self._pages(lister, params)
 
     def iter_customers(self, page_size: int = 100) -> Iterator[tuple[list[dict], int]]:
         """Every customer, one page at a time, with the running call count."""
