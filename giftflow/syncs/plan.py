@@ -224,7 +224,8 @@ def plan_sync(spec: SyncSpec, wanted: pd.DataFrame, invalid: pd.Series, current:
     reason[invalid.index.to_numpy(dtype=np.intp)] = invalid.to_numpy(dtype=object)
     valid = reason == ""
 
-    current = current[~current.index.duplicated()]
+    if not current.index.is_unique:  # (the check builds the hash table get_indexer then reuses)
+        current = current[~current.index.duplicated()]
     known = current.index
     given = wanted["given_id"].to_numpy(dtype=object, na_value=None)
     at = known.get_indexer(given)  # each row's customer as a position in `current`, -1: none yet
