@@ -12,6 +12,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
+import numpy as np
 
 from giftflow.assets.giftcard import giftcard_sync
 from giftflow.assets.workflows import stripe_workflows
@@ -72,23 +73,32 @@ def cardivo_redemptions_sensor(context: dg.SensorEvaluationContext, cardivo: Car
     valid, bad = validate_redemptions(records)
     if bad:
         store.quarantine("cardivo", bad, None, None)
-    # A change is new unless the store already holds this exact version of the redemption.
+    # A change is new unless a run already stored this exact version, or the last tick requested it at the
+    # edge second that polling asks for again. The sensor itself stores nothing: if this tick dies before
+    # Dagster commits its requests, the cursor has not moved and the next tick sees the changes anew.
+    versions = [f"{rid}@{ts.isoformat()}" for rid, ts in zip(valid["redemption_id"], valid["updated_at"])]
+    seen = set(state.get("seen_at_edge", []))
     stored = store.redemption_versions(list(valid["redemption_id"]))
-    fresh = valid[[stored.get(rid) != ts for rid, ts in zip(valid["redemption_id"], valid["updated_at"])]]
+    fresh = [stored.get(rid) != ts and version not in seen
+             for rid, ts, version in zip(valid["redemption_id"], valid["updated_at"], versions)]
     by_day: dict[str, list[str]] = defaultdict(list)
-    for rid, redeemed, updated in zip(fresh["redemption_id"], fresh["redeemed_at"], fresh["updated_at"]):
-        by_day[redeemed.strftime("%Y-%m-%d")].append(f"{rid}@{updated.isoformat()}")
+    for redeemed, version in zip(valid.loc[fresh, "redeemed_at"], np.asarray(versions, dtype=object)[fresh]):
+        by_day[redeemed.strftime("%Y-%m-%d")].append(version)
     days = _day_keys(set(by_day))
     requests = [dg.RunRequest(partition_key=day, run_key=_run_key("cardivo", day, by_day[day]),
-                              tags={"giftflow/trigger": "cardivo_redemptions_sensor"}) for day in days]
-    store.upsert_redemptions(fresh)
+                              tags={"giftflow/trigger": "cardivo_redemptions_sensor",
+                                    "giftflow/changes": str(len(by_day[day]))}) for day in days]
     store.mark_webhook_events_processed("cardivo", [e["event_id"] for e in pushed])
 
-    edge = max([edge, *valid["updated_at"]]) if len(valid) else edge
+    new_edge = max([edge, *valid["updated_at"]]) if len(valid) else edge
+    # Polling asks again from a second before the edge: remember what this tick saw in that second.
+    at_edge = {v for v, ts in zip(versions, valid["updated_at"]) if ts > new_edge - timedelta(seconds=1)} | \
+        (seen if new_edge == edge else set())
     # Mid-paging the filters must stay as they were; the cursor moves past the edge only once paging is done.
-    new_state = ({"updated_after": after.isoformat(), "page_cursor": page_cursor, "pending_edge": edge.isoformat()}
-                 if page_cursor else {"updated_after": edge.isoformat()})
-    context.log.info(f"{len(records)} records in {pages} page(s), {len(fresh)} changes, runs for {days or 'no day'}")
+    new_state = ({"updated_after": after.isoformat(), "page_cursor": page_cursor, "pending_edge": new_edge.isoformat()}
+                 if page_cursor else {"updated_after": new_edge.isoformat()})
+    new_state["seen_at_edge"] = sorted(at_edge)
+    context.log.info(f"{len(records)} records in {pages} page(s), {sum(fresh)} changes, runs for {days or 'no day'}")
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_state),
                            skip_reason=None if requests else dg.SkipReason("no new Cardivo changes"))
 
