@@ -509,3 +509,23 @@ def test_the_gift_card_sync_name_is_reserved(tmp_path):
                                      "mapping: {email: e}\n")
     with pytest.raises(SyncSpecError, match="is the gift-card sync's"):
         load_folder(tmp_path)
+
+
+def test_a_partitioned_upstream_asset_is_synced_partition_by_partition(world):
+    from giftflow.partitions import daily
+
+    @dg.asset(partitions_def=daily)
+    def signups(context: dg.AssetExecutionContext) -> pd.DataFrame:
+        day = context.partition_key
+        return pd.DataFrame([{"ref": f"{day}-{i}", "email": f"{day}.{i}@example.com", "name": day, "balance": "",
+                              "zip": "", "country": ""} for i in range(2)])
+
+    folder = world.tmp / "syncs"
+    spec = _write_sync(folder, "{asset: signups}", "partitions: daily")
+    asset = build_sync_asset(*spec)
+    assert asset.partitions_def == daily
+    resources = {"stripe_api": world.api(), "store": world.store, "settings": Settings()}
+    assert dg.materialize([signups, asset], partition_key="2026-11-21", resources=resources).success
+    assert sorted(world.customers()) == ["2026-11-21.0@example.com", "2026-11-21.1@example.com"]
+    [report] = world.store.sync_runs("shop")
+    assert (report["partition"], report["counts"]["created"]) == ("2026-11-21", 2)
