@@ -1,8 +1,9 @@
 """A sync as pure pandas: source rows -> the Stripe fields they want -> validation -> diff against the
 customer mirror -> one plan row per source row (create / update / none / reject, with the reason).
 
-No I/O. Column-wise throughout, so 100,000 rows diff in well under a second; only the rows that change
-are turned into request parameters one by one.
+No I/O. Column-wise throughout, so 100,000 rows diff in well under a second; a row's request parameters
+are made by `request()` only when the writer sends it. The gift-card sync (giftcard.yaml) and every sync file
+are planned here.
 """
 
 from __future__ import annotations
