@@ -279,11 +279,18 @@ def test_upsert_by_email_creates_once_across_reruns_and_a_crash(world):
         world.store.record_result(key, status="planned")
     world.store.replace_customer_objects([])
     world.store.delete_sync_ids("crm")
+    # Meanwhile Bob's row changed: the customer found must end up with the new values in the same run.
+    spec = world.write([ANA, row("r2", email="bob@example.com", name="Bob B.", tier="silver")])
     result = world.materialize(spec, max_age=3600)  # keep the stale (empty) mirror: the worst case
     assert result.success
-    assert sorted(world.customers()) == ["ana@example.com", "bob@example.com"]
+    customers = world.customers()
+    assert sorted(customers) == ["ana@example.com", "bob@example.com"]
     assert metadata_of(result)["recovered"] == 2
+    assert (customers["bob@example.com"]["name"], customers["bob@example.com"]["metadata"]["tier"]) == \
+        ("Bob B.", "silver")
     assert world.store.sync_ids("crm").keys() == {"r1", "r2"}
+    writes = world.writes()
+    assert metadata_of(world.materialize(spec)).get("updated", 0) == 0 and world.writes() == writes
 
 
 def test_create_by_row_id_survives_a_crash_by_replaying_its_idempotency_key(world):

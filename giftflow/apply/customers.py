@@ -22,7 +22,7 @@ import stripe
 
 from giftflow.resources.store import GiftflowStore
 from giftflow.resources.stripe import StripeResource, WriteResult, idempotency_key
-from giftflow.syncs.plan import CREATE, NONE, REJECT, UPDATE, request
+from giftflow.syncs.plan import CREATE, NONE, REJECT, UPDATE, catch_up, request
 from giftflow.syncs.spec import SyncSpec
 
 CREATE_KIND, UPDATE_KIND = "create_customer", "update_customer"
@@ -105,9 +105,14 @@ def apply_sync_plan(
         try:
             params, before, follow_ups = request(spec, row)
             if row["action"] == CREATE:
-                customer_id, wrote = create_customer_once(
+                customer, wrote = create_customer_once(
                     ctx, row["identity"], params, lookup_email=row["email"] if "@" in row["identity"] else None)
+                customer_id = customer["id"]
                 store.record_sync_ids(spec.name, {row["row_key"]: customer_id}, run_id)
+                # Found, not made now: made by an earlier run's create (whose answer was lost) or by someone
+                # else, perhaps with other values than this row wants now. Bring it there in this run.
+                if not wrote and (fix := catch_up(spec, row, customer)) is not None:
+                    update_customer(ctx, customer_id, *request(spec, fix)[:2])
             elif params:
                 wrote = update_customer(ctx, customer_id, params, before) is not None
             for op in follow_ups:
@@ -202,9 +207,9 @@ def update_customer(ctx: _Ctx, customer_id: str, params: dict, before) -> dict |
                  lambda: ctx.stripe_api.update_customer(customer_id, params, key), _mirror_customer(ctx.store))
 
 
-def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email: str | None) -> tuple[str, bool]:
-    """Create the customer named by `identity` (a normalised e-mail, or a sync's row) exactly once; returns its
-    id and whether this call created it.
+def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email: str | None) -> tuple[dict, bool]:
+    """Create the customer named by `identity` (a normalised e-mail, or a sync's row) exactly once; returns the
+    customer and whether this call created it.
 
     A create planned before but never confirmed may still have happened at Stripe (crash between the call
     and the ledger): with an e-mail it is looked up by that e-mail (we create with the normalised e-mail,
@@ -222,7 +227,7 @@ def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email
         found = _recover(ctx, identity, priors)
     if found is not None:
         _mirror_customer(store)(found)
-        return found["id"], False
+        return found, False
     tax_ids = [f"{t['type']}:{t['value']}" for t in params.get("tax_id_data", [])]
     key = idempotency_key(CREATE_KIND, identity, params)
     created = _send(ctx, CREATE_KIND, identity, params, key, lambda: ctx.stripe_api.create_customer(params, key),
@@ -232,8 +237,8 @@ def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email
         created = ctx.stripe_api.retrieve("customers", sent["stripe_object_id"])
         if not created.get("deleted"):
             _mirror_customer(store)(created)
-        return created["id"], False
-    return created["id"], True
+        return created, False
+    return created, True
 
 
 def _recover(ctx: _Ctx, identity: str, priors: list[dict]) -> dict | None:

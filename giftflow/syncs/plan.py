@@ -433,6 +433,19 @@ def _as_customer(flat: dict) -> dict:
     return out
 
 
+def catch_up(spec: SyncSpec, row: dict, customer: dict) -> dict | None:
+    """For a create row whose customer turned out to exist already: the update row that brings `customer` to
+    what the row wants, or None when it is there. Tax ids, coupons and payment sources are not on the customer
+    object; they are left to the next run's diff against the refreshed mirror."""
+    fields = [k[len(WANT):] for k in row if k.startswith(WANT) and k[len(WANT):] not in ("tax_id", "coupon", "source")]
+    wanted = pd.DataFrame({"row_key": [row["row_key"]], "given_id": [customer["id"]], "email_norm": [row["email"]],
+                           **{f: [row[WANT + f]] for f in fields}}, dtype=object)
+    plan = plan_sync(spec.model_copy(update={"mode": "update"}), wanted, pd.Series(dtype=object),
+                     current_frame([customer], fields))
+    update = plan.iloc[0].to_dict()
+    return update if update["action"] == UPDATE else None
+
+
 def _create_request(spec: SyncSpec, w: dict) -> Request:
     params: dict = {}
     follow: list = []
