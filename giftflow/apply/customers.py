@@ -15,6 +15,7 @@ import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable
 
 import pandas as pd
@@ -148,12 +149,6 @@ def _refused(exc: stripe.StripeError) -> bool:
     return 400 <= status < 500 and status not in (401, 403, 429) and not isinstance(exc, stripe.IdempotencyError)
 
 
-def _age_s(entry: dict) -> float:
-    updated = pd.Timestamp(entry["updated_at"])
-    updated = updated.tz_localize("UTC") if updated.tzinfo is None else updated
-    return (pd.Timestamp.now(tz="UTC") - updated).total_seconds()
-
-
 def _message(exc: stripe.StripeError) -> str:
     return getattr(exc, "user_message", None) or str(exc)
 
@@ -177,7 +172,8 @@ def _send(ctx: _Ctx, kind: str, target: str, params: dict, key: str, call: Calla
     prior = store.ledger_entries([key]).get(key)
     if prior and prior["status"] == "sent":
         return None
-    if prior and prior["status"] == "refused" and _age_s(prior) < REFUSAL_MEMORY_S:
+    if prior and prior["status"] == "refused" and \
+            (datetime.now(timezone.utc) - prior["updated_at"]).total_seconds() < REFUSAL_MEMORY_S:
         raise RefusedBefore(prior["error"])
     store.record_planned(key, kind, target, params, ctx.partition, ctx.run_id)
     try:

@@ -15,7 +15,7 @@ from giftflow.resources.cardivo import CardivoResource
 from giftflow.resources.settings import Settings
 from giftflow.resources.store import GiftflowStore
 from giftflow.resources.stripe import StripeResource
-from giftflow.syncs.runner import REPORT_COUNTS
+from giftflow.syncs.runner import keep_report
 
 GROUP = "giftcard_sync"
 
@@ -122,11 +122,8 @@ def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_custom
     spec = giftcard_sync_spec(settings.sync_mode)
     report = apply_sync_plan(plan[plan["action"] != SKIP], stripe_api, store, spec=spec, dry_run=settings.dry_run,
                              partition=context.partition_key, run_id=context.run_id, log=context.log)
-    counts = {"read": len(plan), **dict.fromkeys(REPORT_COUNTS[1:], 0), "left_out": int((plan["action"] == SKIP).sum()),
-              **report.counts}
-    store.record_sync_run(spec.name, context.run_id, partition=context.partition_key, dry_run=settings.dry_run,
-                          status="failed" if report.failures else "success", counts=counts,
-                          rejections=report.rejections + report.failures, started_at=started)
+    counts = keep_report(spec, store, report, read=len(plan), run_id=context.run_id, partition=context.partition_key,
+                         dry_run=settings.dry_run, started_at=started, left_out=int((plan["action"] == SKIP).sum()))
     metadata = {"dry_run": settings.dry_run, "sent": report.writes, **counts,
                 "rows_changed_since_plan": len(_row_set(plan) - _row_set(giftcard_customer_plan))}
     if report.rejections:

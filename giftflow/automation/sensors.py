@@ -12,7 +12,6 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
-import numpy as np
 
 from giftflow.assets.giftcard import giftcard_sync
 from giftflow.assets.workflows import stripe_workflows
@@ -82,8 +81,9 @@ def cardivo_redemptions_sensor(context: dg.SensorEvaluationContext, cardivo: Car
     fresh = [stored.get(rid) != ts and version not in seen
              for rid, ts, version in zip(valid["redemption_id"], valid["updated_at"], versions)]
     by_day: dict[str, list[str]] = defaultdict(list)
-    for redeemed, version in zip(valid.loc[fresh, "redeemed_at"], np.asarray(versions, dtype=object)[fresh]):
-        by_day[redeemed.strftime("%Y-%m-%d")].append(version)
+    for redeemed, version, new in zip(valid["redeemed_at"], versions, fresh):
+        if new:
+            by_day[redeemed.strftime("%Y-%m-%d")].append(version)
     days = _day_keys(set(by_day))
     requests = [dg.RunRequest(partition_key=day, run_key=_run_key("cardivo", day, by_day[day]),
                               tags={"giftflow/trigger": "cardivo_redemptions_sensor",

@@ -218,6 +218,10 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
 
 
+def _ledger_row(row) -> dict:
+    return {**row, "created_at": _aware(row["created_at"]), "updated_at": _aware(row["updated_at"])}
+
+
 class GiftflowStore(dg.ConfigurableResource):
     """giftflow's own database: what was seen, what was sent, what was refused."""
 
@@ -339,13 +343,13 @@ class GiftflowStore(dg.ConfigurableResource):
         with self.engine.connect() as conn:
             for chunk in _chunks(op_keys):
                 for row in conn.execute(sa.select(ledger).where(ledger.c.op_key.in_(chunk))).mappings():
-                    out[row["op_key"]] = dict(row)
+                    out[row["op_key"]] = _ledger_row(row)
         return out
 
     def ledger_for_target(self, target: str, kind: str) -> list[dict]:
         with self.engine.connect() as conn:
             query = sa.select(ledger).where(ledger.c.target == target, ledger.c.kind == kind)
-            return [dict(r) for r in conn.execute(query).mappings()]
+            return [_ledger_row(r) for r in conn.execute(query).mappings()]
 
     def record_planned(self, op_key: str, kind: str, target: str, params: dict, partition: str | None,
                        run_id: str | None) -> None:

@@ -74,12 +74,20 @@ def run_sync(spec: SyncSpec, frame: pd.DataFrame, stripe_api: StripeResource, st
     report: ApplyReport = apply_sync_plan(plan, stripe_api, store, spec=spec, dry_run=dry_run,
                                           partition=partition, run_id=run_id, log=log)
     t3 = time.perf_counter()
-    counts = {"read": len(frame), **{k: 0 for k in REPORT_COUNTS[1:]}, **dict(report.counts)}
-    store.record_sync_run(spec.name, run_id, partition=partition, status="failed" if report.failures else "success",
-                          dry_run=dry_run, counts=counts, rejections=report.rejections + report.failures,
-                          started_at=started)
+    counts = keep_report(spec, store, report, read=len(frame), run_id=run_id, partition=partition, dry_run=dry_run,
+                         started_at=started)
     return SyncResult(counts, report.rejections, report.failures, plan,
                       {"mirror_s": t1 - t0, "diff_s": t2 - t1, "write_s": t3 - t2}, calls)
+
+
+def keep_report(spec: SyncSpec, store: GiftflowStore, report: ApplyReport, *, read: int, run_id: str,
+                partition: str | None, dry_run: bool, started_at: datetime, **extra: int) -> dict[str, int]:
+    """Store a run's report (every count, zeros included, and the refused and failed rows); its counts."""
+    counts = {"read": read, **dict.fromkeys(REPORT_COUNTS[1:], 0), **extra, **report.counts}
+    store.record_sync_run(spec.name, run_id, partition=partition, status="failed" if report.failures else "success",
+                          dry_run=dry_run, counts=counts, rejections=report.rejections + report.failures,
+                          started_at=started_at)
+    return counts
 
 
 def format_report(sync: str, run: dict) -> str:
