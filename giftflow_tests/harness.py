@@ -166,8 +166,8 @@ def production_stack(postgres_url: str, workdir: Path, days: list[date], *, stri
                     p.wait(20)
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
-            # Code servers the webserver and daemon spawned put their sockets under our TMPDIR: end them too.
-            subprocess.run(["pkill", "-f", f"--socket {workdir}"], capture_output=True)
+            # Code servers the webserver and daemon spawned are in their sessions, already ended above by
+            # process group: nothing is stopped by name or pattern.
 
 
 LAUNCH_BACKFILL = """

@@ -86,12 +86,16 @@ def test_cardivo_sensor_catches_up_in_chunks_after_an_outage(cardivo_sim, store,
         state = json.loads(cursor)
         if "page_cursor" not in state:
             break
-        assert state["updated_after"] == "2020-01-01T00:00:00+00:00"  # no move until paging is done
+        assert state["edge"] == "2020-01-01T00:00:00+00:00"  # no move until paging is done
         assert ticks < 50
     assert ticks >= len(world.redemptions) // 20
     in_partitions = [r for r in world.redemptions if r["redeemed_at"][:10] in set(daily.get_partition_keys())]
     assert changes == len(in_partitions)  # every redemption requested once across the chunks, none twice
-    assert json.loads(cursor)["updated_after"] >= max(r["updated_at"] for r in world.redemptions).replace("Z", "")
+    assert json.loads(cursor)["edge"] >= max(r["updated_at"] for r in world.redemptions).replace("Z", "")
+
+
+def _edge_cursor(at: datetime) -> str:
+    return json.dumps({"edge": at.isoformat()})
 
 
 def test_cardivo_sensor_picks_up_pushed_deliveries(cardivo_sim, store, world):
@@ -100,10 +104,94 @@ def test_cardivo_sensor_picks_up_pushed_deliveries(cardivo_sim, store, world):
     redemption = {**world.redemptions[0], "id": "rdm_pushed", "redeemed_at": f"{DAYS[1]}T10:00:00Z",
                   "updated_at": latest.strftime("%Y-%m-%dT%H:%M:%SZ")}
     store.record_webhook_event("cardivo", "evt_1", "redemption.created", {"id": "evt_1", "data": redemption})
-    cursor = json.dumps({"updated_after": (latest + timedelta(seconds=2)).isoformat()})
-    result, _ = cardivo_tick(url, store, cursor)
+    cursor = _edge_cursor(latest + timedelta(seconds=sensors.LOOKBACK_S + 2))
+    result, after = cardivo_tick(url, store, cursor)
     assert [r.partition_key for r in result.run_requests] == [DAYS[1].isoformat()]
-    assert store.pending_webhook_events("cardivo") == []
+    # The delivery stays readable; the cursor, not the store, remembers it was requested.
+    again, _ = cardivo_tick(url, store, after)
+    assert again.run_requests == []
+    replayed, _ = cardivo_tick(url, store, cursor)  # the first tick never committed: the same run again
+    assert [r.run_key for r in replayed.run_requests] == [r.run_key for r in result.run_requests]
+
+
+def _dump(store) -> dict:
+    import sqlalchemy as sa
+    from giftflow.resources.store import metadata_obj
+    with store.engine.connect() as conn:
+        return {t.name: sorted(map(str, conn.execute(sa.select(t)).all())) for t in metadata_obj.sorted_tables}
+
+
+def test_a_cardivo_tick_writes_nothing(cardivo_sim, store, world):
+    state, url = cardivo_sim
+    store.record_webhook_event("cardivo", "evt_bad", "redemption.created",
+                               {"id": "evt_bad", "data": {"id": "rdm_bad", "amount": "lots"}})
+    state.add({**world.redemptions[0], "id": "rdm_bad2", "amount": -5,
+               "updated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    before = _dump(store)
+    result, _ = cardivo_tick(url, store, None, page_size=100)
+    assert result.run_requests
+    assert _dump(store) == before  # no quarantine, no "processed" mark: the run of the day quarantines
+
+
+def test_a_change_a_running_run_already_stored_still_gets_a_run(cardivo_sim, store, world):
+    """A run that is already past its fetch may have stored a version it will not write: the sensor must not
+    take "stored" for "handled"."""
+    state, url = cardivo_sim
+    _, cursor = cardivo_tick(url, store, None, page_size=100)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    late = {**world.redemptions[-1], "id": "rdm_during_run", "redeemed_at": now, "updated_at": now}
+    state.add(late)
+    from giftflow.core.redemptions import validate_redemptions
+    store.upsert_redemptions(validate_redemptions([late])[0])  # a running run's fetch stored it
+    result, _ = cardivo_tick(url, store, cursor, page_size=100)
+    assert [r.partition_key for r in result.run_requests] == [now[:10]]
+
+
+def test_a_change_that_shows_up_late_in_the_list_is_not_skipped(cardivo_sim, store, world):
+    state, url = cardivo_sim
+    _, cursor = cardivo_tick(url, store, None, page_size=100)
+    edge = _utc(json.loads(cursor)["edge"])
+    # Committed late at Cardivo: its updated_at is before the sensor's edge.
+    stamp = (edge - timedelta(seconds=sensors.LOOKBACK_S // 2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    state.add({**world.redemptions[-1], "id": "rdm_late", "redeemed_at": f"{DAYS[0]}T08:00:00Z", "updated_at": stamp})
+    result, _ = cardivo_tick(url, store, cursor, page_size=100)
+    assert [r.partition_key for r in result.run_requests] == [DAYS[0].isoformat()]
+
+
+def test_a_queued_run_of_the_day_takes_in_new_changes(cardivo_sim, store, world):
+    state, url = cardivo_sim
+    instance = dg.DagsterInstance.ephemeral()
+    resources = dict(store=store, cardivo=CardivoResource(api_base=url, api_key="k", page_size=100))
+
+    def run_tick(cursor):
+        result = sensors.cardivo_redemptions_sensor(
+            dg.build_sensor_context(cursor=cursor, resources=resources, instance=instance))
+        return result, result.cursor
+
+    _, cursor = run_tick(None)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    instance.add_run(dg.DagsterRun(job_name="giftcard_sync", run_id="waiting", status=dg.DagsterRunStatus.NOT_STARTED,
+                                   tags={"dagster/partition": now[:10]}))
+    state.add({**world.redemptions[-1], "id": "rdm_q1", "redeemed_at": now, "updated_at": now})
+    result, cursor = run_tick(cursor)
+    assert result.run_requests == []  # the waiting run fetches after this change: it takes it in
+    instance.report_run_canceled(instance.get_run_by_id("waiting"))
+    later = (datetime.now(timezone.utc) + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    state.add({**world.redemptions[-1], "id": "rdm_q2", "redeemed_at": now, "updated_at": later})
+    result, _ = run_tick(cursor)
+    assert [r.partition_key for r in result.run_requests] == [now[:10]]
+
+
+def test_a_future_updated_at_does_not_carry_the_edge_past_later_changes(cardivo_sim, store, world):
+    state, url = cardivo_sim
+    state.add({**world.redemptions[-1], "id": "rdm_future", "redeemed_at": f"{DAYS[0]}T08:00:00Z",
+               "updated_at": "2999-01-01T00:00:00Z"})
+    _, cursor = cardivo_tick(url, store, None, page_size=100)
+    assert _utc(json.loads(cursor)["edge"]) <= datetime.now(timezone.utc)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    state.add({**world.redemptions[-1], "id": "rdm_after_future", "redeemed_at": now, "updated_at": now})
+    result, _ = cardivo_tick(url, store, cursor, page_size=100)
+    assert now[:10] in {r.partition_key for r in result.run_requests}
 
 
 @pytest.fixture
@@ -135,6 +223,21 @@ def test_stripe_events_sensor_requests_workflow_days_and_keeps_mirror(stripe_sim
     mirror = {c["id"]: c for c in store.load_customers()}
     assert made["id"] in mirror and mirror[world.customers[0]["id"]]["metadata"]["crm"] == "1"
     assert store.get_state("customers_events_synced_at")
+
+
+def test_a_malformed_stored_stripe_event_is_no_poison_pill(stripe_sim, store, world):
+    _, api = stripe_sim
+    store.replace_customers(world.customers)
+    pi = next(p for p in world.payment_intents if p["status"] == "succeeded")
+    store.record_webhook_event("stripe", "evt_bad", "payment_intent.succeeded", {"id": "evt_bad", "data": {}})
+    store.record_webhook_event("stripe", "evt_good", "payment_intent.succeeded", {
+        "id": "evt_good", "type": "payment_intent.succeeded", "created": pi["created"], "data": {"object": pi}})
+    cursor = json.dumps({"created_after": int(datetime.now(timezone.utc).timestamp())})
+    result, cursor = tick(sensors.stripe_events_sensor, cursor, stripe_api=api, store=store)
+    day = datetime.fromtimestamp(pi["created"], timezone.utc).date().isoformat()
+    assert [r.partition_key for r in result.run_requests] == [day]
+    again, _ = tick(sensors.stripe_events_sensor, cursor, stripe_api=api, store=store)
+    assert again.run_requests == []  # both deliveries handled once, the bad one skipped, not retried forever
 
 
 def test_stripe_events_sensor_falls_back_past_retention(stripe_sim, store):

@@ -44,6 +44,30 @@ def test_redemptions_upsert_by_id_and_keep_only_last4(store):
     assert store.load_redemptions(emails=["other@x.com"]).empty
 
 
+def test_an_older_copy_of_a_redemption_never_replaces_a_newer_one(store):
+    """Two runs of one day fetch it at different moments and may store in either order."""
+    record = redemption(email="ana@x.com")
+    voided = {**record, "status": "voided", "updated_at": "2026-11-21T00:00:00Z"}
+    store.upsert_redemptions(validate_redemptions([voided])[0])
+    store.upsert_redemptions(validate_redemptions([record])[0])  # the slower run's older copy lands last
+    start = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    assert list(store.load_redemptions(start=start, end=start.replace(day=21))["status"]) == ["voided"]
+
+
+def test_a_listing_begun_before_a_write_keeps_the_written_copy(store):
+    from datetime import timedelta
+    listed_from = datetime.now(timezone.utc) - timedelta(seconds=5)
+    store.upsert_customers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"total": "2"}}])
+    store.replace_customers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"total": "1"}},
+                             {"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {}}], listed_from=listed_from)
+    mirror = {c["id"]: c["metadata"] for c in store.load_customers()}
+    assert mirror == {"cus_1": {"total": "2"}, "cus_2": {}}
+    # An event older than the mirrored copy does not take it back either.
+    store.upsert_customers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"total": "1"}}],
+                           as_of=listed_from)
+    assert {c["id"]: c["metadata"] for c in store.load_customers()}["cus_1"] == {"total": "2"}
+
+
 def test_customer_mirror_replace_drops_deleted(store):
     store.replace_customers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"k": "v"}},
                              {"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {}}])

@@ -67,7 +67,7 @@ def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResour
     rows, calls = [], 0
     for page, calls in stripe_api.iter_customers():
         rows += page
-    store.replace_customers(rows)
+    store.replace_customers(rows, listed_from=now)
     return dg.MaterializeResult(metadata={"customers": len(rows), "api_calls": calls, "reused_mirror": False})
 
 

@@ -26,12 +26,16 @@ INTERVAL_S = int(os.environ.get("GIFTFLOW_SENSOR_INTERVAL_S", "15"))
 TICK_BUDGET_S = 20.0
 MAX_PAGES_PER_TICK = 20
 STRIPE_EVENT_RETENTION = timedelta(days=30)
+EVENT_LOOKBACK_S = 60
 WORKFLOW_EVENTS = ("payment_intent.succeeded", "radar.early_fraud_warning.created")
 CUSTOMER_EVENTS = ("customer.created", "customer.updated", "customer.deleted")
 
 
 def _utc(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError(f"time without a zone: {text!r}")
+    return value
 
 
 def _day_keys(days: set[str]) -> list[str]:
@@ -45,62 +49,129 @@ def _run_key(prefix: str, day: str, members: list[str]) -> str:
     return f"{prefix}:{day}:{digest}"
 
 
+# Cardivo's list may show a change a little after its `updated_at` (a commit lands late, a clock lags): every
+# poll asks again for the last LOOKBACK_S before the edge and drops the versions it already requested.
+LOOKBACK_S = int(os.environ.get("GIFTFLOW_CARDIVO_LOOKBACK_S", "60"))
+_WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
+
+
+def _version(record) -> str:
+    """A short fingerprint of one version of a record: `id@updated_at`, or the whole record where those are
+    missing (a bad record is requested once, for its run to quarantine it, not on every tick)."""
+    if isinstance(record, dict) and isinstance(record.get("id"), str) and isinstance(record.get("updated_at"), str):
+        text = f"{record['id']}@{record['updated_at']}"
+    else:
+        text = json.dumps(record, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _redeemed_day(record) -> str | None:
+    try:
+        return _utc(record["redeemed_at"]).astimezone(timezone.utc).strftime("%Y-%m-%d")
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
+
+
+def _waiting_days(instance: dg.DagsterInstance) -> set[str]:
+    """Days with a giftcard_sync run that has not started: it fetches Cardivo later, so it takes in any change
+    seen now, and another run of that day would only repeat it."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name="giftcard_sync", statuses=_WAITING), limit=1000)
+    return {r.tags.get("dagster/partition") for r in runs}
+
+
 @dg.sensor(job=giftcard_sync, minimum_interval_seconds=INTERVAL_S, default_status=dg.DefaultSensorStatus.STOPPED,
            description="Requests giftcard_sync for every day whose Cardivo redemptions changed (new, or voided "
                        "later), from webhook deliveries and from polling `updated_after`.")
 def cardivo_redemptions_sensor(context: dg.SensorEvaluationContext, cardivo: CardivoResource,
                                store: GiftflowStore) -> dg.SensorResult:
-    state = json.loads(context.cursor) if context.cursor else {}
-    started = time.monotonic()
-    # First tick: start a day back; older days are the daily backfill's job.
-    after = _utc(state["updated_after"]) if "updated_after" in state else datetime.now(timezone.utc) - timedelta(days=1)
-    edge = _utc(state["pending_edge"]) if state.get("pending_edge") else after
+    """Every change Cardivo shows leads to a run of its day that starts after the change was seen: a run already
+    running may have fetched before it, so only a run still queued counts as taking it in.
 
-    pushed = store.pending_webhook_events("cardivo")
-    records = [e["payload"].get("data") for e in pushed]
-    page_cursor, pages = state.get("page_cursor"), 0
+    The tick writes nothing: all it knows lives in its cursor (the edge, the versions requested in the last
+    LOOKBACK_S, the receipt time of the last pushed delivery read), which Dagster stores with the tick's run
+    requests. A tick that dies before that commit leaves the cursor where it was, and the next tick sees the
+    same changes and requests the same runs (same run keys). Bad records are quarantined by their day's run.
+    """
+    state = json.loads(context.cursor) if context.cursor else {}
+    if "edge" not in state:  # first tick, or a cursor of an older giftflow: start from its edge, paging anew
+        state = {"edge": state.get("updated_after")}
+    now = datetime.now(timezone.utc)
+    started = time.monotonic()
+    lookback = timedelta(seconds=LOOKBACK_S)
+    # First tick: start a day back; older days are the daily backfill's job.
+    edge = _utc(state["edge"]) if state["edge"] else now - timedelta(days=1)
+    requested: dict[str, list] = state.get("requested", {})  # version -> [updated_at epoch, seen epoch]
+
+    # Pushed deliveries are read again for LOOKBACK_S after their receipt, like polled changes.
+    pushed_edge = _utc(state["pushed_edge"]) if state.get("pushed_edge") else now - lookback
+    pushed = store.webhook_events_since("cardivo", pushed_edge - lookback)
+    records = [e["payload"].get("data") if isinstance(e["payload"], dict) else None for e in pushed]
+
+    # Mid-paging the query must stay as it was; the edge moves only once the window is paged whole.
+    page_cursor = state.get("page_cursor")
+    query_from = _utc(state["query_from"]) if page_cursor else edge - lookback
+    pages = 0
+    polled: list = []
     while pages < MAX_PAGES_PER_TICK and time.monotonic() - started < TICK_BUDGET_S:
-        # updated_after is strict and in whole seconds: ask from a second earlier; the store drops repeats.
-        fetched = cardivo.list_redemptions(updated_after=after - timedelta(seconds=1), max_pages=1,
-                                           cursor=page_cursor)
+        fetched = cardivo.list_redemptions(updated_after=query_from, max_pages=1, cursor=page_cursor)
         pages += 1
-        records += fetched.records
+        polled += fetched.records
         page_cursor = fetched.next_cursor
         if not page_cursor:
             break
+    records += polled
 
     valid, bad = validate_redemptions(records)
-    if bad:
-        store.quarantine("cardivo", bad, None, None)
-    # A change is new unless a run already stored this exact version, or the last tick requested it at the
-    # edge second that polling asks for again. The sensor itself stores nothing: if this tick dies before
-    # Dagster commits its requests, the cursor has not moved and the next tick sees the changes anew.
-    versions = [f"{rid}@{ts.isoformat()}" for rid, ts in zip(valid["redemption_id"], valid["updated_at"])]
-    seen = set(state.get("seen_at_edge", []))
-    stored = store.redemption_versions(list(valid["redemption_id"]))
-    fresh = [stored.get(rid) != ts and version not in seen
-             for rid, ts, version in zip(valid["redemption_id"], valid["updated_at"], versions)]
-    by_day: dict[str, list[str]] = defaultdict(list)
-    for redeemed, version, new in zip(valid["redeemed_at"], versions, fresh):
-        if new:
-            by_day[redeemed.strftime("%Y-%m-%d")].append(version)
+    by_day: dict[str, set[str]] = defaultdict(set)
+    seen_now = {}
+    for record in records:
+        version = _version(record)
+        if version in requested or version in seen_now:
+            continue
+        seen_now[version] = record
+        day = _redeemed_day(record)
+        if day is None:
+            context.log.warning("a Cardivo record without a usable redeemed_at was left out; "
+                                "its day's run or the daily backfill quarantines it")
+            continue
+        by_day[day].add(version)
     days = _day_keys(set(by_day))
-    requests = [dg.RunRequest(partition_key=day, run_key=_run_key("cardivo", day, by_day[day]),
+    waiting = _waiting_days(context.instance) if days else set()
+    requests = [dg.RunRequest(partition_key=day, run_key=_run_key("cardivo", day, sorted(by_day[day])),
                               tags={"giftflow/trigger": "cardivo_redemptions_sensor",
-                                    "giftflow/changes": str(len(by_day[day]))}) for day in days]
-    store.mark_webhook_events_processed("cardivo", [e["event_id"] for e in pushed])
+                                    "giftflow/changes": str(len(by_day[day]))})
+                for day in days if day not in waiting]
 
-    new_edge = max([edge, *valid["updated_at"]]) if len(valid) else edge
-    # Polling asks again from a second before the edge: remember what this tick saw in that second.
-    at_edge = {v for v, ts in zip(versions, valid["updated_at"]) if ts > new_edge - timedelta(seconds=1)} | \
-        (seen if new_edge == edge else set())
-    # Mid-paging the filters must stay as they were; the cursor moves past the edge only once paging is done.
-    new_state = ({"updated_after": after.isoformat(), "page_cursor": page_cursor, "pending_edge": new_edge.isoformat()}
-                 if page_cursor else {"updated_after": new_edge.isoformat()})
-    new_state["seen_at_edge"] = sorted(at_edge)
-    context.log.info(f"{len(records)} records in {pages} page(s), {sum(fresh)} changes, runs for {days or 'no day'}")
+    stamp = now.timestamp()
+    # A time in the future (a skewed or hostile clock) must not carry the edge past changes still to come.
+    polled_times = [min(t, stamp) for t in (_updated_epoch(r) for r in polled) if t is not None]
+    new_edge = max(edge.timestamp(), *polled_times) if polled_times and not page_cursor else edge.timestamp()
+    if page_cursor:  # remember the largest time paged so far; the edge moves there when paging ends
+        pending = max([state.get("pending_edge", edge.timestamp()), *polled_times])
+    elif state.get("pending_edge"):
+        new_edge = max(new_edge, state["pending_edge"])
+    requested.update({v: [_updated_epoch(r) or stamp, stamp] for v, r in seen_now.items()})
+    # Keep a version while polling (from the edge less LOOKBACK_S) or the pushed deliveries can return it.
+    requested = {v: t for v, t in requested.items()
+                 if t[0] > new_edge - LOOKBACK_S - 2 or t[1] > stamp - 2 * LOOKBACK_S - 2}
+    new_pushed_edge = max([pushed_edge, *(e["received_at"] for e in pushed)])
+    new_state = {"edge": datetime.fromtimestamp(new_edge, timezone.utc).isoformat(), "requested": requested,
+                 "pushed_edge": new_pushed_edge.isoformat()}
+    if page_cursor:
+        new_state.update(page_cursor=page_cursor, query_from=query_from.isoformat(), pending_edge=pending)
+    skipped = [d for d in days if d in waiting]
+    context.log.info(f"{len(records)} records ({len(pushed)} pushed) in {pages} page(s), {len(seen_now)} new, "
+                     f"{len(bad)} bad; runs for {[r.partition_key for r in requests] or 'no day'}"
+                     + (f"; taken in by queued runs: {skipped}" if skipped else ""))
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_state),
                            skip_reason=None if requests else dg.SkipReason("no new Cardivo changes"))
+
+
+def _updated_epoch(record) -> float | None:
+    try:
+        return _utc(record["updated_at"]).timestamp()
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
 
 
 @dg.sensor(jobs=[stripe_workflows], minimum_interval_seconds=INTERVAL_S,
@@ -133,15 +204,31 @@ def stripe_events_sensor(context: dg.SensorEvaluationContext, stripe_api: Stripe
         return dg.SensorResult(cursor=json.dumps({**state, "created_after": since, "span": span}),
                                skip_reason=dg.SkipReason(f"catching up on Stripe events, {span} s per tick"))
 
-    pushed = store.pending_webhook_events("stripe")
-    events = [e["payload"] for e in pushed]
+    # Pushed deliveries are read again for EVENT_LOOKBACK_S after receipt; the ids handled are in the cursor.
+    pushed_edge = datetime.fromtimestamp(state.get("pushed_edge", now.timestamp() - EVENT_LOOKBACK_S), timezone.utc)
+    pushed = store.webhook_events_since("stripe", pushed_edge - timedelta(seconds=EVENT_LOOKBACK_S))
+    handled = set(state.get("pushed_handled", []))
     seen = set(state.get("seen_at_edge", []))
-    events += [e for e in polled if e["id"] not in seen]
+    candidates = [e["payload"] for e in pushed if e["event_id"] not in handled] + \
+        [e for e in polled if e.get("id") not in seen]
+    events, malformed = [], 0
+    for event in candidates:
+        if _event_shape_ok(event):
+            events.append(event)
+        else:  # never a poison pill: a malformed event is logged (id only) and left behind
+            malformed += 1
+            context.log.warning("Stripe event %r has no data.object with an id and a created time: skipped",
+                                str(event.get("id"))[:80] if isinstance(event, dict) else None)
     events = list({e["id"]: e for e in sorted(events, key=lambda e: (e["created"], e["id"]))}.values())
 
+    # The mirror's only writer here: idempotent, and a customer mirrored from a later write or event keeps
+    # that copy (`as_of`), so a tick that dies and is run again, or events read out of order, lose nothing.
     customers = [e for e in events if e["type"] in CUSTOMER_EVENTS]
-    store.upsert_customers([e["data"]["object"] for e in customers if e["type"] != "customer.deleted"])
-    store.delete_customers([e["data"]["object"]["id"] for e in customers if e["type"] == "customer.deleted"])
+    for e in customers:
+        if e["type"] == "customer.deleted":
+            store.delete_customers([e["data"]["object"]["id"]])
+        else:
+            store.upsert_customers([e["data"]["object"]], as_of=datetime.fromtimestamp(e["created"] + 0.999, timezone.utc))
     if store.customers_refreshed_at():
         store.set_state("customers_events_synced_at", now.isoformat())
 
@@ -154,19 +241,30 @@ def stripe_events_sensor(context: dg.SensorEvaluationContext, stripe_api: Stripe
     requests = [dg.RunRequest(job_name="stripe_workflows", partition_key=day,
                               run_key=_run_key("stripe", day, by_day[day]),
                               tags={"giftflow/trigger": "stripe_events_sensor"}) for day in days]
-    store.mark_webhook_events_processed("stripe", [e["event_id"] for e in pushed])
-
     if window_end is not None:  # a closed window, listed whole: the next one starts at its end, twice as long
         cursor = {"created_after": window_end, "span": span * 2}
     else:
-        edge = max([since, *(e["created"] for e in polled)])
+        edge = min(max([since, *(e["created"] for e in polled if _event_shape_ok(e))]), int(now.timestamp()))
         # `created` is in whole seconds: keep asking from the edge second and drop the ids already handled there.
-        at_edge = {e["id"] for e in polled if e["created"] == edge} | (seen if edge == since else set())
+        at_edge = {e["id"] for e in polled if e.get("created") == edge} | (seen if edge == since else set())
         cursor = {"created_after": edge, "seen_at_edge": sorted(at_edge)}
+    new_pushed_edge = max([pushed_edge, *(e["received_at"] for e in pushed)])
+    cursor["pushed_edge"] = new_pushed_edge.timestamp()
+    cursor["pushed_handled"] = sorted({e["event_id"] for e in pushed
+                                       if e["received_at"] >= new_pushed_edge - timedelta(seconds=EVENT_LOOKBACK_S)})
     context.log.info(f"{len(events)} events ({len(pushed)} pushed), {len(customers)} customer changes, "
-                     f"runs for {days or 'no day'}")
+                     f"{malformed} malformed, runs for {days or 'no day'}")
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor),
                            skip_reason=None if requests else dg.SkipReason("no new Stripe events for the workflows"))
+
+
+def _event_shape_ok(event) -> bool:
+    if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
+        return False
+    obj = event["data"].get("object")
+    return isinstance(event.get("id"), str) and isinstance(event.get("type"), str) and \
+        isinstance(event.get("created"), int) and isinstance(obj, dict) and isinstance(obj.get("id"), str) and \
+        (event["type"] not in WORKFLOW_EVENTS or isinstance(obj.get("created"), int))
 
 
 def _list_events(stripe_api: StripeResource, since: int, until: int | None, whole: bool) -> list[dict] | None:

@@ -190,7 +190,9 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str]) -> None:
+def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str], newer: str | None = None) -> None:
+    """Insert or update by `keys`; with `newer`, a stored row is replaced only by a row whose `newer` column is
+    at least as late."""
     if not rows:
         return
     # PostgreSQL refuses one INSERT ... ON CONFLICT that touches a row twice: the last version wins.
@@ -204,7 +206,8 @@ def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[s
     for start in range(0, len(rows), _CHUNK):
         stmt = insert(table).values(rows[start:start + _CHUNK])
         update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
-        conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update))
+        where = table.c[newer] <= stmt.excluded[newer] if newer else None
+        conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update, where=where))
 
 
 def _chunks(values: Iterable, size: int = _CHUNK) -> Iterator[list]:
@@ -238,7 +241,9 @@ class GiftflowStore(dg.ConfigurableResource):
             row["redeemed_at"] = row["redeemed_at"].to_pydatetime()
             row["updated_at"] = row["updated_at"].to_pydatetime()
         with self.engine.begin() as conn:
-            _upsert(conn, redemptions, rows, ["redemption_id"])
+            # Two runs of one day may fetch it at different moments and store in either order: an older copy
+            # (fetched before a void) must never replace a newer one.
+            _upsert(conn, redemptions, rows, ["redemption_id"], newer="updated_at")
         return len(rows)
 
     def load_redemptions(
@@ -278,18 +283,22 @@ class GiftflowStore(dg.ConfigurableResource):
         return out
 
     # -- Stripe customer mirror ---------------------------------------------------------------------
-    def replace_customers(self, rows: list[dict]) -> None:
-        """Make the mirror exactly this full listing of Stripe customers."""
-        now = _now()
-        records = [_customer_record(r, now) for r in rows]
+    def replace_customers(self, rows: list[dict], listed_from: datetime | None = None) -> None:
+        """Make the mirror this full listing of Stripe customers, begun at `listed_from`. A customer a write or
+        an event mirrored after the listing began keeps that newer copy: a listing takes minutes for a large
+        account, and its older copy would make the next diff skip a write that is needed."""
+        listed_from = listed_from or _now()
+        records = [_customer_record(r, listed_from) for r in rows]
         with self.engine.begin() as conn:
-            _upsert(conn, customers, records, ["customer_id"])
-            conn.execute(customers.delete().where(customers.c.synced_at < now))
-            self._set(conn, "customers_refreshed_at", now.isoformat())
+            _upsert(conn, customers, records, ["customer_id"], newer="synced_at")
+            conn.execute(customers.delete().where(customers.c.synced_at < listed_from))
+            self._set(conn, "customers_refreshed_at", listed_from.isoformat())
 
-    def upsert_customers(self, rows: list[dict]) -> None:
+    def upsert_customers(self, rows: list[dict], as_of: datetime | None = None) -> None:
+        """Mirror customers as Stripe returned them at `as_of` (default now); a copy mirrored later is kept."""
+        as_of = as_of or _now()
         with self.engine.begin() as conn:
-            _upsert(conn, customers, [_customer_record(r, _now()) for r in rows], ["customer_id"])
+            _upsert(conn, customers, [_customer_record(r, as_of) for r in rows], ["customer_id"], newer="synced_at")
 
     def delete_customers(self, ids: list[str]) -> None:
         with self.engine.begin() as conn:
@@ -408,6 +417,16 @@ class GiftflowStore(dg.ConfigurableResource):
                  .order_by(t.c.received_at, t.c.event_id).limit(limit))
         with self.engine.connect() as conn:
             return [{**dict(r), "payload": json.loads(r["payload"])} for r in conn.execute(query).mappings()]
+
+    def webhook_events_since(self, source: str, received_after: datetime, limit: int = 1000) -> list[dict]:
+        """Deliveries received at or after `received_after`, oldest first, `payload` decoded. Read-only, so a
+        sensor can read them on every tick and move its own cursor only when Dagster commits the tick."""
+        t = webhook_events
+        query = (sa.select(t).where(t.c.source == source, t.c.received_at >= received_after)
+                 .order_by(t.c.received_at, t.c.event_id).limit(limit))
+        with self.engine.connect() as conn:
+            return [{**dict(r), "payload": json.loads(r["payload"]), "received_at": _aware(r["received_at"])}
+                    for r in conn.execute(query).mappings()]
 
     def mark_webhook_events_processed(self, source: str, event_ids: list[str]) -> None:
         with self.engine.begin() as conn:
