@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import itertools
+import json
+import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from giftflow.resources.store import GiftflowStore
 from giftflow.simulators.server import BackgroundServer
 from giftflow.webhooks import create_app
+from giftflow_tests.harness import create_database
 
 CARDIVO_SECRET = "cardivo_whsec_test"
 STRIPE_SECRET = "whsec_test_giftflow"
@@ -201,3 +206,63 @@ def test_create_app_from_env(monkeypatch, tmp_path):
         assert post(srv.base_url, "cardivo", body, sign(body, CARDIVO_SECRET)).status_code == 200
         assert post(srv.base_url, "stripe", stripe_event(), sign(stripe_event(), STRIPE_SECRET)).status_code == 503
     assert len(GiftflowStore(database_url=f"sqlite:///{tmp_path}/env.sqlite").pending_webhook_events("cardivo")) == 1
+
+
+
+# -- duplicates at once, and the store's widths ---------------------------------------------------
+
+def _event(source: str, eid: str) -> dict:
+    return json.loads(SOURCES[source][2](eid))
+
+
+@pytest.fixture
+def pg_store(postgres_url):
+    return GiftflowStore(database_url=create_database(postgres_url, f"webhooks_{uuid.uuid4().hex[:12]}"))
+
+
+def serve(store: GiftflowStore) -> BackgroundServer:
+    return BackgroundServer(create_app(store, cardivo_secret=CARDIVO_SECRET, stripe_secret=STRIPE_SECRET))
+
+
+def test_longest_id_and_type_accepted_are_stored_on_postgresql(pg_store, source):
+    _, secret, event = SOURCES[source]
+    eid, etype = "e" * 255, "t" * 100
+    body = json.dumps({**_event(source, eid), "type": etype}).encode()
+    with serve(pg_store) as srv:
+        r = post(srv.base_url, source, body, sign(body, secret))
+    assert r.status_code == 200, r.text
+    assert [e["type"] for e in stored(pg_store, source, eid)] == [etype]
+
+
+def test_older_postgresql_webhook_table_is_widened(postgres_url, source):
+    url = create_database(postgres_url, f"webhooks_{uuid.uuid4().hex[:12]}")
+    old = sa.create_engine(url)
+    with old.begin() as conn:  # the table as giftflow created it before ids of up to 255 characters were accepted
+        conn.execute(sa.text("CREATE TABLE webhook_events (source varchar(16), event_id varchar(128), "
+                             "type varchar(64) NOT NULL, payload text NOT NULL, received_at timestamptz NOT NULL, "
+                             "processed_at timestamptz, PRIMARY KEY (source, event_id))"))
+    old.dispose()
+    store = GiftflowStore(database_url=url)
+    _, secret, event = SOURCES[source]
+    body = json.dumps({**_event(source, "e" * 255), "type": "t" * 100}).encode()
+    with serve(store) as srv:
+        assert post(srv.base_url, source, body, sign(body, secret)).status_code == 200
+
+
+def test_concurrent_duplicate_deliveries_are_all_acknowledged_and_stored_once(pg_store, source):
+    _, secret, event = SOURCES[source]
+    body = event("evt_dup")
+    signature, barrier = sign(body, secret), threading.Barrier(32)
+
+    def deliver(_) -> httpx.Response:
+        with httpx.Client(timeout=30) as client:  # one connection each, all sent at once
+            client.get(srv.base_url + "/healthz")
+            barrier.wait()
+            return client.post(f"{srv.base_url}/webhooks/{source}", content=body,
+                               headers={SOURCES[source][0]: signature})
+
+    with serve(pg_store) as srv, ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(deliver, range(32)))
+    assert [r.status_code for r in responses] == [200] * 32
+    assert sorted(r.json().get("duplicate", False) for r in responses) == [False] + [True] * 31
+    assert len(stored(pg_store, source, "evt_dup")) == 1
