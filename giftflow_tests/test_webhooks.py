@@ -6,6 +6,11 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
+import select
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,11 +23,12 @@ import sqlalchemy as sa
 from giftflow.resources.store import GiftflowStore
 from giftflow.simulators.server import BackgroundServer
 from giftflow.webhooks import create_app
-from giftflow_tests.harness import create_database
+from giftflow_tests.harness import ROOT, create_database, free_port, wait_for
 
 CARDIVO_SECRET = "cardivo_whsec_test"
 STRIPE_SECRET = "whsec_test_giftflow"
 CODE = "CRDV-7K2M-Q9XA-4821"
+MiB = 1 << 20
 
 
 def sign(body: bytes, secret: str, ts: int | None = None) -> str:
@@ -208,8 +214,113 @@ def test_create_app_from_env(monkeypatch, tmp_path):
     assert len(GiftflowStore(database_url=f"sqlite:///{tmp_path}/env.sqlite").pending_webhook_events("cardivo")) == 1
 
 
+# -- the receiver faces the internet: size, time, malformed input, concurrency, secrets ---------------------------
 
-# -- duplicates at once, and the store's widths ---------------------------------------------------
+def connect(base: str) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def request_head(source: str, *, signature: str | bytes | None, length: int | None = None) -> bytes:
+    """The request line and headers only; without `length` the body is to come chunked."""
+    lines = [f"POST /webhooks/{source} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Content-Type: application/json",
+             b"Transfer-Encoding: chunked" if length is None else b"Content-Length: %d" % length]
+    if signature is not None:
+        lines.append(SOURCES[source][0].encode() + b": " + (signature if isinstance(signature, bytes)
+                                                            else signature.encode()))
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def read_status(sock: socket.socket, timeout: float) -> int | None:
+    """The status of the server's answer; None where it reset the connection first. A silent server fails."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return int(data.split()[1]) if data.startswith(b"HTTP/1.1 ") else None
+
+
+def closed_within(sock: socket.socket, timeout: float) -> bool:
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_declared_oversize_body_is_refused_before_it_is_sent(base, source):
+    with connect(base) as sock:
+        started = time.monotonic()
+        sock.sendall(request_head(source, signature=sign(b"", SOURCES[source][1]), length=100 * MiB))
+        assert read_status(sock, 5) == 413
+        assert time.monotonic() - started < 2
+
+
+def test_streamed_body_is_cut_off_at_the_limit(base, store, source):
+    # Chunked, so no Content-Length warns the server: it must count while reading.
+    chunk = b"x" * 65536
+    frame, sent = b"%x\r\n" % len(chunk) + chunk + b"\r\n", 0
+    with connect(base) as sock:
+        sock.sendall(request_head(source, signature=sign(b"", SOURCES[source][1])))
+        try:
+            while sent < 100 * MiB and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(frame)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status = read_status(sock, 5)
+    assert sent < 32 * MiB  # the limit (1 MiB) plus what the kernels buffer; before: all 100 MB were read
+    assert status in (413, None), status  # None: the reset of the closed connection overtook the 413
+
+
+@pytest.mark.parametrize("case", ["missing", "malformed", "stale", "future", "non_ascii"])
+def test_bad_signature_header_is_refused_before_the_body_is_read(base, source, case):
+    now = int(time.time())
+    signature = {"missing": None, "malformed": "t=abc,v1=00", "stale": sign(b"", "k", now - 400),
+                 "future": sign(b"", "k", now + 400), "non_ascii": f"t={now},v1=éé".encode()}[case]
+    with connect(base) as sock:
+        started = time.monotonic()
+        sock.sendall(request_head(source, signature=signature, length=1000))  # and no body follows
+        assert read_status(sock, 5) == 400
+        assert time.monotonic() - started < 2
+
+
+@pytest.fixture(scope="module")
+def impatient_base(store):
+    app = create_app(store, cardivo_secret=CARDIVO_SECRET, stripe_secret=STRIPE_SECRET, read_timeout_s=1.0,
+                     max_body_bytes=16 * 1024)
+    with BackgroundServer(app) as srv:
+        yield srv.base_url
+
+
+@pytest.mark.parametrize("pace", ["stall", "drip"])
+def test_slow_body_is_cut_off_at_the_read_deadline(impatient_base, source, pace):
+    with connect(impatient_base) as sock:
+        started = time.monotonic()
+        sock.sendall(request_head(source, signature=sign(b"", SOURCES[source][1]), length=1000) + b'{"id": "e')
+        # A drip makes progress all the time: the deadline is for the whole body, not between reads.
+        while pace == "drip" and time.monotonic() - started < 5 and not select.select([sock], [], [], 0.2)[0]:
+            sock.sendall(b" ")
+        assert read_status(sock, 5) == 408
+        assert 0.9 < time.monotonic() - started < 2.5
+        assert closed_within(sock, 2)
+
+
+def test_configured_limit_refuses_a_signed_event_and_stores_nothing(impatient_base, store, source, eid):
+    _, secret, event = SOURCES[source]
+    body = event(eid)[:-1] + b', "padding": "' + b"x" * 20_000 + b'"}'
+    r = post(impatient_base, source, body, sign(body, secret))
+    assert r.status_code == 413 and r.json() == {"error": "body too large"}
+    assert stored(store, source, eid) == []
+
 
 def _event(source: str, eid: str) -> dict:
     return json.loads(SOURCES[source][2](eid))
@@ -266,3 +377,25 @@ def test_concurrent_duplicate_deliveries_are_all_acknowledged_and_stored_once(pg
     assert [r.status_code for r in responses] == [200] * 32
     assert sorted(r.json().get("duplicate", False) for r in responses) == [False] + [True] * 31
     assert len(stored(pg_store, source, "evt_dup")) == 1
+
+
+def test_webhooks_command_serves_with_the_limits(tmp_path):
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GIFTFLOW_")}, "PYTHONPATH": str(ROOT),
+           "GIFTFLOW_DATABASE_URL": f"sqlite:///{tmp_path}/cli.sqlite", "GIFTFLOW_CARDIVO_WEBHOOK_SECRET": CARDIVO_SECRET,
+           "GIFTFLOW_WEBHOOK_READ_TIMEOUT_S": "1", "GIFTFLOW_WEBHOOK_MAX_BODY_BYTES": "2048"}
+    proc = subprocess.Popen([sys.executable, "-m", "giftflow.cli", "webhooks", "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(base + "/healthz", timeout=60)
+        with connect(base) as sock:
+            sock.sendall(request_head("cardivo", signature=sign(b"", CARDIVO_SECRET), length=4096))
+            assert read_status(sock, 5) == 413
+        with connect(base) as sock:
+            started = time.monotonic()
+            sock.sendall(request_head("cardivo", signature=sign(b"", CARDIVO_SECRET), length=1000) + b"{")
+            assert read_status(sock, 5) == 408 and time.monotonic() - started < 2.5
+    finally:
+        proc.terminate()
+        proc.wait(10)
