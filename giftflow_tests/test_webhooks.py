@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import logging
 import os
 import select
 import socket
@@ -326,6 +327,77 @@ def _event(source: str, eid: str) -> dict:
     return json.loads(SOURCES[source][2](eid))
 
 
+def _set(path: str, value):
+    def change(event: dict) -> dict:
+        *parents, last = path.split(".")
+        target = event
+        for key in parents:
+            target = target[key]
+        if value is _DELETE:
+            del target[last]
+        else:
+            target[last] = value
+        return event
+    return change
+
+
+_DELETE = object()
+# Signed, so they get past the signature: what is left to refuse them is the receiver's own checking.
+MALFORMED = {
+    "deep_nesting": lambda e: json.dumps(e)[:-1].encode() + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "nesting_200": lambda e: json.dumps(e)[:-1].encode() + b', "x": ' + b"[" * 200 + b"]" * 200 + b"}",
+    "nan": lambda e: json.dumps(e)[:-1].encode() + b', "x": NaN}',
+    "infinity": lambda e: json.dumps(e)[:-1].encode() + b', "x": -Infinity}',
+    "float_overflow": lambda e: json.dumps(e)[:-1].encode() + b', "x": 1e999}',
+    "huge_int": lambda e: json.dumps(e)[:-1].encode() + b', "x": ' + b"9" * 5000 + b"}",
+    "not_utf8": lambda e: json.dumps(e).encode()[:-1] + b', "x": "\xff"}',
+    "array": lambda e: json.dumps([e]).encode(),
+    "id_256": _set("id", "e" * 256),
+    "type_101": _set("type", "t" * 101),
+    "id_number": _set("id", 12),
+    "id_nul": _set("id", "evt_\u0000"),
+    "id_empty": _set("id", ""),
+    "data_missing": _set("data", _DELETE),
+    "data_empty_list": _set("data", []),
+    "data_string": _set("data", CODE),
+    "data_null": _set("data", None),
+}
+MALFORMED_STRIPE = {
+    "object_missing": _set("data", {}),
+    "object_not_object": _set("data.object", "cus_1"),
+    "object_without_id": _set("data.object", {"object": "customer"}),
+    "object_id_number": _set("data.object.id", 1),
+    "created_missing": _set("created", _DELETE),
+}
+FIXED_ERRORS = {"malformed body", "malformed event"}
+
+
+def assert_refused(base: str, store: GiftflowStore, source: str, body: bytes | dict) -> None:
+    body = body if isinstance(body, bytes) else json.dumps(body).encode()
+    before = store.pending_webhook_events(source)
+    r = post(base, source, body, sign(body, SOURCES[source][1]))
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] in FIXED_ERRORS and CODE not in r.text
+    assert store.pending_webhook_events(source) == before
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_signed_event_gets_400_and_is_not_stored(base, store, source, eid, case):
+    assert_refused(base, store, source, MALFORMED[case](_event(source, eid)))
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_STRIPE))
+def test_stripe_event_of_the_wrong_shape_gets_400_and_is_not_stored(base, store, case):
+    # Stored, `data: {}` failed the Stripe sensor with KeyError 'object' on every tick.
+    assert_refused(base, store, "stripe", MALFORMED_STRIPE[case](_event("stripe", f"evt_shape_{case}")))
+
+
+def test_non_ascii_signature_with_a_body_gets_400(base, store, source, eid):
+    body = SOURCES[source][2](eid)
+    r = post(base, source, body, f"t={int(time.time())},v1=éé".encode())
+    assert r.status_code == 400 and stored(store, source, eid) == []
+
+
 @pytest.fixture
 def pg_store(postgres_url):
     return GiftflowStore(database_url=create_database(postgres_url, f"webhooks_{uuid.uuid4().hex[:12]}"))
@@ -377,6 +449,45 @@ def test_concurrent_duplicate_deliveries_are_all_acknowledged_and_stored_once(pg
     assert [r.status_code for r in responses] == [200] * 32
     assert sorted(r.json().get("duplicate", False) for r in responses) == [False] + [True] * 31
     assert len(stored(pg_store, source, "evt_dup")) == 1
+
+
+def _codes(n: int) -> list[str]:
+    return [f"CRDV-{n}{i}AB-CDEF-{1000 + 10 * n + i}" for i in range(1, 8)]
+
+
+def test_no_full_card_code_is_stored_or_logged(tmp_path, caplog):
+    c = _codes(1)
+    email = "ana.silva.secret@example.com"
+    redemption = {"id": "rdm_1", "amount": 2500, "currency": "usd", "customer": {"email": email}}
+    cardivo_bodies = [
+        {"gift_card": {"id": "gc_1", "code": c[0]}},
+        {"code": c[1], "gift_card": c[2]},  # a flat shape: the code beside the redemption, the card as a string
+        {"lines": [{"gift_card_code": c[3]}, {"meta": {"Card-Number": c[4]}}]},
+    ]
+    stripe_metadata = {"gift_card_code": c[5], "giftCard": c[6]}
+    caplog.set_level(logging.DEBUG, logger="giftflow")
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine")  # statements, with their parameters unless hidden
+    store = GiftflowStore(database_url=f"sqlite:///{tmp_path}/codes.sqlite")
+    with serve(store) as srv:
+        for n, data in enumerate(cardivo_bodies):
+            body = json.dumps({"id": f"evt_code{n}", "type": "redemption.created", "data": {**redemption, **data}})
+            r = post(srv.base_url, "cardivo", body.encode(), sign(body.encode(), CARDIVO_SECRET))
+            assert r.status_code == 200, r.text
+        body = json.dumps({**_event("stripe", "evt_code_s"), "data": {"object": {
+            "id": "pi_1", "object": "payment_intent", "receipt_email": email, "metadata": stripe_metadata}}}).encode()
+        assert post(srv.base_url, "stripe", body, sign(body, STRIPE_SECRET)).status_code == 200
+        refused = json.dumps({"id": "evt_refused", "type": "redemption.created", "data": [CODE]}).encode()
+        assert post(srv.base_url, "cardivo", refused, sign(refused, CARDIVO_SECRET)).status_code == 400
+    logged = caplog.text
+    assert "evt_code0" in logged  # the receiver does log, by event id
+    with sa.create_engine(f"sqlite:///{tmp_path}/codes.sqlite").connect() as conn:
+        dump = "".join(str(conn.execute(sa.text(f'SELECT * FROM "{t}"')).all())
+                       for t in sa.inspect(conn).get_table_names())
+    files = b"".join(p.read_bytes() for p in tmp_path.glob("codes.sqlite*"))
+    for code in [*c, CODE]:
+        assert code not in logged and code not in dump and code.encode() not in files, code
+    assert all(code[-4:] in dump for code in c)
+    assert email not in logged and "receipt_email" not in logged
 
 
 def test_webhooks_command_serves_with_the_limits(tmp_path):

@@ -20,8 +20,9 @@ import logging
 import os
 import re
 import time
-from typing import Callable
+from typing import Annotated, Any, Callable
 
+from pydantic import BaseModel, StringConstraints
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -34,6 +35,35 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # real deliveries are a few KiB; Stripe's largest events stay far below 1 MiB
 READ_TIMEOUT_S = 10.0  # for the whole body: a sender that drips bytes must not hold a connection for ever
+MAX_DEPTH = 64  # real events nest under 10 levels; this keeps every recursive step below far from Python's limit
+
+# Ids and types are machine tokens: printable ASCII without spaces (keeps NUL, which PostgreSQL refuses, and
+# anything a log line could be forged with out), and no longer than the store's columns.
+_TOKEN = r"^[!-~]+$"
+EventId = Annotated[str, StringConstraints(max_length=255, pattern=_TOKEN)]
+EventType = Annotated[str, StringConstraints(max_length=100, pattern=_TOKEN)]
+
+
+class _Envelope(BaseModel):
+    id: EventId
+    type: EventType
+
+
+class CardivoEvent(_Envelope):
+    data: dict[str, Any]  # a redemption; the sensor's schema checks its fields and quarantines a bad one
+
+
+class _StripeObject(BaseModel):
+    id: EventId
+
+
+class _StripeData(BaseModel):
+    object: _StripeObject
+
+
+class StripeEvent(_Envelope):
+    created: int  # the sensor orders events by it
+    data: _StripeData
 
 
 class _Refused(Exception):
@@ -91,13 +121,57 @@ async def _read_body(request: Request, limit: int, deadline_s: float) -> bytes:
     return bytes(body)
 
 
-def _redact_card_code(body: dict) -> dict:
-    """Keep only the last 4 characters of `data.gift_card.code`: the full code is a bearer secret."""
-    data = body.get("data")
-    card = data.get("gift_card") if isinstance(data, dict) else None
-    if isinstance(card, dict) and isinstance(card.get("code"), str):
-        card["code"] = "…" + card["code"][-4:]
+def _reject_constant(name: str) -> None:
+    raise ValueError("NaN and Infinity are not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e999 parses to infinity, which json.dumps writes as Infinity
+        raise ValueError("number out of range")
+    return value
+
+
+def _depth_ok(value: Any) -> bool:
+    stack = [(value, 1)]
+    while stack:  # iterative: this is what protects the recursive steps after it
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_DEPTH:
+                return False
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return True
+
+
+def _parse(raw: bytes) -> Any:
+    """Strict JSON; ValueError for anything else (not UTF-8, NaN/Infinity, too deep)."""
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if not _depth_ok(body):
+        raise ValueError("nested too deeply")
     return body
+
+
+# Keys whose value is a gift-card code (or the card itself as a string), compared without case and separators.
+_SECRET_KEYS = {"code", "giftcard", "giftcardcode", "giftcardnumber", "cardcode", "cardnumber"}
+
+
+def _redact(value: Any) -> Any:
+    """Cut every gift-card code to "…" + its last 4 characters, wherever the payload puts it: the full code is a
+    bearer secret, and a sender's payload shape is not ours to trust."""
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {k: _last4(v) if re.sub(r"[^a-z]", "", k.lower()) in _SECRET_KEYS else _redact(v) for k, v in value.items()}
+
+
+def _last4(value: Any) -> Any:
+    if isinstance(value, (dict, list)):  # e.g. `gift_card: {...}`: its `code` is cut on the way down
+        return _redact(value)
+    return value if value is None or isinstance(value, bool) else "…" + str(value)[-4:]
 
 
 async def _record(store: GiftflowStore, source: str, event_id: str, event_type: str, payload: dict) -> JSONResponse:
@@ -111,7 +185,7 @@ async def _record(store: GiftflowStore, source: str, event_id: str, event_type: 
 def create_app(store: GiftflowStore, *, cardivo_secret: str | None, stripe_secret: str | None,
                tolerance_s: int = 300, clock: Callable[[], float] = time.time,
                max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S) -> Starlette:
-    def endpoint(source: str, header: str, secret: str | None):
+    def endpoint(source: str, header: str, secret: str | None, model: type[_Envelope]):
         async def receive(request: Request) -> JSONResponse:
             if not secret:
                 return _error(503, "webhook secret not configured")
@@ -133,22 +207,26 @@ def create_app(store: GiftflowStore, *, cardivo_secret: str | None, stripe_secre
             if not any(hmac.compare_digest(expected, s) for s in signatures):
                 return _error(400, "bad signature")
             try:
-                body = json.loads(raw)
+                body = _parse(raw)
             except ValueError:
                 return _error(400, "malformed body")
-            if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"] \
-                    or not isinstance(body.get("type"), str) or not body["type"]:
-                return _error(400, "malformed body")
+            try:  # pydantic's ValidationError is a ValueError
+                event = model.model_validate(body, strict=True)
+            except ValueError:
+                # Stored, a wrong shape would fail the sensor on every tick: refuse it while the sender can see why.
+                return _error(400, "malformed event")
             # Unknown event types are stored too: the sender signed them, and refusing would only cause retries.
-            return await _record(store, source, body["id"], body["type"], _redact_card_code(body))
+            return await _record(store, source, event.id, event.type, _redact(body))
         return receive
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
     return Starlette(routes=[
-        Route("/webhooks/cardivo", endpoint("cardivo", "Cardivo-Signature", cardivo_secret), methods=["POST"]),
-        Route("/webhooks/stripe", endpoint("stripe", "Stripe-Signature", stripe_secret), methods=["POST"]),
+        Route("/webhooks/cardivo", endpoint("cardivo", "Cardivo-Signature", cardivo_secret, CardivoEvent),
+              methods=["POST"]),
+        Route("/webhooks/stripe", endpoint("stripe", "Stripe-Signature", stripe_secret, StripeEvent),
+              methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
     ])
 
