@@ -208,12 +208,17 @@ def simulate(args: argparse.Namespace) -> int:
 
 
 def webhooks(args: argparse.Namespace) -> int:
-    """The webhook receiver in the foreground; secrets and store from the environment."""
-    from giftflow.simulators.server import serve_forever
+    """The webhook receiver in the foreground; secrets, store and body limits from the environment."""
+    import uvicorn
+
     from giftflow.webhooks.app import create_app_from_env
 
     print(f"giftflow webhooks on http://{args.host}:{args.port}", flush=True)
-    serve_forever(create_app_from_env(), args.port, host=args.host)
+    # It faces the internet: idle keep-alive connections go after 5 s, at most 100 connections and requests at
+    # once (more get 503, which senders retry), headers up to 16 KiB; the app bounds body size and read time.
+    uvicorn.run(create_app_from_env(), host=args.host, port=args.port, log_level="warning", lifespan="off",
+                timeout_keep_alive=5, limit_concurrency=100, h11_max_incomplete_event_size=16 * 1024,
+                server_header=False)
     return 0
 
 

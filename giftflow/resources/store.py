@@ -94,8 +94,8 @@ stripe_objects = sa.Table(
 webhook_events = sa.Table(
     "webhook_events", metadata_obj,
     sa.Column("source", sa.String(16), primary_key=True),  # cardivo | stripe
-    sa.Column("event_id", sa.String(128), primary_key=True),
-    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("event_id", sa.String(255), primary_key=True),  # as long as the receiver accepts
+    sa.Column("type", sa.String(100), nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("received_at", TS, nullable=False, index=True),
     sa.Column("processed_at", TS),
@@ -159,15 +159,16 @@ def _engine(url: str) -> sa.Engine:
 
 @lru_cache(maxsize=8)
 def _make_engine(url: str) -> sa.Engine:
+    # hide_parameters: an error or a statement log must not carry a payload, an e-mail or a card code.
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        engine = sa.create_engine(url, connect_args={"timeout": 60}, hide_parameters=True)
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(conn, _record):  # concurrent runs share the file: WAL lets readers and a writer overlap
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=60000")
     else:
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        engine = sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
     _create_tables(engine)
     return engine
 
@@ -179,11 +180,24 @@ def _create_tables(engine: sa.Engine) -> None:
             # Concurrent CREATE TABLEs collide in PostgreSQL's catalog: one process at a time.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7263531)"))
             metadata_obj.create_all(conn)
+            _widen_webhook_columns(conn)
         return
     try:
         metadata_obj.create_all(engine)
     except sa.exc.OperationalError:  # another process created them between the check and the CREATE
         metadata_obj.create_all(engine)
+
+
+def _widen_webhook_columns(conn: sa.Connection) -> None:
+    """Databases created when webhook ids were at most 128 and types 64 characters long get the current widths.
+    Widening a varchar only changes PostgreSQL's catalog (no rewrite); SQLite does not enforce lengths."""
+    narrow = conn.execute(sa.text(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = 'webhook_events' AND ((column_name = 'event_id' AND character_maximum_length < 255) "
+        "OR (column_name = 'type' AND character_maximum_length < 100))")).first()
+    if narrow:
+        conn.execute(sa.text("ALTER TABLE webhook_events ALTER COLUMN event_id TYPE varchar(255), "
+                             "ALTER COLUMN type TYPE varchar(100)"))
 
 
 def _now() -> datetime:
@@ -399,16 +413,21 @@ class GiftflowStore(dg.ConfigurableResource):
 
     # -- webhook deliveries ----------------------------------------------------------------------
     def record_webhook_event(self, source: str, event_id: str, event_type: str, payload: dict) -> bool:
-        """Store a delivery durably; False where this event id was already received (a replay)."""
+        """Store a delivery durably; False where this event id was already received (a replay).
+
+        One statement, no look-up first: senders deliver the same event concurrently, and a look-up then insert
+        lets two of them both find nothing; the key decides, and the loser learns it from the row count."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif self.engine.dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:  # pragma: no cover - other databases are not supported
+            raise NotImplementedError(self.engine.dialect.name)
+        stmt = insert(webhook_events).values(
+            source=source, event_id=event_id, type=event_type, payload=json.dumps(payload, default=str),
+            received_at=_now()).on_conflict_do_nothing(index_elements=["source", "event_id"])
         with self.engine.begin() as conn:
-            exists = conn.execute(sa.select(webhook_events.c.event_id).where(
-                webhook_events.c.source == source, webhook_events.c.event_id == event_id)).first()
-            if exists:
-                return False
-            conn.execute(webhook_events.insert().values(
-                source=source, event_id=event_id, type=event_type, payload=json.dumps(payload, default=str),
-                received_at=_now()))
-            return True
+            return conn.execute(stmt).rowcount == 1
 
     def pending_webhook_events(self, source: str, limit: int = 1000) -> list[dict]:
         """Deliveries not yet handled, oldest first, with `payload` decoded."""
