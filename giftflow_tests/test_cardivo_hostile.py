@@ -117,7 +117,7 @@ def _cursor_pages(step, give_up_after=200):
     (lambda c: "c0", None, 2),                                          # the same cursor again
     (lambda c: f"c{(int((c or 'c0')[1:]) + 1) % 3}", None, 4),           # a cycle c1 -> c2 -> c0 -> c1
     (lambda c: c, "c7", 1),                                             # the sensor's one page, given back its own cursor
-])
+], ids=["same", "cycle", "sensor-page"])
 def test_a_repeated_next_cursor_stops_the_fetch(step, start, requests):
     with Hostile(_cursor_pages(step)) as srv:
         with pytest.raises(CardivoError, match="repeated next_cursor") as err:
