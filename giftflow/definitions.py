@@ -32,6 +32,7 @@ def _resources() -> dict:
             smtp_user=os.environ.get("GIFTFLOW_SMTP_USER") or None,
             smtp_password=dg.EnvVar("GIFTFLOW_SMTP_PASSWORD") if os.environ.get("GIFTFLOW_SMTP_PASSWORD") else None,
             smtp_starttls=env_bool("GIFTFLOW_SMTP_STARTTLS", default=True),
+            smtp_allow_plaintext_login=env_bool("GIFTFLOW_SMTP_ALLOW_PLAINTEXT_LOGIN", default=False),
             mail_from=os.environ.get("GIFTFLOW_MAIL_FROM") or "giftflow@localhost",
         ),
     }

@@ -150,6 +150,20 @@ def test_a_custom_rules_file_parses():
     (GOOD.replace("amount_gt: 10", "amount_gt: 10, colour: red"), r"conditions\.colour: Extra inputs"),
     (GOOD + "  - name: r\n    trigger: payment_intent.succeeded\n    actions: [{type: refund}]\n", r"refund action needs"),
     ("version: 1\nrules: [", r"not valid YAML"),
+    # Templates: plain {field} only, checked at load with the line.
+    (GOOD.replace("subject: s", "subject: '{amount:>50000000}'"),
+     r"<rules>:9: rules\.0\.actions\.0\.subject: \{amount\}: no format spec or conversion"),
+    (GOOD.replace("body: b", "body: '{0}'"), r"<rules>:10: rules\.0\.actions\.0\.body: \{0\} is not a template field"),
+    (GOOD.replace("body: b", "body: '{customer.__class__}'"), r":10: .*\{customer\.__class__\} is not a template"),
+    (GOOD.replace("body: b", "body: '{charge[0]}'"), r":10: .*\{charge\[0\]\} is not a template field"),
+    (GOOD.replace("body: b", "body: '{customer!r}'"), r":10: .*no format spec or conversion"),
+    (GOOD.replace("body: b", "body: '{nope}'"), r":10: .*\{nope\} is not a template field"),
+    (GOOD.replace("body: b", "body: 'a { b'"), r":10: .*not a valid template"),
+    (GOOD.replace("body: b", "body: " + "x" * 5000), r":10: .*at most 4096 characters"),
+    (GOOD.replace("subject: s", 'subject: "hi\\r\\nBcc: all@x.com"'), r":9: .*subject: a subject is one line"),
+    (GOOD.replace("to: team", 'to: "ops@x.com\\nBcc: all@x.com"'), r":8: .*recipient must be"),
+    (GOOD.replace("to: team", 'to: "ops@x.com\\n"'), r":8: .*recipient must be"),
+    (GOOD.replace("body: b", "body: b\n        fields: [amount, secret]"), r":11: .*'secret' is not a template field"),
     ("- just a list", r"a rules file is a mapping"),
 ])
 def test_bad_rules_files_give_clear_errors(bad, expected):
@@ -160,3 +174,12 @@ def test_bad_rules_files_give_clear_errors(bad, expected):
 def test_missing_rules_file_is_a_clear_error(tmp_path):
     with pytest.raises(RulesError, match="cannot read"):
         load_rules(tmp_path / "nope.yaml")
+
+
+def test_every_template_field_has_a_value_and_the_default_templates_use_known_ones():
+    from giftflow.core.rules import TEMPLATE_FIELDS, _context
+    row = {"object_id": "issfr_1", "payment_intent": "pi_1", "customer_id": None, "charge_id": "ch_1",
+           "amount": 5000, "currency": "usd", "unrefunded": 5000}
+    assert set(_context(row)) == set(TEMPLATE_FIELDS)
+    mails = efw_plan((90_000, 0, "usd", False))
+    assert "{" not in mails.loc[mails["action"] == "email", "body"].iloc[0]

@@ -8,6 +8,7 @@ import dagster as dg
 import httpx
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 import stripe
 
 from giftflow.apply.customers import _refused
@@ -536,3 +537,133 @@ def test_a_partitioned_upstream_asset_is_synced_partition_by_partition(world):
     assert sorted(world.customers()) == ["2026-11-21.0@example.com", "2026-11-21.1@example.com"]
     [report] = world.store.sync_runs("shop")
     assert (report["partition"], report["counts"]["created"]) == ("2026-11-21", 2)
+
+
+# -- what a sync file may read -------------------------------------------------------------------------------
+SECRET = "sk_live_do_not_leak_4242"
+
+
+def failure_text(result) -> str:
+    """Everything Dagster shows about the failed step: message, description, cause and stack."""
+    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return event.event_specific_data.error.to_string()
+
+
+@pytest.mark.parametrize("where", ["/proc/self/environ", "../outside.csv", "link.csv"])
+def test_a_file_source_outside_the_sync_folder_is_refused_at_load(tmp_path, where):
+    (tmp_path / "outside.csv").write_text(f"email,{SECRET}\na@x.com,{SECRET}\n")
+    folder = tmp_path / "syncs"
+    folder.mkdir()
+    (folder / "link.csv").symlink_to(tmp_path / "outside.csv")  # inside by name, outside once resolved
+    with pytest.raises(SyncSpecError) as err:
+        _write_sync(folder, f"{{csv: '{where}'}}")
+    message = str(err.value)
+    assert f"{folder / 'shop.yaml'}:4: csv '{where}': a source file must be inside the sync file's folder" in message
+    assert SECRET not in message
+
+
+def test_a_link_made_after_load_is_refused_and_errors_never_quote_the_file(world):
+    folder = world.tmp / "syncs"
+    folder.mkdir()
+    (folder / "shop.csv").write_text("email,name\na@x.com,A\n")
+    spec = _write_sync(folder, "{csv: shop.csv}")
+    (world.tmp / "secret.csv").write_text(f"email,name\n{SECRET},{SECRET}\n")
+    (folder / "shop.csv").unlink()
+    (folder / "shop.csv").symlink_to(world.tmp / "secret.csv")
+    text = failure_text(world.materialize(spec))
+    assert f"{folder / 'shop.yaml'}:4: csv 'shop.csv': a source file must be inside" in text and SECRET not in text
+
+    # A file that is not the expected table: the missing columns and the file are named, its header is not.
+    (folder / "shop.csv").unlink()
+    (folder / "shop.csv").write_text(f"email,{SECRET}\n{SECRET}@x.com,{SECRET}\n")
+    text = failure_text(world.materialize(spec))
+    assert f"{folder / 'shop.yaml'}:4: csv 'shop.csv' has no column(s) balance, country, name, ref, zip" in text
+    assert SECRET not in text and world.writes() == 0
+
+    (folder / "shop.csv").unlink()  # a missing file: named with the sync file and line
+    assert f"{folder / 'shop.yaml'}:4: csv file shop.csv: no such file" in failure_text(world.materialize(spec))
+
+
+@pytest.mark.parametrize("sql,problem", [
+    ("DELETE FROM stripe_ledger; COMMIT; SELECT 1 AS email", "one SELECT statement only, found 3 statements"),
+    ("SELECT 1 AS email; DELETE FROM stripe_ledger", "one SELECT statement only, found 2 statements"),
+    ("CREATE ROLE evil SUPERUSER LOGIN PASSWORD 'x'", "only a SELECT may run here, not CREATE"),
+    ("DELETE FROM stripe_ledger", "only a SELECT may run here, not DELETE"),
+])
+def test_a_sql_source_is_one_select_statement(tmp_path, sql, problem):
+    with pytest.raises(SyncSpecError) as err:
+        _write_sync(tmp_path / "syncs", f'{{sql: "{sql}"}}')
+    assert f"shop.yaml:4: source.sql: {problem}" in str(err.value)
+
+
+def test_a_trailing_semicolon_and_a_quoted_one_are_still_one_statement(tmp_path):
+    (spec, _), = [_write_sync(tmp_path / "syncs", "{sql: \"select ';' as email; -- the end\"}")]
+    assert spec.source.sql.startswith("select")
+
+
+def _ledger_row(store: GiftflowStore) -> None:
+    store.record_planned("survivor", "refund", "ch_1", {}, None, None)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_sql_sources_read_through_a_read_only_connection(world, request, backend, monkeypatch):
+    from giftflow_tests.harness import create_database
+    from giftflow.syncs.sources import read_only_engine
+
+    store = world.store
+    if backend == "postgresql":
+        store = GiftflowStore(database_url=create_database(request.getfixturevalue("postgres_url"),
+                                                           f"ro_{world.tmp.name.lower().replace('-', '_')}"[:60]))
+    _ledger_row(store)
+    engine = read_only_engine(store.engine.url)
+    for statement in ("DELETE FROM stripe_ledger", "CREATE TABLE evil (x int)", "DROP TABLE stripe_ledger"):
+        with pytest.raises(sa.exc.DBAPIError, match="read-only|readonly"):
+            with engine.begin() as conn:
+                conn.exec_driver_sql(statement)
+    if backend == "postgresql":
+        with pytest.raises(sa.exc.DBAPIError, match="read-only"):
+            with engine.begin() as conn:
+                conn.exec_driver_sql("CREATE ROLE evil SUPERUSER")
+    engine.dispose()
+
+    # One SELECT that still writes (PostgreSQL runs a DELETE inside a WITH): the database refuses it. The URL
+    # comes from an environment variable, so no password is in the sync file.
+    monkeypatch.setenv("CRM_DATABASE_URL", store.engine.url.render_as_string(hide_password=False))
+    sneaky = ("WITH gone AS (DELETE FROM stripe_ledger RETURNING op_key) SELECT op_key AS ref, "
+              "'a@x.com' AS email, 'A' AS name, 1 AS balance, '' AS zip, '' AS country FROM gone"
+              if backend == "postgresql" else
+              "SELECT op_key AS ref, 'a@x.com' AS email, 'A' AS name, 1 AS balance, '' AS zip, '' AS country "
+              "FROM stripe_ledger")
+    result = world.materialize(_write_sync(world.tmp / "syncs", f'{{sql: "{sneaky}", url: {{env: CRM_DATABASE_URL}}}}'))
+    if backend == "postgresql":
+        assert "shop.yaml:4: sql: the database refused the query" in failure_text(result)
+        assert "read-only transaction" in failure_text(result)
+    else:
+        assert result.success and metadata_of(result)["created"] == 1  # reading the store is fine
+    assert list(store.ledger_entries(["survivor"])) == ["survivor"]
+
+    monkeypatch.delenv("CRM_DATABASE_URL")
+    text = failure_text(world.materialize(_write_sync(world.tmp / "syncs", '{sql: "select 1", url: {env: '
+                                                                            'CRM_DATABASE_URL}}')))
+    assert "shop.yaml:4: url: the environment variable CRM_DATABASE_URL is not set" in text
+
+
+def test_one_bad_sync_file_does_not_stop_the_code_location(tmp_path, monkeypatch):
+    from giftflow.definitions import build_defs
+
+    folder = tmp_path / "syncs"
+    _write_sync(folder, "{csv: shop.csv}")
+    (folder / "leaky.yaml").write_text(SOURCE_SYNC.format(source="{csv: /proc/self/environ}", extra="")
+                                       .replace("name: shop", "name: leaky"))
+    (folder / "broken yaml.yaml").write_text("version: 1\nname: [\n")
+    monkeypatch.setenv("GIFTFLOW_SYNCS_DIR", str(folder))
+    defs = build_defs()
+    assert defs.resolve_job_def("giftcard_sync") and defs.resolve_job_def("stripe_workflows")
+    specs = {s.key.to_user_string(): s for s in defs.resolve_all_asset_specs()}
+    assert {"sync_shop", "sync_leaky", "sync_broken_yaml", "giftcard_customer_updates", "workflow_actions"} <= set(specs)
+    assert f"{folder / 'leaky.yaml'}:4: csv '/proc/self/environ'" in specs["sync_leaky"].description
+    bad = defs.resolve_assets_def("sync_leaky")
+    result = dg.materialize([bad], raise_on_error=False)
+    assert not result.success
+    assert f"{folder / 'leaky.yaml'}:4: csv '/proc/self/environ': a source file must be inside" in failure_text(result)
+    assert "not valid YAML" in specs["sync_broken_yaml"].description

@@ -34,9 +34,12 @@ class Inbox:
 
     def __init__(self, delay_s: float = 0.0):
         self.messages, self.delay_s, self.lock = [], delay_s, threading.Lock()
+        self.refused: set[str] = set()  # recipients answered 550
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         await asyncio.sleep(self.delay_s)
+        if address in self.refused:
+            return "550 5.1.1 mailbox unavailable"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -227,3 +230,74 @@ def test_sigkill_in_the_middle_then_rerun_loses_and_duplicates_nothing(env, worl
     print(f"\nSIGKILL after {sent_before_kill} of {len(mail_about)} mails and {refunded_before_kill} of "
           f"{len(refunds)} refunds; after the rerun: {len(inbox.keys())} mails ({len(day_mails)} distinct), "
           f"{sum(by_charge.values())} refunds on {len(by_charge)} charges")
+
+
+def _failures(result) -> str:
+    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert event.step_key == "workflow_actions"
+    return event.event_specific_data.error.to_string() + str(event.event_specific_data.user_failure_data)
+
+
+def test_a_mail_the_smtp_server_refuses_fails_alone_and_the_rerun_sends_only_it(env, tmp_path):
+    # Escalations go to their own address, which the SMTP server refuses; large-order mails go to the team.
+    rules = (ROOT / "giftflow/default_rules.yaml").read_text().replace(
+        "      - type: email\n        to: team\n        subject: \"Early fraud",
+        "      - type: email\n        to: fraud@shop.example\n        subject: \"Early fraud")
+    assert "fraud@shop.example" in rules
+    (tmp_path / "rules.yaml").write_text(rules)
+    state, inbox = env["state"], env["inbox"]
+    inbox.refused.add("fraud@shop.example")
+    mail_about, vip, refunds = expected_outcomes(state)
+    escalated = {k for k in mail_about if k.startswith("ch_")}
+    assert escalated and vip and refunds and mail_about - escalated
+    instance = dg.DagsterInstance.ephemeral()
+    extra = {"GIFTFLOW_REFUNDS_ENABLED": "true", "GIFTFLOW_RULES": str(tmp_path / "rules.yaml")}
+    results = run(DAYS, instance, **extra)
+    failed = [r for r in results if not r.success]
+    assert failed and all("SMTPRecipientsRefused" in _failures(r) and "mailbox unavailable" in _failures(r)
+                          for r in failed)
+    # Everything else happened: the team mails, the refunds and the VIP tags.
+    assert {rcpt[0] for rcpt, _ in inbox.messages} == {TEAM} and len(inbox.messages) == len(mail_about - escalated)
+    assert {r["charge"]: r["amount"] for r in giftflow_refunds(state)} == refunds
+    assert all(state.get(cid)["metadata"]["Tier"] == "VIP" for cid in vip)
+
+    inbox.refused.clear()
+    writes = state.stats()["writes"]
+    assert all(r.success for r in run(DAYS, instance, **extra))
+    assert state.stats()["writes"] == writes  # no refund or tag again
+    keys = inbox.keys()
+    assert len(keys) == len(set(keys)) == len(mail_about)  # the escalations now, and nothing twice
+    assert sum(rcpt == ["fraud@shop.example"] for rcpt, _ in inbox.messages) == len(escalated)
+
+
+def test_a_mail_that_cannot_be_built_is_a_failed_action_not_a_crashed_step(env):
+    state, inbox = env["state"], env["inbox"]
+    _, vip, refunds = expected_outcomes(state, DAYS[0])
+    injected = "giftflow@shop.example\r\nBcc: everyone@elsewhere.example"
+    result = run(DAYS[:1], dg.DagsterInstance.ephemeral(), GIFTFLOW_REFUNDS_ENABLED="true",
+                 GIFTFLOW_MAIL_FROM=injected)[0]
+    assert not result.success and inbox.messages == []
+    assert "its From header contains a line break" in _failures(result)
+    assert {r["charge"]: r["amount"] for r in giftflow_refunds(state)} == refunds  # the other actions went on
+    assert all(state.get(cid)["metadata"]["Tier"] == "VIP" for cid in vip)
+
+
+def test_smtp_login_without_tls_is_refused_unless_allowed(tmp_path):
+    from aiosmtpd.smtp import AuthResult
+
+    from giftflow.resources.notifier import MailError, Notifier
+
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), auth_require_tls=False,
+                            authenticator=lambda *a: AuthResult(success=True))
+    controller.start()
+    try:
+        plain = dict(smtp_host="127.0.0.1", smtp_port=controller.port, smtp_user="u", smtp_password="pw",
+                     smtp_starttls=False, mail_from="giftflow@shop.example")
+        with pytest.raises(MailError, match="GIFTFLOW_SMTP_ALLOW_PLAINTEXT_LOGIN"):
+            Notifier(**plain).send(TEAM, "s", "b", "k1")
+        assert inbox.messages == []
+        Notifier(**plain, smtp_allow_plaintext_login=True).send(TEAM, "s", "b", "k2")
+        assert inbox.keys() == ["k2"]
+    finally:
+        controller.stop()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import stripe
 
-from giftflow.resources.notifier import Notifier
+from giftflow.resources.notifier import MailError, Notifier
 from giftflow.resources.store import GiftflowStore
 from giftflow.resources.stripe import StripeResource, idempotency_key
 
@@ -73,7 +73,9 @@ def apply_workflow_plan(
         try:
             store.record_planned(key, row["action"], row["object_id"], _params(row), partition, run_id)
             request_id, object_id = _carry_out(row, key, prior, stripe_api, store, notifier)
-        except (stripe.StripeError, smtplib.SMTPException, OSError) as exc:
+        # One action failing (a mail not built or not sent, a Stripe error) fails that action only: the rest of
+        # the plan goes on, the step fails afterwards, and a rerun redoes what the ledger does not show as sent.
+        except (stripe.StripeError, MailError, smtplib.SMTPException, OSError) as exc:
             store.record_result(key, status="failed", error=str(exc)[:1000])
             report.counts[(rule, "failed")] += 1
             report.failures.append({"rule": rule, "object": row["object_id"], "action": row["action"],

@@ -14,7 +14,7 @@ from giftflow.resources.stripe import StripeResource
 from giftflow.syncs.plan import describe_mapping
 from giftflow.syncs.runner import REPORT_COUNTS, SyncResult, run_sync
 from giftflow.syncs.sources import describe_source, read_source
-from giftflow.syncs.spec import SyncSpec, load_folder
+from giftflow.syncs.spec import BrokenSync, SyncSpec, SyncSpecError, scan_folder
 
 GROUP = "reverse_etl"
 TABLE_ROWS = 100
@@ -49,12 +49,15 @@ def build_sync_asset(spec: SyncSpec, base: Path) -> dg.AssetsDefinition:
     def body(context: dg.AssetExecutionContext, stripe_api: StripeResource, store: GiftflowStore,
              settings: Settings, frame: pd.DataFrame | None) -> dg.MaterializeResult:
         key = context.partition_key if partitions else None
-        if frame is None:
-            window = context.partition_time_window if partitions else None
-            frame = read_source(spec, base, store_engine=store.engine, partition_key=key,
-                                window=(window.start, window.end) if window else None)
-        result = run_sync(spec, frame, stripe_api, store, dry_run=settings.dry_run, run_id=context.run_id,
-                          partition=key, mirror_max_age_s=settings.customer_mirror_max_age_s, log=context.log)
+        try:
+            if frame is None:
+                window = context.partition_time_window if partitions else None
+                frame = read_source(spec, base, store_engine=store.engine, partition_key=key,
+                                    window=(window.start, window.end) if window else None)
+            result = run_sync(spec, frame, stripe_api, store, dry_run=settings.dry_run, run_id=context.run_id,
+                              partition=key, mirror_max_age_s=settings.customer_mirror_max_age_s, log=context.log)
+        except SyncSpecError as exc:  # the message is the whole story (file:line: problem): no traceback
+            raise dg.Failure(description=str(exc)) from None
         metadata = {**{k: result.counts.get(k, 0) for k in REPORT_COUNTS},
                     **{k: v for k, v in result.counts.items() if k not in REPORT_COUNTS},
                     "dry_run": settings.dry_run, "mirror_api_calls": result.api_calls,
@@ -81,11 +84,23 @@ def build_sync_asset(spec: SyncSpec, base: Path) -> dg.AssetsDefinition:
     return sync_from_source
 
 
+def build_broken_sync_asset(broken: BrokenSync) -> dg.AssetsDefinition:
+    """A sync file that does not load: an asset that shows the error and fails with it at once, so the rest of
+    the code location (the gift-card sync, the workflows, the other syncs) keeps loading."""
+    @dg.asset(name=broken.asset_name, group_name=GROUP, kinds={"stripe"},
+              description=f"**This sync file does not load; nothing is synced.** Fix `{broken.path.name}`:\n\n"
+                          f"```\n{broken.error}\n```")
+    def broken_sync() -> None:
+        raise dg.Failure(description=broken.error)
+    return broken_sync
+
+
 def build_sync_definitions(folder: str | Path | None = None) -> dg.Definitions:
     """Every sync file of `folder` (default: giftflow/sync_definitions) as an asset, plus a job and a
-    schedule for those that declare one."""
-    assets, jobs, schedules = [], [], []
-    for spec, base in load_folder(folder):
+    schedule for those that declare one; a file that does not load is an asset failing with its error."""
+    loaded, broken = scan_folder(folder)
+    assets, jobs, schedules = [build_broken_sync_asset(b) for b in broken], [], []
+    for spec, base in loaded:
         asset = build_sync_asset(spec, base)
         assets.append(asset)
         if spec.schedule:

@@ -7,6 +7,7 @@ package) are the three workflows of Stripe's "Workflows use cases".
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -66,6 +67,31 @@ class Conditions(_Model):
         return [_currency(c) for c in value] if value is not None else None
 
 
+# What a mail template may name: the values _context gives each plan row.
+TEMPLATE_FIELDS = ("payment_intent", "customer", "charge", "early_fraud_warning", "amount", "amount_minor",
+                   "currency", "unrefunded", "object", "dashboard_url")
+MAX_TEMPLATE = 4096  # characters; a mail is a note to a person, not a document
+
+
+def check_template(value: str) -> str:
+    """Plain {field} substitution only: no attribute or index access, no format spec or conversion (`{amount:>
+    50000000}` would build a 100 MB mail, `{0}` fail mid-apply), known fields only, bounded size."""
+    if len(value) > MAX_TEMPLATE:
+        raise ValueError(f"a template is at most {MAX_TEMPLATE} characters, this one has {len(value)}")
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        raise ValueError(f"not a valid template ({exc}); write {{{{ and }}}} for literal braces") from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS:
+            raise ValueError(f"{{{name}}} is not a template field (known: {', '.join(TEMPLATE_FIELDS)})")
+        if spec or conversion:
+            raise ValueError(f"{{{name}}}: no format spec or conversion, write {{{name}}} alone")
+    return value
+
+
 class EmailAction(_Model):
     type: Literal["email"]
     to: str = Field(description='"team" (GIFTFLOW_TEAM_EMAIL) or an e-mail address')
@@ -76,8 +102,27 @@ class EmailAction(_Model):
     @field_validator("to")
     @classmethod
     def _recipient(cls, value: str) -> str:
-        if value != TEAM and not EMAIL.match(value):
+        if value != TEAM and not EMAIL.fullmatch(value):
             raise ValueError(f'recipient must be "team" or an e-mail address, not {value!r}')
+        return value
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        if "\r" in value or "\n" in value:  # a header line: a line break would start a header of its own
+            raise ValueError("a subject is one line")
+        return check_template(value)
+
+    @field_validator("body")
+    @classmethod
+    def _body(cls, value: str) -> str:
+        return check_template(value)
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, value: list[str]) -> list[str]:
+        if unknown := [f for f in value if f not in TEMPLATE_FIELDS]:
+            raise ValueError(f"{unknown[0]!r} is not a template field (known: {', '.join(TEMPLATE_FIELDS)})")
         return value
 
 
@@ -243,11 +288,6 @@ def _context(row: dict) -> dict[str, Any]:
     }
 
 
-class _Safe(dict):
-    def __missing__(self, key):
-        return "{" + key + "}"
-
-
 def evaluate_rules(
     rules: RulesFile,
     triggers: dict[str, pd.DataFrame],
@@ -303,7 +343,7 @@ def _plan_row(rule: Rule, index: int, action, row: dict, customer_meta: dict, te
     out = _base(rule.name, action.type, row, index)
     out["trigger"] = rule.trigger
     if isinstance(action, EmailAction):
-        ctx = _Safe(_context(row))
+        ctx = _context(row)  # every field a template may name (checked at load)
         out["recipient"] = team_email if action.to == TEAM else action.to
         out["subject"] = action.subject.format_map(ctx)
         lines = [action.body.format_map(ctx), ""] + [f"{f}: {ctx[f]}" for f in action.fields]
@@ -346,5 +386,5 @@ def plan_violations(plan: pd.DataFrame, limits: Limits) -> dict[str, list[str]]:
            f"{format_minor(limits.max_refund_amount_per_run.get(cur, 0), cur)}"
            for cur, total in totals.items() if total > limits.max_refund_amount_per_run.get(cur, 0)],
         "mail_has_recipient": [f"{r.ledger_key}: no recipient" for r in mails.itertuples()
-                               if not isinstance(r.recipient, str) or not EMAIL.match(r.recipient)],
+                               if not isinstance(r.recipient, str) or not EMAIL.fullmatch(r.recipient)],
     }

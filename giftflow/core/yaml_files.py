@@ -25,6 +25,14 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
+def line_in(text: str, loc: tuple) -> int | None:
+    """The line of the YAML node at `loc` (keys and indexes) in `text`, for messages about a valid file."""
+    try:
+        return _line_of(yaml.compose(text), loc)
+    except yaml.YAMLError:
+        return None
+
+
 def parse_yaml_model(
     text: str,
     source: str,

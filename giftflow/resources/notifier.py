@@ -23,8 +23,15 @@ def scrub(text: str) -> str:
     return CARD_NUMBER.sub(lambda m: "…" + re.sub(r"\D", "", m.group())[-4:], text)
 
 
+class MailError(Exception):
+    """A mail that could not be built or sent; the message says why (it is the failed action's reason)."""
+
+
 def build_message(sender: str, recipient: str, subject: str, body: str, message_key: str) -> EmailMessage:
     """Plain text plus HTML; the Message-ID comes from the ledger key, so a mail is traceable to its rule."""
+    for name, value in (("From", sender), ("To", recipient), ("Subject", subject)):
+        if "\r" in value or "\n" in value:  # would end the header and start another (Bcc: ...)
+            raise MailError(f"cannot build the mail: its {name} header contains a line break")
     body, subject = scrub(body), scrub(subject)
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = sender, recipient, subject
@@ -46,6 +53,7 @@ class Notifier(dg.ConfigurableResource):
     smtp_user: str | None = Field(default=None, description="GIFTFLOW_SMTP_USER")
     smtp_password: str | None = Field(default=None, description="GIFTFLOW_SMTP_PASSWORD")
     smtp_starttls: bool = Field(default=True, description="GIFTFLOW_SMTP_STARTTLS")
+    smtp_allow_plaintext_login: bool = Field(default=False, description="GIFTFLOW_SMTP_ALLOW_PLAINTEXT_LOGIN")
     mail_from: str = Field(default="giftflow@localhost", description="GIFTFLOW_MAIL_FROM")
     outbox_dir: str | None = Field(default=None, description="default: $DAGSTER_HOME/outbox")
     timeout_s: float = 30.0
@@ -58,17 +66,29 @@ class Notifier(dg.ConfigurableResource):
         return Path(self.outbox_dir or Path(os.environ.get("DAGSTER_HOME") or ".dagster_home") / "outbox")
 
     def send(self, recipient: str, subject: str, body: str, message_key: str) -> str:
-        """Deliver one mail; returns where it went (the SMTP host or the .eml path)."""
-        msg = build_message(self.mail_from, recipient, subject, body, message_key)
-        if not self.smtp_host:
-            self.outbox.mkdir(parents=True, exist_ok=True)
-            path = self.outbox / (re.sub(r"[^A-Za-z0-9._-]", "_", message_key) + ".eml")
-            path.write_bytes(bytes(msg))
-            return str(path)
-        with smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=self.timeout_s) as smtp:
-            if self.smtp_starttls:
-                smtp.starttls(context=ssl.create_default_context())
-            if self.smtp_user:
-                smtp.login(self.smtp_user, self.smtp_password or "")
-            smtp.send_message(msg)
+        """Deliver one mail; returns where it went (the SMTP host or the .eml path). MailError: not built or not
+        sent, with the reason."""
+        try:
+            msg = build_message(self.mail_from, recipient, subject, body, message_key)
+        except (ValueError, TypeError) as exc:  # the email package refuses a header it cannot write safely
+            raise MailError(f"cannot build the mail: {exc}") from None
+        try:
+            if not self.smtp_host:
+                self.outbox.mkdir(parents=True, exist_ok=True)
+                path = self.outbox / (re.sub(r"[^A-Za-z0-9._-]", "_", message_key) + ".eml")
+                path.write_bytes(bytes(msg))
+                return str(path)
+            if self.smtp_user and not self.smtp_starttls and not self.smtp_allow_plaintext_login:
+                # Without TLS the password crosses the network readable by anyone on the path.
+                raise MailError("refusing to send the SMTP password without TLS: set GIFTFLOW_SMTP_STARTTLS=true, "
+                                "or GIFTFLOW_SMTP_ALLOW_PLAINTEXT_LOGIN=true for a server on a trusted network")
+            with smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=self.timeout_s) as smtp:
+                if self.smtp_starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+                if self.smtp_user:
+                    smtp.login(self.smtp_user, self.smtp_password or "")
+                smtp.send_message(msg)
+        except (smtplib.SMTPException, OSError, ValueError) as exc:
+            where = f"SMTP {self.smtp_host}:{self.smtp_port}" if self.smtp_host else f"outbox {self.outbox}"
+            raise MailError(f"{where}: {type(exc).__name__}: {exc}") from None
         return f"smtp://{self.smtp_host}:{self.smtp_port}"

@@ -15,6 +15,7 @@ from giftflow.apply.customers import ApplyReport, apply_sync_plan
 from giftflow.resources.store import GiftflowStore
 from giftflow.resources.stripe import StripeResource
 from giftflow.syncs.plan import current_frame, fields_of, plan_sync, wanted_frame
+from giftflow.syncs.sources import check_columns
 from giftflow.syncs.spec import SyncSpec
 
 REPORT_COUNTS = ("read", "created", "updated", "unchanged", "rejected", "failed")
@@ -63,6 +64,7 @@ def run_sync(spec: SyncSpec, frame: pd.DataFrame, stripe_api: StripeResource, st
              dry_run: bool, run_id: str, partition: str | None = None, mirror_max_age_s: int = 0,
              log: logging.Logger | None = None) -> SyncResult:
     """Sync `frame` (the source rows) to Stripe and store the run's report."""
+    check_columns(spec, frame)  # before anything is fetched, and with a message naming the sync file's line
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     calls = refresh_mirror(spec, stripe_api, store, mirror_max_age_s)
