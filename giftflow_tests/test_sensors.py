@@ -298,3 +298,41 @@ def test_a_cardivo_tick_that_dies_before_dagster_commits_it_loses_nothing(cardiv
     assert {r.run_key for r in retried.run_requests} == {r.run_key for r in lost.run_requests}
     again, _ = cardivo_tick(url, store, cursor, page_size=100)
     assert again.run_requests == []  # the second the cursor asks again is remembered, not requested twice
+
+
+def _hostile_cardivo(handler):
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+    return BackgroundServer(Starlette(routes=[Route("/v1/redemptions", handler)]))
+
+
+def test_a_slow_cardivo_cannot_hold_a_tick_past_its_budget(store, monkeypatch):
+    import asyncio
+    import time as _time
+    from starlette.responses import JSONResponse
+    from giftflow.resources.cardivo import CardivoError
+
+    async def slow(request):
+        await asyncio.sleep(10)
+        return JSONResponse({"data": [], "next_cursor": None})
+
+    monkeypatch.setattr(sensors, "TICK_BUDGET_S", 2.0)
+    with _hostile_cardivo(slow) as srv:
+        began = _time.monotonic()
+        with pytest.raises(CardivoError, match="deadline"):
+            cardivo_tick(srv.base_url, store, None)
+        assert _time.monotonic() - began < 5
+
+
+def test_paging_that_cycles_across_ticks_stops_with_a_clear_error(store, world):
+    from starlette.responses import JSONResponse
+    from giftflow.resources.cardivo import CardivoError
+    record = {**world.redemptions[0], "updated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+    async def cycling(request):  # A -> B -> A -> ...: each answer alone looks fine
+        nxt = {"A": "B", "B": "A"}.get(request.query_params.get("cursor"), "A")
+        return JSONResponse({"data": [record], "next_cursor": nxt})
+
+    with _hostile_cardivo(cycling) as srv:
+        with pytest.raises(CardivoError, match="paging does not end"):
+            cardivo_tick(srv.base_url, store, None)

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -25,6 +26,8 @@ from giftflow.resources.store import GiftflowStore
 from giftflow.simulators.server import BackgroundServer
 from giftflow.webhooks import create_app
 from giftflow_tests.harness import ROOT, create_database, free_port, wait_for
+
+EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 CARDIVO_SECRET = "cardivo_whsec_test"
 STRIPE_SECRET = "whsec_test_giftflow"
@@ -89,7 +92,7 @@ def eid(source):
 
 
 def stored(store: GiftflowStore, source: str, event_id: str) -> list[dict]:
-    return [e for e in store.pending_webhook_events(source) if e["event_id"] == event_id]
+    return [e for e in store.webhook_events_since(source, EPOCH) if e["event_id"] == event_id]
 
 
 def post(base: str, source: str, body: bytes, signature: str | None) -> httpx.Response:
@@ -146,11 +149,11 @@ def test_rejected_with_400_and_not_stored(base, store, source, eid, case):
     elif case == "no_id":
         body = json.dumps({"type": "redemption.created", "data": {}}).encode()
         signature = sign(body, secret)
-    before = store.pending_webhook_events(source)
+    before = store.webhook_events_since(source, EPOCH)
     r = post(base, source, body, signature)
     assert r.status_code == 400, r.text
     assert "error" in r.json() and CODE not in r.text
-    assert store.pending_webhook_events(source) == before
+    assert store.webhook_events_since(source, EPOCH) == before
 
 
 def test_replayed_delivery_is_acknowledged_and_stored_once(base, store, source, eid):
@@ -186,19 +189,19 @@ def test_unconfigured_secret_answers_503(unconfigured_base, store, source, eid):
     assert stored(store, source, eid) == []
 
 
-def test_stripe_pending_then_processed(base, store):
+def test_deliveries_are_read_per_source_oldest_first(base, store):
     cardivo_body = cardivo_event("evt_proc_c")
     assert post(base, "cardivo", cardivo_body, sign(cardivo_body, CARDIVO_SECRET)).status_code == 200
     for n in (1, 2):
         body = stripe_event(f"evt_proc{n}")
         assert post(base, "stripe", body, sign(body, STRIPE_SECRET)).status_code == 200
-    pending = [e for e in store.pending_webhook_events("stripe") if e["event_id"].startswith("evt_proc")]
-    assert [e["event_id"] for e in pending] == ["evt_proc1", "evt_proc2"]
-    assert pending[0]["type"] == "customer.updated"
-    assert pending[0]["payload"]["data"]["object"]["id"] == "cus_1"
-    store.mark_webhook_events_processed("stripe", [e["event_id"] for e in pending])
-    assert not [e for e in store.pending_webhook_events("stripe") if e["event_id"].startswith("evt_proc")]
-    # Processing Stripe events leaves the other source's pending deliveries alone.
+    read = [e for e in store.webhook_events_since("stripe", EPOCH) if e["event_id"].startswith("evt_proc")]
+    assert [e["event_id"] for e in read] == ["evt_proc1", "evt_proc2"]
+    assert read[0]["type"] == "customer.updated"
+    assert read[0]["payload"]["data"]["object"]["id"] == "cus_1"
+    assert read[0]["received_at"].tzinfo is not None
+    assert not [e for e in store.webhook_events_since("stripe", read[-1]["received_at"] + timedelta(seconds=1))
+                if e["event_id"].startswith("evt_proc")]
     assert stored(store, "cardivo", "evt_proc_c")
 
 
@@ -212,7 +215,7 @@ def test_create_app_from_env(monkeypatch, tmp_path):
         body = cardivo_event()
         assert post(srv.base_url, "cardivo", body, sign(body, CARDIVO_SECRET)).status_code == 200
         assert post(srv.base_url, "stripe", stripe_event(), sign(stripe_event(), STRIPE_SECRET)).status_code == 503
-    assert len(GiftflowStore(database_url=f"sqlite:///{tmp_path}/env.sqlite").pending_webhook_events("cardivo")) == 1
+    assert len(GiftflowStore(database_url=f"sqlite:///{tmp_path}/env.sqlite").webhook_events_since("cardivo", EPOCH)) == 1
 
 
 # -- the receiver faces the internet: size, time, malformed input, concurrency, secrets ---------------------------
@@ -374,11 +377,11 @@ FIXED_ERRORS = {"malformed body", "malformed event"}
 
 def assert_refused(base: str, store: GiftflowStore, source: str, body: bytes | dict) -> None:
     body = body if isinstance(body, bytes) else json.dumps(body).encode()
-    before = store.pending_webhook_events(source)
+    before = store.webhook_events_since(source, EPOCH)
     r = post(base, source, body, sign(body, SOURCES[source][1]))
     assert r.status_code == 400, r.text
     assert r.json()["error"] in FIXED_ERRORS and CODE not in r.text
-    assert store.pending_webhook_events(source) == before
+    assert store.webhook_events_since(source, EPOCH) == before
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))

@@ -98,7 +98,6 @@ webhook_events = sa.Table(
     sa.Column("type", sa.String(100), nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("received_at", TS, nullable=False, index=True),
-    sa.Column("processed_at", TS),
 )
 
 # Reverse-ETL syncs: the full customer mirror they diff against (Stripe's object plus giftflow's `_tax_ids`
@@ -429,14 +428,6 @@ class GiftflowStore(dg.ConfigurableResource):
         with self.engine.begin() as conn:
             return conn.execute(stmt).rowcount == 1
 
-    def pending_webhook_events(self, source: str, limit: int = 1000) -> list[dict]:
-        """Deliveries not yet handled, oldest first, with `payload` decoded."""
-        t = webhook_events
-        query = (sa.select(t).where(t.c.source == source, t.c.processed_at.is_(None))
-                 .order_by(t.c.received_at, t.c.event_id).limit(limit))
-        with self.engine.connect() as conn:
-            return [{**dict(r), "payload": json.loads(r["payload"])} for r in conn.execute(query).mappings()]
-
     def webhook_events_since(self, source: str, received_after: datetime, limit: int = 1000) -> list[dict]:
         """Deliveries received at or after `received_after`, oldest first, `payload` decoded. Read-only, so a
         sensor can read them on every tick and move its own cursor only when Dagster commits the tick."""
@@ -446,12 +437,6 @@ class GiftflowStore(dg.ConfigurableResource):
         with self.engine.connect() as conn:
             return [{**dict(r), "payload": json.loads(r["payload"]), "received_at": _aware(r["received_at"])}
                     for r in conn.execute(query).mappings()]
-
-    def mark_webhook_events_processed(self, source: str, event_ids: list[str]) -> None:
-        with self.engine.begin() as conn:
-            for chunk in _chunks(event_ids):
-                conn.execute(webhook_events.update().where(
-                    webhook_events.c.source == source, webhook_events.c.event_id.in_(chunk)).values(processed_at=_now()))
 
     # -- full customer mirror (syncs) ----------------------------------------------------------------
     def replace_customer_objects(self, rows: list[dict], *, refreshed_key: str = "customer_objects_refreshed_at"

@@ -1,7 +1,7 @@
 """Webhook receiver for Cardivo and Stripe deliveries.
 
 Only verifies, stores and acknowledges: no Cardivo or Stripe calls in the request path, so the senders never
-time out and retry; the sensors read the stored events later (`GiftflowStore.pending_webhook_events`).
+time out and retry; the sensors read the stored events later (`GiftflowStore.webhook_events_since`).
 
 It faces the internet, so it trusts nothing before the signature and bounds everything: the signature header
 and its timestamp are checked before the body is read, the body is read against a size limit and a deadline,
