@@ -12,8 +12,13 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from giftflow.core.reconcile import CUSTOMER_COLUMNS, METADATA_KEYS, plan_customer_updates
-from giftflow.core.redemptions import REDEMPTION_COLUMNS
+from giftflow.adapters.config_files import giftcard_sync_spec
+from giftflow.domain.giftcard import (
+    CUSTOMER_COLUMNS,
+    METADATA_KEYS,
+    plan_customer_updates,
+)
+from giftflow.domain.redemptions import REDEMPTION_COLUMNS
 
 
 def inputs(n: int, m: int, seed: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -50,7 +55,7 @@ def main() -> None:
     redemptions, customers = inputs(n, m)
     day = datetime(2026, 11, 20, tzinfo=timezone.utc), datetime(2026, 11, 21, tzinfo=timezone.utc)
     t0 = time.perf_counter()
-    plan = plan_customer_updates(redemptions, customers, *day, mode="upsert")
+    plan = plan_customer_updates(redemptions, customers, *day, giftcard_sync_spec("upsert"))
     elapsed = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
     print(f"redemptions={n:,} customers={m:,} plan_rows={len(plan):,} "

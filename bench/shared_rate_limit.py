@@ -11,13 +11,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from giftflow.resources.stripe import StripeResource
-from giftflow.simulators import stripe
-from giftflow.simulators.server import BackgroundServer
+from giftflow.adapters.stripe import StripeClient
+from giftflow_simulators import stripe
+from giftflow_simulators.server import BackgroundServer
 
 
 def worker(base: str, limit: int, db: str, seconds: float, out) -> None:
-    api = StripeResource(api_key="sk_test_bench", api_base=base, max_requests_per_second=limit, rate_limit_db=db,
+    api = StripeClient(api_key="sk_test_bench", api_base=base, max_requests_per_second=limit, rate_limit_db=db,
                          max_network_retries=0)
     calls, deadline = 0, time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -12,8 +12,8 @@ from datetime import date
 
 import dagster as dg
 
-from giftflow.simulators import cardivo, dataset, stripe
-from giftflow.simulators.server import BackgroundServer
+from giftflow_simulators import cardivo, dataset, stripe
+from giftflow_simulators.server import BackgroundServer
 
 DAY = date(2026, 11, 20)
 
@@ -29,7 +29,7 @@ def main() -> None:
         os.environ.update(CARDIVO_API_BASE=c.base_url, CARDIVO_API_KEY="k", STRIPE_API_BASE=s.base_url,
                           STRIPE_API_KEY="sk_test_bench", DAGSTER_HOME=home, GIFTFLOW_STRIPE_MAX_RPS="1000",
                           GIFTFLOW_DATABASE_URL=f"sqlite:///{home}/giftflow.sqlite")
-        from giftflow.definitions import build_defs
+        from giftflow.orchestration.definitions import build_defs
 
         job = build_defs().resolve_job_def("giftcard_sync")
         quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}

@@ -12,13 +12,13 @@ import time
 
 import pandas as pd
 
-from giftflow.resources.store import GiftflowStore
-from giftflow.resources.stripe import StripeResource
-from giftflow.simulators import stripe
-from giftflow.simulators.server import BackgroundServer
-from giftflow.syncs.plan import current_frame, fields_of, plan_sync, wanted_frame
-from giftflow.syncs.runner import refresh_mirror, run_sync
-from giftflow.syncs.spec import parse_sync
+from giftflow.adapters.store import GiftflowStore
+from giftflow.adapters.stripe import StripeClient
+from giftflow.domain.sync_plan import current_frame, fields_of, plan_sync, wanted_frame
+from giftflow.domain.sync_spec import parse_sync
+from giftflow.services.sync_runner import refresh_mirror, run_sync
+from giftflow_simulators import stripe
+from giftflow_simulators.server import BackgroundServer
 
 SPEC = parse_sync("""
 version: 1
@@ -68,7 +68,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, \
             BackgroundServer(stripe.create_app(state, api_key="sk_test_bench", rate_limit_per_s=args.rate)) as srv:
-        api = StripeResource(api_key="sk_test_bench", api_base=srv.base_url, max_requests_per_second=args.rate)
+        api = StripeClient(api_key="sk_test_bench", api_base=srv.base_url, max_requests_per_second=args.rate)
         store = GiftflowStore(database_url=f"sqlite:///{tmp}/bench.sqlite")
         t = time.perf_counter()
         calls = refresh_mirror(SPEC, api, store)

@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
-from typing import Iterator
 
 import httpx
 
@@ -21,8 +21,8 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 @contextlib.contextmanager
 def simulators(days: list[date], seed: int, stripe_rps: float | None = None) -> Iterator[dict[str, str]]:
     """Both simulators on free loopback ports, seeded with one coherent world; yields the env to use them."""
-    from giftflow.simulators import cardivo, dataset, stripe
-    from giftflow.simulators.server import BackgroundServer
+    from giftflow_simulators import cardivo, dataset, stripe
+    from giftflow_simulators.server import BackgroundServer
 
     world = dataset.build_world(seed, days)
     cardivo_state = cardivo.CardivoState.from_world(world)
@@ -110,8 +110,8 @@ EXAMPLE_SYNC = "crm_customers"
 
 def _run_example_sync(defs, instance, env: dict[str, str], label: str) -> int:
     """Materialize the example sync's asset and print its stored report; the Stripe writes it made."""
-    from giftflow.resources.store import GiftflowStore
-    from giftflow.syncs.runner import format_report
+    from giftflow.adapters.store import GiftflowStore
+    from giftflow.services.sync_runner import format_report
 
     httpx.post(env["STRIPE_API_BASE"] + "/v1/coupons", data={"id": "WELCOME10", "percent_off": "10"},
                headers={"Authorization": f"Bearer {env['STRIPE_API_KEY']}"})  # the coupon the CSV names
@@ -128,8 +128,8 @@ def _run_example_sync(defs, instance, env: dict[str, str], label: str) -> int:
 
 def syncs_report(args: argparse.Namespace) -> int:
     """Print a stored sync-run report: the latest run, or --run."""
-    from giftflow.resources.store import GiftflowStore
-    from giftflow.syncs.runner import format_report
+    from giftflow.adapters.store import GiftflowStore
+    from giftflow.services.sync_runner import format_report
 
     store = GiftflowStore(database_url=args.database_url or os.environ.get("GIFTFLOW_DATABASE_URL") or None)
     runs = store.sync_runs(args.sync, args.run, limit=1)
@@ -153,7 +153,7 @@ def demo(args: argparse.Namespace) -> int:
             os.environ.pop(name, None)
         outbox = os.path.join(home, "outbox")
         os.environ.pop("GIFTFLOW_DATABASE_URL", None)
-        from giftflow.definitions import build_defs
+        from giftflow.orchestration.definitions import build_defs
 
         defs = build_defs()
         with dg.DagsterInstance.ephemeral(tempdir=home) as instance:
@@ -190,8 +190,8 @@ def dev(args: argparse.Namespace) -> int:
 
 def simulate(args: argparse.Namespace) -> int:
     """One simulator in the foreground on --port."""
-    from giftflow.simulators import cardivo, dataset, stripe
-    from giftflow.simulators.server import serve_forever
+    from giftflow_simulators import cardivo, dataset, stripe
+    from giftflow_simulators.server import serve_forever
 
     today = datetime.now(timezone.utc).date()
     world = dataset.build_world(args.seed, [today - timedelta(days=n) for n in range(args.days, -1, -1)])

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from giftflow_tests.harness import ROOT, free_port, pg_bindir, throwaway_postgres, wait_for
+from giftflow_tests.harness import (
+    ROOT,
+    free_port,
+    pg_bindir,
+    throwaway_postgres,
+    wait_for,
+)
 
 __all__ = ["ROOT", "free_port", "wait_for"]
 

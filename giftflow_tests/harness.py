@@ -14,17 +14,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
 import httpx
 import sqlalchemy as sa
 
-from giftflow.simulators import cardivo, dataset, stripe
-from giftflow.simulators.server import BackgroundServer
+from giftflow_simulators import cardivo, dataset, stripe
+from giftflow_simulators.server import BackgroundServer
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

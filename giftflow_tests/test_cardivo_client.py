@@ -5,9 +5,9 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from giftflow.resources.cardivo import CardivoError, CardivoResource
-from giftflow.simulators import cardivo, dataset
-from giftflow.simulators.server import BackgroundServer
+from giftflow.adapters.cardivo import CardivoClient, CardivoError
+from giftflow_simulators import cardivo, dataset
+from giftflow_simulators.server import BackgroundServer
 from giftflow_tests.conftest import free_port
 
 DAY = date(2026, 11, 20)
@@ -25,7 +25,7 @@ def serve(world, **knobs):
 
 
 def client(url, **over):
-    return CardivoResource(api_base=url, api_key=over.pop("api_key", "good-key"), **over)
+    return CardivoClient(api_base=url, api_key=over.pop("api_key", "good-key"), **over)
 
 
 def test_day_window_with_paging(world):

@@ -18,8 +18,8 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from giftflow.resources.cardivo import CardivoError, CardivoResource
-from giftflow.simulators.server import BackgroundServer
+from giftflow.adapters.cardivo import CardivoClient, CardivoError
+from giftflow_simulators.server import BackgroundServer
 
 START = datetime(2026, 11, 20, tzinfo=timezone.utc)
 KEY = "ck_live_TOPSECRET_0123456789"
@@ -98,7 +98,7 @@ class DripServer:
 
 
 def client(url, **over):
-    return CardivoResource(api_base=url, api_key=over.pop("api_key", KEY), **over)
+    return CardivoClient(api_base=url, api_key=over.pop("api_key", KEY), **over)
 
 
 # 1. Paging that never ends ------------------------------------------------------------------------------------
@@ -216,13 +216,13 @@ def test_a_retry_after_past_the_deadline_gives_up_at_once():
     ("nan", None), ("inf", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("Wed, 99 Foo 2026", None),
 ])
 def test_retry_after_parsing(value, expected):
-    from giftflow.resources.cardivo import _retry_after
+    from giftflow.adapters.cardivo import _retry_after
 
     assert _retry_after(value) == expected
 
 
 def test_retry_after_http_date_ahead():
-    from giftflow.resources.cardivo import _retry_after
+    from giftflow.adapters.cardivo import _retry_after
 
     assert 9 <= _retry_after(formatdate(time.time() + 10, usegmt=True)) <= 10
 

@@ -4,8 +4,8 @@ import dagster as dg
 import pytest
 
 import giftflow
-from giftflow.definitions import build_defs
-from giftflow.resources.settings import Settings
+from giftflow.orchestration.definitions import build_defs
+from giftflow.settings import Settings
 
 
 def test_defs_load_and_jobs_resolve():

@@ -11,10 +11,10 @@ import dagster as dg
 import httpx
 import pytest
 
-from giftflow.definitions import build_defs
-from giftflow.resources.store import GiftflowStore
-from giftflow.simulators import cardivo, dataset, stripe
-from giftflow.simulators.server import BackgroundServer
+from giftflow.adapters.store import GiftflowStore
+from giftflow.orchestration.definitions import build_defs
+from giftflow_simulators import cardivo, dataset, stripe
+from giftflow_simulators.server import BackgroundServer
 
 DAYS = [date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 21)]
 KEYS = ("giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions", "giftcard_last_redeemed_at",
@@ -175,7 +175,7 @@ def test_upsert_creates_each_missing_customer_once_across_reruns(sims, world):
 
 def test_crash_between_create_and_ledger_does_not_create_twice(sims, world, tmp_path):
     """A create that reached Stripe but never got recorded as sent is found, not repeated."""
-    from giftflow.resources.store import GiftflowStore
+    from giftflow.adapters.store import GiftflowStore
 
     instance = dg.DagsterInstance.ephemeral()
     run(DAYS[:1], instance, GIFTFLOW_SYNC_MODE="upsert")

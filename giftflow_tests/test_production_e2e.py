@@ -13,7 +13,12 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from giftflow_tests.harness import launch_backfill, most_at_once, production_stack, wait_for_backfill
+from giftflow_tests.harness import (
+    launch_backfill,
+    most_at_once,
+    production_stack,
+    wait_for_backfill,
+)
 
 STRIPE_LIMIT = 10  # requests/s the simulator allows; giftflow is given the same budget
 BACKFILL_DAYS = 30

@@ -3,9 +3,10 @@
 import pandas as pd
 import pytest
 
-from giftflow.core.reconcile import customers_frame, giftcard_sync_spec, plan_customer_updates, summarize
-from giftflow.core.redemptions import validate_redemptions
-from giftflow.syncs.plan import request
+from giftflow.adapters.config_files import giftcard_sync_spec
+from giftflow.domain.giftcard import customers_frame, plan_customer_updates, summarize
+from giftflow.domain.redemptions import validate_redemptions
+from giftflow.domain.sync_plan import request
 from giftflow_tests.factories import customer, day, redemption
 
 D = "2026-11-20"
@@ -14,7 +15,7 @@ D = "2026-11-20"
 def plan_for(records, custs, d=D, mode="update"):
     frame, bad = validate_redemptions(records)
     assert bad == []
-    return plan_customer_updates(frame, customers_frame(custs), *day(d), mode=mode)
+    return plan_customer_updates(frame, customers_frame(custs), *day(d), giftcard_sync_spec(mode))
 
 
 def metadata_changes(row: dict) -> dict:

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from giftflow.core.redemptions import redact, validate_redemptions
+from giftflow.domain.redemptions import redact, validate_redemptions
 from giftflow_tests.factories import redemption
 
 

@@ -3,13 +3,13 @@
 import pandas as pd
 import pytest
 
-from giftflow.core.rules import (
+from giftflow.adapters.config_files import load_rules
+from giftflow.domain.rules import (
     FRAUD_WARNING,
     PAYMENT_SUCCEEDED,
     RulesError,
     evaluate_rules,
     fraud_triggers,
-    load_rules,
     parse_rules,
     payment_triggers,
     plan_violations,
@@ -177,7 +177,7 @@ def test_missing_rules_file_is_a_clear_error(tmp_path):
 
 
 def test_every_template_field_has_a_value_and_the_default_templates_use_known_ones():
-    from giftflow.core.rules import TEMPLATE_FIELDS, _context
+    from giftflow.domain.rules import TEMPLATE_FIELDS, _context
     row = {"object_id": "issfr_1", "payment_intent": "pi_1", "customer_id": None, "charge_id": "ch_1",
            "amount": 5000, "currency": "usd", "unrefunded": 5000}
     assert set(_context(row)) == set(TEMPLATE_FIELDS)

@@ -8,13 +8,18 @@ import httpx
 import pytest
 
 import giftflow
-from giftflow.automation import sensors
-from giftflow.partitions import daily
-from giftflow.resources.cardivo import CardivoResource
-from giftflow.resources.store import GiftflowStore
-from giftflow.resources.stripe import StripeResource
-from giftflow.simulators import cardivo, dataset, stripe
-from giftflow.simulators.server import BackgroundServer
+from giftflow.adapters.cardivo import CardivoClient
+from giftflow.adapters.store import GiftflowStore
+from giftflow.adapters.stripe import StripeClient
+from giftflow.orchestration import sensors
+from giftflow.orchestration.partitions import daily
+from giftflow.orchestration.resources import (
+    CardivoResource,
+    StoreResource,
+    StripeResource,
+)
+from giftflow_simulators import cardivo, dataset, stripe
+from giftflow_simulators.server import BackgroundServer
 
 TODAY = datetime.now(timezone.utc).date()
 DAYS = [TODAY - timedelta(days=3), TODAY - timedelta(days=2), TODAY - timedelta(days=1)]
@@ -41,15 +46,25 @@ def _utc(text):
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def tick(sensor, cursor, **resources):
-    ctx = dg.build_sensor_context(cursor=cursor, resources=resources, instance=dg.DagsterInstance.ephemeral())
+def as_resources(**adapters) -> dict:
+    """The sensors' Dagster resources for these adapters."""
+    made = {"store": lambda s: StoreResource(database_url=s.database_url),
+            "cardivo": lambda c: CardivoResource(api_base=c.api_base, api_key=c.api_key, page_size=c.page_size),
+            "stripe_api": lambda a: StripeResource(api_key=a.api_key, api_base=a.api_base,
+                                                   max_requests_per_second=a.max_requests_per_second)}
+    return {name: made[name](adapter) for name, adapter in adapters.items()}
+
+
+def tick(sensor, cursor, **adapters):
+    ctx = dg.build_sensor_context(cursor=cursor, resources=as_resources(**adapters),
+                                  instance=dg.DagsterInstance.ephemeral())
     result = sensor(ctx)
     return result, result.cursor
 
 
 def cardivo_tick(url, store, cursor, page_size=10):
     return tick(sensors.cardivo_redemptions_sensor, cursor, store=store,
-                cardivo=CardivoResource(api_base=url, api_key="k", page_size=page_size))
+                cardivo=CardivoClient(api_base=url, api_key="k", page_size=page_size))
 
 
 def test_cardivo_sensor_requests_each_changed_day_once(cardivo_sim, store, world):
@@ -116,7 +131,8 @@ def test_cardivo_sensor_picks_up_pushed_deliveries(cardivo_sim, store, world):
 
 def _dump(store) -> dict:
     import sqlalchemy as sa
-    from giftflow.resources.store import metadata_obj
+
+    from giftflow.adapters.store import metadata_obj
     with store.engine.connect() as conn:
         return {t.name: sorted(map(str, conn.execute(sa.select(t)).all())) for t in metadata_obj.sorted_tables}
 
@@ -141,7 +157,7 @@ def test_a_change_a_running_run_already_stored_still_gets_a_run(cardivo_sim, sto
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     late = {**world.redemptions[-1], "id": "rdm_during_run", "redeemed_at": now, "updated_at": now}
     state.add(late)
-    from giftflow.core.redemptions import validate_redemptions
+    from giftflow.domain.redemptions import validate_redemptions
     store.upsert_redemptions(validate_redemptions([late])[0])  # a running run's fetch stored it
     result, _ = cardivo_tick(url, store, cursor, page_size=100)
     assert [r.partition_key for r in result.run_requests] == [now[:10]]
@@ -161,7 +177,7 @@ def test_a_change_that_shows_up_late_in_the_list_is_not_skipped(cardivo_sim, sto
 def test_a_queued_run_of_the_day_takes_in_new_changes(cardivo_sim, store, world):
     state, url = cardivo_sim
     instance = dg.DagsterInstance.ephemeral()
-    resources = dict(store=store, cardivo=CardivoResource(api_base=url, api_key="k", page_size=100))
+    resources = as_resources(store=store, cardivo=CardivoClient(api_base=url, api_key="k", page_size=100))
 
     def run_tick(cursor):
         result = sensors.cardivo_redemptions_sensor(
@@ -198,7 +214,7 @@ def test_a_future_updated_at_does_not_carry_the_edge_past_later_changes(cardivo_
 def stripe_sim(world):
     state = stripe.StripeState.from_world(world)
     with BackgroundServer(stripe.create_app(state, api_key="sk_test_x")) as srv:
-        yield state, StripeResource(api_key="sk_test_x", api_base=srv.base_url, max_requests_per_second=100)
+        yield state, StripeClient(api_key="sk_test_x", api_base=srv.base_url, max_requests_per_second=100)
 
 
 def test_stripe_events_sensor_requests_workflow_days_and_keeps_mirror(stripe_sim, store, world):
@@ -309,8 +325,10 @@ def _hostile_cardivo(handler):
 def test_a_slow_cardivo_cannot_hold_a_tick_past_its_budget(store, monkeypatch):
     import asyncio
     import time as _time
+
     from starlette.responses import JSONResponse
-    from giftflow.resources.cardivo import CardivoError
+
+    from giftflow.adapters.cardivo import CardivoError
 
     async def slow(request):
         await asyncio.sleep(10)
@@ -326,7 +344,8 @@ def test_a_slow_cardivo_cannot_hold_a_tick_past_its_budget(store, monkeypatch):
 
 def test_paging_that_cycles_across_ticks_stops_with_a_clear_error(store, world):
     from starlette.responses import JSONResponse
-    from giftflow.resources.cardivo import CardivoError
+
+    from giftflow.adapters.cardivo import CardivoError
     record = {**world.redemptions[0], "updated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
     async def cycling(request):  # A -> B -> A -> ...: each answer alone looks fine

@@ -11,9 +11,9 @@ import httpx
 import pytest
 import stripe
 
-from giftflow.simulators import cardivo, dataset
-from giftflow.simulators import stripe as stripe_sim
-from giftflow.simulators.server import BackgroundServer
+from giftflow_simulators import cardivo, dataset
+from giftflow_simulators import stripe as stripe_sim
+from giftflow_simulators.server import BackgroundServer
 
 DAYS = [date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)]
 CARDIVO_KEY = "ck_test_sim"

@@ -7,8 +7,8 @@ from urllib.parse import urlparse
 import pytest
 import sqlalchemy as sa
 
-from giftflow.core.redemptions import validate_redemptions
-from giftflow.resources.store import GiftflowStore
+from giftflow.adapters.store import GiftflowStore
+from giftflow.domain.redemptions import validate_redemptions
 from giftflow_tests.conftest import ROOT
 from giftflow_tests.factories import redemption
 
@@ -138,7 +138,7 @@ def test_many_runs_opening_a_new_postgres_database_at_once(postgres_url):
     """A backfill's first runs all create giftflow's tables at the same moment (seen: catalog collisions)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from giftflow.resources.store import _create_tables
+    from giftflow.adapters.store import _create_tables
 
     url = postgres_url.rsplit("/", 1)[0] + "/" + "concurrent_create"
     admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")

@@ -2,16 +2,17 @@
 
 import pandas as pd
 
-from giftflow.apply.customers import apply_sync_plan
-from giftflow.core.reconcile import SKIP, customers_frame, giftcard_sync_spec, plan_customer_updates
-from giftflow.core.redemptions import validate_redemptions
-from giftflow.resources.store import GiftflowStore
-from giftflow.resources.stripe import StripeResource, idempotency_key
+from giftflow.adapters.config_files import giftcard_sync_spec
+from giftflow.adapters.store import GiftflowStore
+from giftflow.adapters.stripe import StripeClient, idempotency_key
+from giftflow.domain.giftcard import SKIP, customers_frame, plan_customer_updates
+from giftflow.domain.redemptions import validate_redemptions
+from giftflow.services.customer_writer import apply_sync_plan
 from giftflow_tests.factories import day, redemption
 
 
 def _stripe(base):
-    return StripeResource(api_key="sk_test_12345", api_base=base, max_requests_per_second=50)
+    return StripeClient(api_key="sk_test_12345", api_base=base, max_requests_per_second=50)
 
 
 def test_create_update_list_and_idempotent_replay(localstripe):
@@ -42,7 +43,7 @@ def test_whole_plan_applied_then_rerun_is_noop(localstripe, tmp_path):
     frame, _ = validate_redemptions([redemption(email="ana@x.com", amount=1200), redemption(email="new@x.com")])
     for mode_pass in range(2):
         customers = [c for page, _ in api.iter_customers() for c in page]
-        plan = plan_customer_updates(frame, customers_frame(customers), *day("2026-11-20"), mode="upsert")
+        plan = plan_customer_updates(frame, customers_frame(customers), *day("2026-11-20"), giftcard_sync_spec("upsert"))
         report = apply_sync_plan(plan[plan["action"] != SKIP], api, store, spec=giftcard_sync_spec("upsert"),
                                  dry_run=False, partition="2026-11-20", run_id="r")
         assert report.failures == []

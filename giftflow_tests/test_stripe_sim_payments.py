@@ -12,9 +12,9 @@ import httpx
 import pytest
 import stripe
 
-from giftflow.simulators import dataset
-from giftflow.simulators import stripe as stripe_sim
-from giftflow.simulators.server import BackgroundServer
+from giftflow_simulators import dataset
+from giftflow_simulators import stripe as stripe_sim
+from giftflow_simulators.server import BackgroundServer
 
 DAYS = [date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)]
 KEY = "sk_test_sim"

@@ -11,16 +11,17 @@ import pytest
 import sqlalchemy as sa
 import stripe
 
-from giftflow.apply.customers import _refused
-from giftflow.assets.syncs import build_sync_asset, build_sync_definitions
-from giftflow.resources.settings import Settings
-from giftflow.resources.store import GiftflowStore
-from giftflow.resources.stripe import StripeResource
-from giftflow.simulators import stripe as sim
-from giftflow.simulators.server import BackgroundServer
-from giftflow.syncs.plan import current_frame, fields_of, plan_sync, wanted_frame
-from giftflow.syncs.runner import run_sync
-from giftflow.syncs.spec import SyncSpecError, load_folder, parse_sync
+from giftflow.adapters.config_files import load_folder
+from giftflow.adapters.store import GiftflowStore
+from giftflow.adapters.stripe import StripeClient
+from giftflow.domain.sync_plan import current_frame, fields_of, plan_sync, wanted_frame
+from giftflow.domain.sync_spec import SyncSpecError, parse_sync
+from giftflow.orchestration.reverse_etl import build_sync_asset, build_sync_definitions
+from giftflow.services.customer_writer import _refused
+from giftflow.services.sync_runner import run_sync
+from giftflow.settings import Settings
+from giftflow_simulators import stripe as sim
+from giftflow_simulators.server import BackgroundServer
 
 KEY = "sk_test_sync"
 FULL = """
@@ -81,7 +82,7 @@ class World:
         self.server.stop()
 
     def api(self, retries=3):
-        return StripeResource(api_key=KEY, api_base=self.url, max_requests_per_second=200,
+        return StripeClient(api_key=KEY, api_base=self.url, max_requests_per_second=200,
                               max_network_retries=retries)
 
     def write(self, rows, *, name="crm", mode="upsert", identifier="email", empty="leave", text=None):
@@ -378,7 +379,7 @@ def test_syncs_report_command_prints_the_stored_report(world):
 
 # -- localstripe, where it supports the field --------------------------------------------------------------
 def test_supported_fields_round_trip_through_localstripe(localstripe, tmp_path):
-    api = StripeResource(api_key="sk_test_12345", api_base=localstripe, max_requests_per_second=50)
+    api = StripeClient(api_key="sk_test_12345", api_base=localstripe, max_requests_per_second=50)
     store = GiftflowStore(database_url=f"sqlite:///{tmp_path}/s.sqlite")
     spec = parse_sync("""
 version: 1
@@ -520,7 +521,7 @@ def test_the_gift_card_sync_name_is_reserved(tmp_path):
 
 
 def test_a_partitioned_upstream_asset_is_synced_partition_by_partition(world):
-    from giftflow.partitions import daily
+    from giftflow.orchestration.partitions import daily
 
     @dg.asset(partitions_def=daily)
     def signups(context: dg.AssetExecutionContext) -> pd.DataFrame:
@@ -607,8 +608,8 @@ def _ledger_row(store: GiftflowStore) -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_sql_sources_read_through_a_read_only_connection(world, request, backend, monkeypatch):
+    from giftflow.adapters.sync_sources import read_only_engine
     from giftflow_tests.harness import create_database
-    from giftflow.syncs.sources import read_only_engine
 
     store = world.store
     if backend == "postgresql":
@@ -649,7 +650,7 @@ def test_sql_sources_read_through_a_read_only_connection(world, request, backend
 
 
 def test_one_bad_sync_file_does_not_stop_the_code_location(tmp_path, monkeypatch):
-    from giftflow.definitions import build_defs
+    from giftflow.orchestration.definitions import build_defs
 
     folder = tmp_path / "syncs"
     _write_sync(folder, "{csv: shop.csv}")

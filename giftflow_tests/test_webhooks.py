@@ -22,9 +22,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from giftflow.resources.store import GiftflowStore
-from giftflow.simulators.server import BackgroundServer
+from giftflow.adapters.store import GiftflowStore
 from giftflow.webhooks import create_app
+from giftflow_simulators.server import BackgroundServer
 from giftflow_tests.harness import ROOT, create_database, free_port, wait_for
 
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)

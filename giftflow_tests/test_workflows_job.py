@@ -18,9 +18,9 @@ import dagster as dg
 import pytest
 from aiosmtpd.controller import Controller
 
-from giftflow.definitions import build_defs
-from giftflow.simulators import dataset, stripe
-from giftflow.simulators.server import BackgroundServer
+from giftflow.orchestration.definitions import build_defs
+from giftflow_simulators import dataset, stripe
+from giftflow_simulators.server import BackgroundServer
 from giftflow_tests.conftest import ROOT, free_port
 
 DAYS = [date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20)]
@@ -193,7 +193,7 @@ def test_sigkill_in_the_middle_then_rerun_loses_and_duplicates_nothing(env, worl
     mail_about, _, refunds = expected_outcomes(state, DAYS[0])
     inbox.delay_s = 0.3  # slow mail delivery so the kill lands while actions are being carried out
     day = DAYS[0].isoformat()
-    script = ("import sys, dagster as dg; from giftflow.definitions import build_defs; "
+    script = ("import sys, dagster as dg; from giftflow.orchestration.definitions import build_defs; "
               "build_defs().resolve_job_def('stripe_workflows').execute_in_process("
               "partition_key=sys.argv[1], instance=dg.DagsterInstance.get())")
     child_env = {**os.environ, **env["values"], "GIFTFLOW_REFUNDS_ENABLED": "true", "TMPDIR": str(tmp_path)}
@@ -285,7 +285,7 @@ def test_a_mail_that_cannot_be_built_is_a_failed_action_not_a_crashed_step(env):
 def test_smtp_login_without_tls_is_refused_unless_allowed(tmp_path):
     from aiosmtpd.smtp import AuthResult
 
-    from giftflow.resources.notifier import MailError, Notifier
+    from giftflow.adapters.mailer import Mailer, MailError
 
     inbox = Inbox()
     controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), auth_require_tls=False,
@@ -295,9 +295,9 @@ def test_smtp_login_without_tls_is_refused_unless_allowed(tmp_path):
         plain = dict(smtp_host="127.0.0.1", smtp_port=controller.port, smtp_user="u", smtp_password="pw",
                      smtp_starttls=False, mail_from="giftflow@shop.example")
         with pytest.raises(MailError, match="GIFTFLOW_SMTP_ALLOW_PLAINTEXT_LOGIN"):
-            Notifier(**plain).send(TEAM, "s", "b", "k1")
+            Mailer(**plain).send(TEAM, "s", "b", "k1")
         assert inbox.messages == []
-        Notifier(**plain, smtp_allow_plaintext_login=True).send(TEAM, "s", "b", "k2")
+        Mailer(**plain, smtp_allow_plaintext_login=True).send(TEAM, "s", "b", "k2")
         assert inbox.keys() == ["k2"]
     finally:
         controller.stop()

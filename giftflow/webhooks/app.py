@@ -20,7 +20,8 @@ import logging
 import os
 import re
 import time
-from typing import Annotated, Any, Callable
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from pydantic import BaseModel, StringConstraints
 from starlette.applications import Starlette
@@ -29,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from giftflow.resources.store import GiftflowStore
+from giftflow.adapters.store import GiftflowStore
 
 log = logging.getLogger(__name__)
 

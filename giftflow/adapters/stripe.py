@@ -1,0 +1,194 @@
+"""The Stripe client: the official SDK, a client-side rate limit, idempotent writes, no key in logs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import stripe
+from pydantic import BaseModel, ConfigDict, Field
+from pyrate_limiter import Duration, Limiter, Rate, SQLiteBucket
+from tenacity import (
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+# Every write's Stripe idempotency key is derived from the operation itself, so replaying the
+# same operation (a retried step, a rerun after a crash) is a no-op at Stripe.
+KEY_PREFIX = "giftflow"
+
+
+def idempotency_key(kind: str, target: str, params: dict[str, Any]) -> str:
+    blob = json.dumps([kind, target, params], sort_keys=True, separators=(",", ":"), default=str)
+    return f"{KEY_PREFIX}-{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:40]}"
+
+
+@dataclass
+class WriteResult:
+    object: dict
+    request_id: str | None
+
+
+def client_rates(per_second: int) -> list[Rate]:
+    """The client's pace for a limit of `per_second`: 3 % below it, and at least one call below where the limit
+    is above one. A call admitted here reaches Stripe a little later, so the writer threads' bursts at the edge
+    of a window can still land a few calls in one window there: Stripe answers 429 and the call is retried
+    with backoff (bench/sync_throughput.py: 0-1 of 10,000 calls at 200/s)."""
+    return [Rate(max(1, per_second - max(1, per_second * 3 // 100)), Duration.SECOND)]
+
+
+@lru_cache(maxsize=16)
+def _limiter(per_second: int, shared_db: str | None) -> Limiter:
+    """One limiter per process, rate and bucket. With `shared_db`, the bucket is a SQLite file guarded by a
+    file lock, so every run on the host (a backfill runs many at once) draws from one budget."""
+    rates = client_rates(per_second)
+    if not shared_db:
+        return Limiter(rates)
+    Path(shared_db).parent.mkdir(parents=True, exist_ok=True)
+    bucket = SQLiteBucket.init_from_file(rates, table="stripe_calls", db_path=shared_db, use_file_lock=True)
+    return Limiter(bucket)
+
+
+def default_rate_limit_db() -> str | None:
+    if os.environ.get("GIFTFLOW_STRIPE_RATE_DB"):
+        return os.environ["GIFTFLOW_STRIPE_RATE_DB"]
+    home = os.environ.get("DAGSTER_HOME")
+    return str(Path(home) / "giftflow_stripe_rate.sqlite") if home else None
+
+
+@lru_cache(maxsize=16)
+def _client(api_key: str, api_base: str | None, retries: int) -> stripe.StripeClient:
+    base = {"api": api_base.rstrip("/")} if api_base else None
+    return stripe.StripeClient(api_key, base_addresses=base, max_network_retries=retries)
+
+
+class StripeClient(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    """Stripe through `stripe.StripeClient`, paced to `max_requests_per_second`."""
+
+    api_key: str = Field(description="Stripe secret or restricted key (STRIPE_API_KEY)")
+    api_base: str | None = Field(default=None, description="override of Stripe's API base (STRIPE_API_BASE)")
+    max_requests_per_second: int = Field(
+        default=20, ge=1, description="client-side limit; Stripe allows 25/s in test mode, 100/s live")
+    max_network_retries: int = Field(default=3, ge=0)
+    max_concurrent_writes: int = Field(
+        default=8, ge=1, description="writes in flight at once (GIFTFLOW_STRIPE_WRITE_CONCURRENCY); the rate "
+                                     "limit still caps the total")
+    rate_limit_db: str | None = Field(
+        default=None, description="SQLite file shared by all runs on the host for one Stripe budget; "
+                                  "default $DAGSTER_HOME/giftflow_stripe_rate.sqlite, in-process when unset")
+
+    def __repr__(self) -> str:  # never print the key
+        return f"StripeClient(api_base={self.api_base!r}, max_requests_per_second={self.max_requests_per_second})"
+
+    @property
+    def client(self) -> stripe.StripeClient:
+        return _client(self.api_key, self.api_base or None, self.max_network_retries)
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        @retry(retry=retry_if_exception_type(stripe.RateLimitError), wait=wait_exponential_jitter(0.5, max=8),
+               stop=stop_after_attempt(6), reraise=True)
+        def paced():
+            _limiter(self.max_requests_per_second, self.rate_limit_db or default_rate_limit_db()).try_acquire("stripe")
+            return fn()
+
+        return paced()
+
+    def _pages(self, lister: Callable[..., Any], params: dict[str, Any]) -> Iterator[tuple[list[dict], int]]:
+        """Every object of a list endpoint, one page at a time, with the running call count."""
+        params = {"limit": 100, **params}
+        calls = 0
+        while True:
+            page = self._call(lambda: lister(params=dict(params)))
+            calls += 1
+            rows = [o.to_dict() for o in page.data]
+            yield rows, calls
+            if not page.has_more or not rows:
+                return
+            params["starting_after"] = rows[-1]["id"]
+
+    def list_all(self, kind: str, **params: Any) -> tuple[list[dict], int]:
+        """All objects of `kind` (customers, payment_intents, charges, early_fraud_warnings, events,
+        refunds) matching `params`, and the calls it took."""
+        rows, calls = [], 0
+        for page, calls in self.iter_pages(kind, **params):
+            rows += page
+        return rows, calls
+
+    def iter_pages(self, kind: str, **params: Any) -> Iterator[tuple[list[dict], int]]:
+        """list_all one page at a time (newest first, as Stripe lists), with the running call count."""
+        lister = {
+            "customers": self.client.v1.customers.list,
+            "payment_intents": self.client.v1.payment_intents.list,
+            "charges": self.client.v1.charges.list,
+            "early_fraud_warnings": self.client.v1.radar.early_fraud_warnings.list,
+            "events": self.client.v1.events.list,
+            "refunds": self.client.v1.refunds.list,
+        }[kind]
+        return self._pages(lister, params)
+
+    def iter_customers(self, page_size: int = 100) -> Iterator[tuple[list[dict], int]]:
+        """Every customer, one page at a time, with the running call count."""
+        return self._pages(self.client.v1.customers.list, {"limit": page_size})
+
+    def retrieve(self, kind: str, object_id: str) -> dict:
+        service = {"customers": self.client.v1.customers, "charges": self.client.v1.charges,
+                   "payment_intents": self.client.v1.payment_intents}[kind]
+        return self._call(lambda: service.retrieve(object_id)).to_dict()
+
+    def list_customers_by_email(self, email: str) -> list[dict]:
+        """Customers whose e-mail is exactly `email` (Stripe's filter is case-sensitive)."""
+        page = self._call(lambda: self.client.v1.customers.list(params={"email": email, "limit": 100}))
+        return [c.to_dict() for c in page.data]
+
+    def create_customer(self, params: dict, key: str) -> WriteResult:
+        obj = self._call(lambda: self.client.v1.customers.create(params=params, options={"idempotency_key": key}))
+        return WriteResult(obj.to_dict(), _request_id(obj))
+
+    def create_refund(self, params: dict, key: str) -> WriteResult:
+        obj = self._call(lambda: self.client.v1.refunds.create(params=params, options={"idempotency_key": key}))
+        return WriteResult(obj.to_dict(), _request_id(obj))
+
+    def update_customer(self, customer_id: str, params: dict, key: str) -> WriteResult:
+        obj = self._call(lambda: self.client.v1.customers.update(
+            customer_id, params=params, options={"idempotency_key": key}))
+        return WriteResult(obj.to_dict(), _request_id(obj))
+
+    def iter_customer_objects(self, *, with_tax_ids: bool = False, page_size: int = 100
+                              ) -> Iterator[tuple[list[dict], int]]:
+        """Every customer as Stripe returns it (with its tax ids where asked), a page at a time."""
+        params: dict[str, Any] = {"limit": page_size}
+        if with_tax_ids:
+            params["expand"] = ["data.tax_ids"]
+        return self._pages(self.client.v1.customers.list, params)
+
+    def list_promotion_codes(self, **params: Any) -> tuple[list[dict], int]:
+        """Promotion codes (the pinned API's way to give a customer a coupon) matching `params`."""
+        rows, calls = [], 0
+        for page, calls in self._pages(self.client.v1.promotion_codes.list, params):
+            rows += page
+        return rows, calls
+
+    def create_tax_id(self, customer_id: str, params: dict, key: str) -> WriteResult:
+        obj = self._call(lambda: self.client.v1.customers.tax_ids.create(
+            customer_id, params=params, options={"idempotency_key": key}))
+        return WriteResult(obj.to_dict(), _request_id(obj))
+
+    def create_promotion_code(self, params: dict, key: str) -> WriteResult:
+        obj = self._call(lambda: self.client.v1.promotion_codes.create(
+            params=params, options={"idempotency_key": key}))
+        return WriteResult(obj.to_dict(), _request_id(obj))
+
+
+def _request_id(obj: Any) -> str | None:
+    response = getattr(obj, "last_response", None)
+    return getattr(response, "request_id", None)

@@ -1,0 +1,329 @@
+"""Gift-card sync reconciliation: redemptions x Stripe customers -> one plan row per customer.
+
+Pure pandas, no I/O: the rules of giftflow-contract.md ("The gift-card sync") live here and only here. What
+Stripe should hold is decided here; the diff against what it holds, and so the action, is the sync engine's
+(giftflow/domain/sync_plan.py, configured by giftflow/domain/giftcard_sync.yaml), the one path that writes customers.
+Sized for ~1M redemptions x 1M customers (bench/reconcile.py): the work runs on integer codes and
+positions, and strings are only hashed, compared or made where they must be.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from giftflow.domain.sync_plan import CREATE, NONE, REJECT, UPDATE, plan_sync
+from giftflow.domain.sync_spec import SyncSpec
+
+METADATA_KEYS = (
+    "giftcard_redeemed_total",
+    "giftcard_currency",
+    "giftcard_redemptions",
+    "giftcard_last_redeemed_at",
+    "giftcard_last4",
+)
+CUSTOMER_COLUMNS = ["customer_id", "email_norm", "created", *METADATA_KEYS]
+
+# Plan vocabulary: the engine's actions, and skip for rows left out (the reason says why).
+SKIP = "skip"
+_SYNC = "sync"  # not decided here: the engine diffs it
+UNMATCHED, ANONYMOUS, MULTI_CURRENCY, AMBIGUOUS_EMAIL = "unmatched", "anonymous", "multi_currency", "ambiguous_email"
+
+PLAN_COLUMNS = [
+    "customer_id", "email", "action", "reason", "note", "redemptions_in_day", *METADATA_KEYS, "changed_keys",
+    "name", "phone",
+]
+_PREFIXED = {k: f"metadata.{k}" for k in METADATA_KEYS}
+
+
+def customers_frame(rows: list[dict]) -> pd.DataFrame:
+    """Stripe customers as reconcile wants them, from dicts with id, email, created and metadata."""
+    data = {
+        "customer_id": [r["id"] for r in rows],
+        "email_norm": [(r.get("email") or "").strip().lower() or None for r in rows],
+        "created": [int(r.get("created") or 0) for r in rows],
+    }
+    for key in METADATA_KEYS:
+        # Stripe deletes a key set to ""; some fakes keep it. Either way it means "absent".
+        data[key] = [(r.get("metadata") or {}).get(key) or None for r in rows]
+    return pd.DataFrame(data, columns=CUSTOMER_COLUMNS).astype({"created": "int64"})
+
+
+def match_redemptions(redemptions: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
+    """Add `customer_id`, `matched_by` and `ambiguous_email` to each redemption.
+
+    Contract: the linked `stripe_customer_id` where that customer exists; else the trimmed, case-folded
+    e-mail; where several customers share it, the most recently created one (flagged as ambiguous).
+    """
+    out = redemptions.copy()
+    row, use_link, ambiguous = _match(redemptions, customers)
+    customer_id = _take(customers["customer_id"].to_numpy(dtype=object), row, np.nan)
+    out["customer_id"] = pd.Series(customer_id, index=out.index, dtype="object")
+    out["matched_by"] = np.where(use_link, "stripe_customer_id", np.where(row >= 0, "email", None))
+    out["ambiguous_email"] = ambiguous
+    return out
+
+
+def _match(redemptions: pd.DataFrame, customers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """match_redemptions as arrays: each redemption's customer as the position in `customers` of the
+    first row with that id (-1: none), whether the link decided it, and whether the e-mail was ambiguous."""
+    cust_id, link, ids = _codes(customers["customer_id"], redemptions["stripe_customer_id"])
+    cust_mail, mail, mails = _codes(customers["email_norm"], redemptions["email_norm"])
+    first_row = np.full(ids, len(customers))
+    np.minimum.at(first_row, cust_id[cust_id >= 0], np.flatnonzero(cust_id >= 0))
+    has_mail = np.flatnonzero(cust_mail >= 0)
+    newest = has_mail[_pick(cust_mail[has_mail], mails, customers.iloc[has_mail][["created", "customer_id"]])]
+    sharing = np.bincount(cust_mail[has_mail], minlength=mails)
+
+    newest_row = _take(first_row, cust_id[newest], -1)
+    use_link = link >= 0
+    row = np.where(use_link, _take(first_row, link, -1), _take(newest_row, mail, -1))
+    ambiguous = ~use_link & _take(sharing > 1, mail, False)
+    return row, use_link, ambiguous
+
+
+def _codes(theirs: pd.Series, ours: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
+    """Codes 0..k-1 for the distinct values of `theirs`, the code of each of `ours` (-1: missing, or a
+    value `theirs` lacks), and k."""
+    ours = ours.to_numpy(dtype=object)
+    present = np.flatnonzero(pd.notna(ours))  # most redemptions link no customer: skip the hashing
+    # One hash table: `theirs` come first, so their values get the first codes.
+    codes, _ = pd.factorize(np.concatenate([theirs.to_numpy(dtype=object), ours[present]]))
+    head, tail = codes[: len(theirs)], codes[len(theirs):]
+    k = int(head.max(initial=-1)) + 1
+    found = np.full(len(ours), -1)
+    found[present] = np.where(tail < k, tail, -1)
+    return head, found, k
+
+
+def _take(values: np.ndarray, pos: np.ndarray, missing) -> np.ndarray:
+    """values[pos], with `missing` where pos is -1."""
+    return np.append(values, np.array([missing], dtype=values.dtype))[pos]
+
+
+def _where(cond: np.ndarray, yes, no) -> np.ndarray:
+    """np.where for strings, sharing `yes` and `no`: numpy would make a fixed-width str array, which
+    pandas turns into a new str object per row."""
+    return np.where(cond, np.array(yes, dtype=object), np.array(no, dtype=object))
+
+
+def _string_order(values: np.ndarray) -> np.ndarray:
+    """Positions sorting distinct strings: Python's sort, which is the order pandas gives them and faster."""
+    return np.array(sorted(range(len(values)), key=values.__getitem__), dtype=np.intp)
+
+
+def _pick(group: np.ndarray, groups: int, keys: pd.DataFrame, last: bool = True) -> np.ndarray:
+    """Per group 0..groups-1, the position in `keys` of the row that a stable sort by `keys`'s columns
+    puts last (or first) in its group; -1 where a group has no row.
+
+    Cheap because the first key (a time) rarely ties within a group: only the ties get the full sort.
+    """
+    first = keys.iloc[:, 0]
+    best = first.groupby(group, sort=False).transform("max" if last else "min")
+    candidates = np.flatnonzero((first == best).to_numpy())
+    tied = pd.Series(group[candidates]).duplicated(keep=False).to_numpy()
+    pos = np.full(groups, -1)
+    pos[group[candidates[~tied]]] = candidates[~tied]
+    if tied.any():
+        ties = keys.iloc[candidates[tied]].assign(_group=group[candidates[tied]], _pos=candidates[tied])
+        ties = ties.sort_values(["_group", *keys.columns[1:]], kind="stable")
+        ties = ties.drop_duplicates("_group", keep="last" if last else "first")
+        pos[ties["_group"].to_numpy()] = ties["_pos"].to_numpy()
+    return pos
+
+
+def _format_times(times: pd.Series) -> pd.Series:
+    text = times.dt.strftime("%Y-%m-%dT%H:%M:%S")
+    frac = times.dt.microsecond != 0
+    if frac.any():
+        text = text.where(~frac, times.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str.rstrip("0"))
+    return text + "Z"
+
+
+def _text(values: pd.Series) -> pd.api.extensions.ExtensionArray:
+    """`values` as strings, each distinct value formatted once (few distinct counts, totals and times)."""
+    codes, distinct = pd.factorize(values)
+    text = _format_times(pd.Series(distinct)) if values.dtype.kind == "M" else pd.Series(distinct).astype(str)
+    return text.array.take(codes)
+
+
+def _wanted(redemptions: pd.DataFrame, group: np.ndarray, groups: int) -> pd.DataFrame:
+    """The contract's metadata values per group, from all of the group's redemptions; groups are numbers
+    0..groups-1 (-1: none), which are also the index. Columns: METADATA_KEYS (None = remove), `currencies`
+    (how many distinct) and `currency_list`."""
+    done = (redemptions["status"] == "completed").to_numpy() & (group >= 0)
+    rows = redemptions.loc[done, ["amount", "currency", "card_last4", "redeemed_at", "redemption_id"]]
+    group = group[done]
+    total = np.zeros(groups, dtype="int64")
+    np.add.at(total, group, rows["amount"].to_numpy(dtype="int64"))
+    currency, currencies = pd.factorize(rows["currency"])
+    priced = currency >= 0
+    distinct = pd.unique(group[priced] * len(currencies) + currency[priced])  # one per (group, currency)
+    first_priced = np.full(groups, len(rows))
+    np.minimum.at(first_priced, group[priced], np.flatnonzero(priced))
+    latest = _pick(group, groups, rows[["redeemed_at", "redemption_id"]])
+    stamps = np.full(groups, None, dtype=object)
+    stamps[latest >= 0] = _text(rows["redeemed_at"].iloc[latest[latest >= 0]])
+
+    out = pd.DataFrame(index=pd.RangeIndex(groups))
+    out["giftcard_redeemed_total"] = _text(pd.Series(total))
+    out["giftcard_redemptions"] = _text(pd.Series(np.bincount(group, minlength=groups)))
+    out["currencies"] = np.bincount(distinct // max(len(currencies), 1), minlength=groups).astype("int64")
+    out["currency_list"] = ""
+    multi = out.index[out["currencies"] > 1]
+    if len(multi):
+        mixed = np.isin(group, multi)
+        lists = rows[mixed].groupby(group[mixed])["currency"].agg(lambda c: ",".join(sorted(set(c))))
+        out.loc[multi, "currency_list"] = lists.reindex(multi).to_numpy()
+    removable = {
+        "giftcard_currency": _take(rows["currency"].to_numpy(dtype=object, na_value=None),
+                                   np.where(first_priced < len(rows), first_priced, -1), None),
+        "giftcard_last_redeemed_at": stamps,
+        "giftcard_last4": _take(rows["card_last4"].to_numpy(dtype=object, na_value=None), latest, None),
+    }
+    for col, values in removable.items():
+        out[col] = pd.Series(values, dtype="object")
+    return out
+
+
+def plan_customer_updates(
+    redemptions: pd.DataFrame,
+    customers: pd.DataFrame,
+    day_start: datetime,
+    day_end: datetime,
+    spec: SyncSpec,
+) -> pd.DataFrame:
+    """One row per customer touched by a redemption in [day_start, day_end), with what to do under `spec` (the
+    gift-card sync's configuration of the engine, in update or upsert mode).
+
+    `redemptions` is everything giftflow has seen (all days): a customer's values come from all of them.
+    """
+    mode = spec.mode
+    row, _, ambiguous = _match(redemptions, customers)
+    in_day = ((redemptions["redeemed_at"] >= pd.Timestamp(day_start))
+              & (redemptions["redeemed_at"] < pd.Timestamp(day_end))).to_numpy()
+    used = redemptions[["redemption_id", "status", "amount", "currency", "card_last4", "email_norm", "name", "phone",
+                        "redeemed_at"]]
+    parts = [_plan_matched(used, row, in_day, ambiguous, customers),
+             _plan_unmatched(used[row < 0], in_day[row < 0], mode)]
+    plan = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else None
+    if plan is None:
+        return pd.DataFrame(columns=PLAN_COLUMNS)
+    plan = _decide(spec, plan, customers)
+    # The parts come ordered by customer_id, then e-mail, missing last: what is left is the action.
+    action = pd.Categorical(plan["action"], categories=[CREATE, UPDATE, NONE, REJECT, SKIP]).codes
+    return plan.take(np.argsort(action, kind="stable")).reset_index(drop=True)
+
+
+def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
+    """The engine's plan for the rows not left out: their wanted values against the customers they match."""
+    todo = np.flatnonzero((plan["action"] == _SYNC).to_numpy())
+    rows = plan.iloc[todo]
+    ids, emails = rows["customer_id"].to_numpy(dtype=object), rows["email"].to_numpy(dtype=object)
+    wanted = _objects({"row_key": np.where(pd.isna(ids), emails, ids), "given_id": ids, "email_norm": emails,
+                       "email": emails, **{c: rows[c].to_numpy(dtype=object) for c in ("name", "phone")},
+                       **{f"metadata.{k}": rows[k].to_numpy(dtype=object) for k in METADATA_KEYS}})
+    matched = rows["_row"].fillna(-1).to_numpy(dtype=np.int64) if "_row" in rows else np.full(len(rows), -1)
+    current = customers.iloc[matched[matched >= 0]].set_index("customer_id")
+    decided = plan_sync(spec, wanted, pd.Series(dtype=object), current.rename(columns=lambda c: _PREFIXED.get(c, c)))
+
+    def spread(values: pd.Series, base: np.ndarray | None = None) -> pd.Series:
+        out = np.full(len(plan), None, dtype=object) if base is None else base.copy()
+        out[todo] = values.to_numpy(dtype=object)
+        return pd.Series(out, index=plan.index, dtype=object, copy=False)  # object: None stays None
+
+    out = {c: plan[c] for c in PLAN_COLUMNS if c != "changed_keys"}
+    out |= {c: spread(decided[c], plan[c].to_numpy(dtype=object)) for c in ("action", "reason")}
+    out["changed_keys"] = spread(decided["changed"], np.full(len(plan), "", dtype=object))
+    # What the writer needs: the engine's own columns, for the rows it decided.
+    out |= {c: spread(decided[c]) for c in decided.columns if c not in out}
+    return pd.DataFrame(out, copy=False)
+
+
+def _objects(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A frame of object columns as given: pandas would otherwise scan each to infer a string dtype."""
+    return pd.DataFrame({k: pd.Series(v, dtype=object, copy=False) for k, v in columns.items()}, copy=False)
+
+
+def _day_groups(codes: np.ndarray, in_day: np.ndarray, names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number the codes (-1: none) that occur in the day 0..n-1 in the order of their names, which is
+    the plan's order. Returns each row's number (-1: none) and the numbered codes in number order."""
+    touched = np.flatnonzero(np.bincount(codes[in_day & (codes >= 0)], minlength=len(names)))
+    touched = touched[_string_order(names[touched])]
+    number = np.full(len(names), -1)
+    number[touched] = np.arange(len(touched))
+    return _take(number, codes, -1), touched
+
+
+def _plan_matched(redemptions: pd.DataFrame, row: np.ndarray, in_day: np.ndarray, ambiguous: np.ndarray,
+                  customers: pd.DataFrame) -> pd.DataFrame:
+    group, touched = _day_groups(row, in_day, customers["customer_id"].to_numpy(dtype=object))
+    if len(touched) == 0:
+        return pd.DataFrame(columns=PLAN_COLUMNS)
+    mine = group >= 0
+    plan = _wanted(redemptions, group, len(touched))
+    current = customers.iloc[touched]
+
+    plan["_row"] = touched  # the customer's position in `customers`
+    plan["customer_id"] = current["customer_id"].to_numpy()
+    plan["email"] = current["email_norm"].to_numpy()
+    plan["redemptions_in_day"] = np.bincount(group[in_day & mine], minlength=len(touched))
+    plan["note"] = _where(np.bincount(group[ambiguous & mine], minlength=len(touched)) > 0, AMBIGUOUS_EMAIL, "")
+    multi = plan["currencies"].to_numpy() > 1
+    plan["action"] = _where(multi, SKIP, _SYNC)
+    plan["reason"] = _where(multi, MULTI_CURRENCY, "")
+    _blank_multi_currency(plan, multi)
+    plan["name"] = None
+    plan["phone"] = None
+    return plan
+
+
+def _blank_multi_currency(plan: pd.DataFrame, multi: np.ndarray) -> None:
+    # Sums across currencies are not money: show which currencies instead, write nothing.
+    plan.loc[multi, "note"] = plan.loc[multi, "currency_list"]
+    plan.loc[multi, list(METADATA_KEYS)] = None
+
+
+def _plan_unmatched(unmatched: pd.DataFrame, in_day: np.ndarray, mode: str) -> pd.DataFrame:
+    lost = unmatched[in_day]
+    if len(lost) == 0:
+        return pd.DataFrame(columns=PLAN_COLUMNS)
+    rows = []
+    mail, emails = pd.factorize(unmatched["email_norm"])
+    group, touched = _day_groups(mail, in_day, np.asarray(emails, dtype=object))
+    if len(touched):
+        plan = _wanted(unmatched, group, len(touched))
+        plan["email"] = np.asarray(emails, dtype=object)[touched]
+        plan["customer_id"] = None
+        plan["redemptions_in_day"] = np.bincount(group[in_day & (group >= 0)], minlength=len(touched))
+        # Name and phone from the earliest redemption that has them: stable as new days arrive.
+        for col in ("name", "phone"):
+            has = unmatched[col].notna().to_numpy() & (group >= 0)
+            first = _pick(group[has], len(touched), unmatched.loc[has, ["redeemed_at", "redemption_id"]], last=False)
+            plan[col] = _take(unmatched[col].to_numpy(dtype=object)[has], first, np.nan)
+        creatable = (mode == "upsert") & (plan["currencies"].to_numpy() == 1)
+        multi = plan["currencies"].to_numpy() > 1
+        plan["action"] = _where(creatable, _SYNC, SKIP)
+        plan["reason"] = _where(creatable, "", _where(multi & (mode == "upsert"), MULTI_CURRENCY, UNMATCHED))
+        plan["note"] = ""
+        _blank_multi_currency(plan, multi)
+        rows.append(plan)
+
+    anonymous = lost[lost["email_norm"].isna()]
+    if len(anonymous):
+        rows.append(pd.DataFrame({
+            "customer_id": None, "email": None, "action": SKIP, "reason": ANONYMOUS,
+            "note": anonymous["redemption_id"].to_numpy(), "redemptions_in_day": 1,
+            "name": None, "phone": None, **{k: None for k in METADATA_KEYS},
+        }))
+    return pd.concat(rows, ignore_index=True)
+
+
+def summarize(plan: pd.DataFrame) -> dict[str, int]:
+    """Counts per action and per left-out reason, for logs and UI metadata."""
+    counts = {f"action_{a}": int(n) for a, n in plan["action"].value_counts().items()}
+    counts.update({f"left_out_{r}": int(n) for r, n in plan.loc[plan["action"] == SKIP, "reason"].value_counts().items()})
+    counts["ambiguous_email"] = int((plan["note"] == AMBIGUOUS_EMAIL).sum())
+    return counts

@@ -1,0 +1,330 @@
+"""Sensors: near-real-time runs from Cardivo and Stripe changes, and the daily late-data backfill.
+
+Poll and push end in the same place: each sensor reads the webhook deliveries the receivers stored, then
+polls the API from its cursor, and requests runs only for changes it has not requested before.
+"""
+
+import hashlib
+import json
+import os
+import time
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+
+from giftflow.adapters.cardivo import CardivoError
+from giftflow.adapters.stripe import StripeClient
+from giftflow.domain.redemptions import validate_redemptions
+from giftflow.orchestration.giftcard import giftcard_sync
+from giftflow.orchestration.partitions import daily
+from giftflow.orchestration.resources import (
+    CardivoResource,
+    StoreResource,
+    StripeResource,
+)
+from giftflow.orchestration.workflows import stripe_workflows
+
+INTERVAL_S = int(os.environ.get("GIFTFLOW_SENSOR_INTERVAL_S", "15"))
+# Stay well inside Dagster's 60 s sensor budget; the rest is picked up on the next tick.
+TICK_BUDGET_S = 20.0
+MAX_PAGES_PER_TICK = 20
+MAX_PAGES_PER_WINDOW = 2000  # 200,000 changes behind: far past any outage; a paging loop, not a backlog
+STRIPE_EVENT_RETENTION = timedelta(days=30)
+EVENT_LOOKBACK_S = 60
+WORKFLOW_EVENTS = ("payment_intent.succeeded", "radar.early_fraud_warning.created")
+CUSTOMER_EVENTS = ("customer.created", "customer.updated", "customer.deleted")
+
+
+def _utc(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError(f"time without a zone: {text!r}")
+    return value
+
+
+def _day_keys(days: set[str]) -> list[str]:
+    """Days that are partitions (the partition set starts in 2024 and ends tomorrow)."""
+    valid = set(daily.get_partition_keys())
+    return sorted(d for d in days if d in valid)
+
+
+def _run_key(prefix: str, day: str, members: list[str]) -> str:
+    digest = hashlib.sha256("\n".join(sorted(members)).encode()).hexdigest()[:16]
+    return f"{prefix}:{day}:{digest}"
+
+
+# Cardivo's list may show a change a little after its `updated_at` (a commit lands late, a clock lags): every
+# poll asks again for the last LOOKBACK_S before the edge and drops the versions it already requested.
+LOOKBACK_S = int(os.environ.get("GIFTFLOW_CARDIVO_LOOKBACK_S", "60"))
+_WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
+
+
+def _version(record) -> str:
+    """A short fingerprint of one version of a record: `id@updated_at`, or the whole record where those are
+    missing (a bad record is requested once, for its run to quarantine it, not on every tick)."""
+    if isinstance(record, dict) and isinstance(record.get("id"), str) and isinstance(record.get("updated_at"), str):
+        text = f"{record['id']}@{record['updated_at']}"
+    else:
+        text = json.dumps(record, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _redeemed_day(record) -> str | None:
+    try:
+        return _utc(record["redeemed_at"]).astimezone(timezone.utc).strftime("%Y-%m-%d")
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
+
+
+def _waiting_days(instance: dg.DagsterInstance) -> set[str]:
+    """Days with a giftcard_sync run that has not started: it fetches Cardivo later, so it takes in any change
+    seen now, and another run of that day would only repeat it."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name="giftcard_sync", statuses=_WAITING), limit=1000)
+    return {r.tags.get("dagster/partition") for r in runs}
+
+
+@dg.sensor(job=giftcard_sync, minimum_interval_seconds=INTERVAL_S, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Requests giftcard_sync for every day whose Cardivo redemptions changed (new, or voided "
+                       "later), from webhook deliveries and from polling `updated_after`.")
+def cardivo_redemptions_sensor(context: dg.SensorEvaluationContext, cardivo: CardivoResource,
+                               store: StoreResource) -> dg.SensorResult:
+    """Every change Cardivo shows leads to a run of its day that starts after the change was seen: a run already
+    running may have fetched before it, so only a run still queued counts as taking it in.
+
+    The tick writes nothing: all it knows lives in its cursor (the edge, the versions requested in the last
+    LOOKBACK_S, the receipt time of the last pushed delivery read), which Dagster stores with the tick's run
+    requests. A tick that dies before that commit leaves the cursor where it was, and the next tick sees the
+    same changes and requests the same runs (same run keys). Bad records are quarantined by their day's run.
+    """
+    cardivo_api, db = cardivo.get_client(), store.get_client()
+    state = json.loads(context.cursor) if context.cursor else {}
+    if "edge" not in state:  # first tick, or a cursor of an older giftflow: start from its edge, paging anew
+        state = {"edge": state.get("updated_after")}
+    now = datetime.now(timezone.utc)
+    started = time.monotonic()
+    lookback = timedelta(seconds=LOOKBACK_S)
+    # First tick: start a day back; older days are the daily backfill's job.
+    edge = _utc(state["edge"]) if state["edge"] else now - timedelta(days=1)
+    requested: dict[str, list] = state.get("requested", {})  # version -> [updated_at epoch, seen epoch]
+
+    # Pushed deliveries are read again for LOOKBACK_S after their receipt, like polled changes.
+    pushed_edge = _utc(state["pushed_edge"]) if state.get("pushed_edge") else now - lookback
+    pushed = db.webhook_events_since("cardivo", pushed_edge - lookback)
+    records = [e["payload"].get("data") if isinstance(e["payload"], dict) else None for e in pushed]
+
+    # Mid-paging the query must stay as it was; the edge moves only once the window is paged whole.
+    page_cursor = state.get("page_cursor")
+    query_from = _utc(state["query_from"]) if page_cursor else edge - lookback
+    pages, polled, cursors = 0, [], set(state.get("cursors", []))
+    while pages < MAX_PAGES_PER_TICK and time.monotonic() - started < TICK_BUDGET_S:
+        try:
+            fetched = cardivo_api.list_redemptions(updated_after=query_from, max_pages=1, cursor=page_cursor,
+                                               deadline=started + TICK_BUDGET_S)
+        except CardivoError as exc:
+            if pages == 0 or exc.error_type != "deadline_exceeded":
+                raise
+            break  # a slow Cardivo: keep the pages this tick got, go on from there next tick
+        pages += 1
+        polled += fetched.records
+        page_cursor = fetched.next_cursor
+        if not page_cursor:
+            break
+        seen_cursor = hashlib.sha256(page_cursor.encode()).hexdigest()[:12]
+        if seen_cursor in cursors or len(cursors) >= MAX_PAGES_PER_WINDOW:
+            raise CardivoError(None, "bad_response", "Cardivo's paging does not end (a next_cursor came back "
+                               f"again, or more than {MAX_PAGES_PER_WINDOW} pages): the cursor stays where it was")
+        cursors.add(seen_cursor)
+    records += polled
+
+    valid, bad = validate_redemptions(records)
+    by_day: dict[str, set[str]] = defaultdict(set)
+    seen_now = {}
+    for record in records:
+        version = _version(record)
+        if version in requested or version in seen_now:
+            continue
+        seen_now[version] = record
+        day = _redeemed_day(record)
+        if day is None:
+            context.log.warning("a Cardivo record without a usable redeemed_at was left out; "
+                                "its day's run or the daily backfill quarantines it")
+            continue
+        by_day[day].add(version)
+    days = _day_keys(set(by_day))
+    waiting = _waiting_days(context.instance) if days else set()
+    requests = [dg.RunRequest(partition_key=day, run_key=_run_key("cardivo", day, sorted(by_day[day])),
+                              tags={"giftflow/trigger": "cardivo_redemptions_sensor",
+                                    "giftflow/changes": str(len(by_day[day]))})
+                for day in days if day not in waiting]
+
+    stamp = now.timestamp()
+    # A time in the future (a skewed or hostile clock) must not carry the edge past changes still to come.
+    polled_times = [min(t, stamp) for t in (_updated_epoch(r) for r in polled) if t is not None]
+    new_edge = max(edge.timestamp(), *polled_times) if polled_times and not page_cursor else edge.timestamp()
+    if page_cursor:  # remember the largest time paged so far; the edge moves there when paging ends
+        pending = max([state.get("pending_edge", edge.timestamp()), *polled_times])
+    elif state.get("pending_edge"):
+        new_edge = max(new_edge, state["pending_edge"])
+    requested.update({v: [_updated_epoch(r) or stamp, stamp] for v, r in seen_now.items()})
+    # Keep a version while polling (from the edge less LOOKBACK_S) or the pushed deliveries can return it.
+    requested = {v: t for v, t in requested.items()
+                 if t[0] > new_edge - LOOKBACK_S - 2 or t[1] > stamp - 2 * LOOKBACK_S - 2}
+    new_pushed_edge = max([pushed_edge, *(e["received_at"] for e in pushed)])
+    new_state = {"edge": datetime.fromtimestamp(new_edge, timezone.utc).isoformat(), "requested": requested,
+                 "pushed_edge": new_pushed_edge.isoformat()}
+    if page_cursor:
+        new_state.update(page_cursor=page_cursor, query_from=query_from.isoformat(), pending_edge=pending,
+                         cursors=sorted(cursors))
+    skipped = [d for d in days if d in waiting]
+    context.log.info(f"{len(records)} records ({len(pushed)} pushed) in {pages} page(s), {len(seen_now)} new, "
+                     f"{len(bad)} bad; runs for {[r.partition_key for r in requests] or 'no day'}"
+                     + (f"; taken in by queued runs: {skipped}" if skipped else ""))
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_state),
+                           skip_reason=None if requests else dg.SkipReason("no new Cardivo changes"))
+
+
+def _updated_epoch(record) -> float | None:
+    try:
+        return _utc(record["updated_at"]).timestamp()
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
+
+
+@dg.sensor(jobs=[stripe_workflows], minimum_interval_seconds=INTERVAL_S,
+           default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Polls Stripe events (and reads pushed ones): requests stripe_workflows for the days of "
+                       "succeeded payments and early fraud warnings, and keeps the customer mirror fresh from "
+                       "customer.* events so matching need not relist every customer.")
+def stripe_events_sensor(context: dg.SensorEvaluationContext, stripe_api: StripeResource,
+                         store: StoreResource) -> dg.SensorResult:
+    stripe_client, db = stripe_api.get_client(), store.get_client()
+    state = json.loads(context.cursor) if context.cursor else {}
+    now = datetime.now(timezone.utc)
+    since = int(state.get("created_after", (now - timedelta(hours=1)).timestamp()))
+    if now - datetime.fromtimestamp(since, timezone.utc) > STRIPE_EVENT_RETENTION:
+        # Stripe keeps events 30 days: anything older is gone, so relist instead and say so.
+        context.log.warning("Stripe event cursor is older than Stripe's 30-day retention: falling back to a full "
+                            "relisting of customers on the next sync; days in the gap are left to backfills")
+        db.set_state("customers_refreshed_at", "")
+        return dg.SensorResult(cursor=json.dumps({"created_after": int(now.timestamp()), "fell_back": True}),
+                               skip_reason=dg.SkipReason("event cursor past retention: fell back to relisting"))
+
+    # After a long stop the events since the cursor may not fit in one tick. Stripe lists newest first, so a
+    # partial listing would leave a gap: list a closed window [since, since + span) whole, or halve it.
+    span = state.get("span")
+    window_end = since + span if span and since + span < now.timestamp() - 1 else None
+    polled = _list_events(stripe_client, since, window_end, whole=bool(span and span <= 1))
+    if polled is None:
+        span = max(1, int((window_end or now.timestamp()) - since) // 2)
+        context.log.info(f"catching up: the events since {datetime.fromtimestamp(since, timezone.utc)} do not fit "
+                         f"in one tick; next tick lists {span} s of them")
+        return dg.SensorResult(cursor=json.dumps({**state, "created_after": since, "span": span}),
+                               skip_reason=dg.SkipReason(f"catching up on Stripe events, {span} s per tick"))
+
+    # Pushed deliveries are read again for EVENT_LOOKBACK_S after receipt; the ids handled are in the cursor.
+    pushed_edge = datetime.fromtimestamp(state.get("pushed_edge", now.timestamp() - EVENT_LOOKBACK_S), timezone.utc)
+    pushed = db.webhook_events_since("stripe", pushed_edge - timedelta(seconds=EVENT_LOOKBACK_S))
+    handled = set(state.get("pushed_handled", []))
+    seen = set(state.get("seen_at_edge", []))
+    candidates = [e["payload"] for e in pushed if e["event_id"] not in handled] + \
+        [e for e in polled if e.get("id") not in seen]
+    events, malformed = [], 0
+    for event in candidates:
+        if _event_shape_ok(event):
+            events.append(event)
+        else:  # never a poison pill: a malformed event is logged (id only) and left behind
+            malformed += 1
+            context.log.warning("Stripe event %r has no data.object with an id and a created time: skipped",
+                                str(event.get("id"))[:80] if isinstance(event, dict) else None)
+    events = list({e["id"]: e for e in sorted(events, key=lambda e: (e["created"], e["id"]))}.values())
+
+    # The mirror's only writer here: idempotent, and a customer mirrored from a later write or event keeps
+    # that copy (`as_of`), so a tick that dies and is run again, or events read out of order, lose nothing.
+    customers = [e for e in events if e["type"] in CUSTOMER_EVENTS]
+    for e in customers:
+        if e["type"] == "customer.deleted":
+            db.delete_customers([e["data"]["object"]["id"]])
+        else:
+            db.upsert_customers([e["data"]["object"]], as_of=datetime.fromtimestamp(e["created"] + 0.999, timezone.utc))
+    if db.customers_refreshed_at():
+        db.set_state("customers_events_synced_at", now.isoformat())
+
+    by_day: dict[str, list[str]] = defaultdict(list)
+    for e in events:
+        if e["type"] in WORKFLOW_EVENTS:
+            created = datetime.fromtimestamp(e["data"]["object"]["created"], timezone.utc)
+            by_day[created.strftime("%Y-%m-%d")].append(e["id"])
+    days = _day_keys(set(by_day))
+    requests = [dg.RunRequest(job_name="stripe_workflows", partition_key=day,
+                              run_key=_run_key("stripe", day, by_day[day]),
+                              tags={"giftflow/trigger": "stripe_events_sensor"}) for day in days]
+    if window_end is not None:  # a closed window, listed whole: the next one starts at its end, twice as long
+        cursor = {"created_after": window_end, "span": span * 2}
+    else:
+        edge = min(max([since, *(e["created"] for e in polled if _event_shape_ok(e))]), int(now.timestamp()))
+        # `created` is in whole seconds: keep asking from the edge second and drop the ids already handled there.
+        at_edge = {e["id"] for e in polled if e.get("created") == edge} | (seen if edge == since else set())
+        cursor = {"created_after": edge, "seen_at_edge": sorted(at_edge)}
+    new_pushed_edge = max([pushed_edge, *(e["received_at"] for e in pushed)])
+    cursor["pushed_edge"] = new_pushed_edge.timestamp()
+    cursor["pushed_handled"] = sorted({e["event_id"] for e in pushed
+                                       if e["received_at"] >= new_pushed_edge - timedelta(seconds=EVENT_LOOKBACK_S)})
+    context.log.info(f"{len(events)} events ({len(pushed)} pushed), {len(customers)} customer changes, "
+                     f"{malformed} malformed, runs for {days or 'no day'}")
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor),
+                           skip_reason=None if requests else dg.SkipReason("no new Stripe events for the workflows"))
+
+
+def _event_shape_ok(event) -> bool:
+    if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
+        return False
+    obj = event["data"].get("object")
+    return isinstance(event.get("id"), str) and isinstance(event.get("type"), str) and \
+        isinstance(event.get("created"), int) and isinstance(obj, dict) and isinstance(obj.get("id"), str) and \
+        (event["type"] not in WORKFLOW_EVENTS or isinstance(obj.get("created"), int))
+
+
+def _list_events(stripe_api: StripeClient, since: int, until: int | None, whole: bool) -> list[dict] | None:
+    """The events created in [since, until) (until None: up to now), or None when they take more than a
+    tick's pages or time; `whole` lists them regardless (one second cannot be split further)."""
+    created = {"gte": since, **({"lt": until} if until is not None else {})}
+    started, polled = time.monotonic(), []
+    for page, calls in stripe_api.iter_pages("events", created=created, types=[*WORKFLOW_EVENTS, *CUSTOMER_EVENTS]):
+        polled += page
+        if not whole and (calls > MAX_PAGES_PER_TICK or time.monotonic() - started > TICK_BUDGET_S):
+            return None
+    return polled
+
+
+RERUN_DAYS = int(os.environ.get("GIFTFLOW_RERUN_DAYS", "7"))
+BACKFILL_HOUR_UTC = int(os.environ.get("GIFTFLOW_BACKFILL_HOUR_UTC", "1"))
+PARTITIONED_GROUPS = ("giftcard_sync", "stripe_workflows")
+
+
+@dg.sensor(asset_selection=dg.AssetSelection.groups(*PARTITIONED_GROUPS), minimum_interval_seconds=300,
+           default_status=dg.DefaultSensorStatus.STOPPED,
+           description=f"Daily at {BACKFILL_HOUR_UTC:02d}:00 UTC: one backfill that runs yesterday and re-runs the "
+                       f"{RERUN_DAYS} days before it for every partitioned job, to catch late voids and events.")
+def late_data_backfill(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    now = datetime.now(timezone.utc)
+    today = now.date().isoformat()
+    if context.cursor == today or now.hour < BACKFILL_HOUR_UTC:
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"next backfill after {BACKFILL_HOUR_UTC:02d}:00 UTC"))
+    return dg.SensorResult(run_requests=[backfill_request(context, now.date(), RERUN_DAYS)], cursor=today)
+
+
+def backfill_request(context: dg.SensorEvaluationContext, today, rerun_days: int) -> dg.RunRequest:
+    """One backfill (visible under Backfills in the UI) of yesterday and the `rerun_days` days before it."""
+    # A sensor with an asset selection may launch a backfill from an asset-graph subset: Dagster's own
+    # automation does the same. Pinned dagster keeps this internal constructor stable for us.
+    from dagster._core.definitions.assets.graph.asset_graph_subset import (
+        AssetGraphSubset,
+    )
+    from dagster._core.definitions.events import AssetKeyPartitionKey
+
+    graph = context.repository_def.asset_graph
+    days = [(today - timedelta(days=n)).isoformat() for n in range(1, rerun_days + 2)]
+    keys = dg.AssetSelection.groups(*PARTITIONED_GROUPS).resolve(graph)
+    subset = AssetGraphSubset.from_asset_partition_set({AssetKeyPartitionKey(k, d) for k in keys for d in days}, graph)
+    return dg.RunRequest.for_asset_graph_subset(subset, tags={"giftflow/trigger": "late_data_backfill"})

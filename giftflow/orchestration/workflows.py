@@ -1,0 +1,162 @@
+"""Stripe Workflows as code: extract the day's Stripe objects, plan what the rules ask, check, apply."""
+
+import dagster as dg
+import pandas as pd
+
+from giftflow.adapters.config_files import load_rules
+from giftflow.adapters.store import GiftflowStore
+from giftflow.domain.rules import (
+    FRAUD_WARNING,
+    PAYMENT_SUCCEEDED,
+    evaluate_rules,
+    fraud_triggers,
+    payment_triggers,
+    plan_violations,
+)
+from giftflow.orchestration.metadata import markdown_table
+from giftflow.orchestration.partitions import daily
+from giftflow.orchestration.resources import (
+    MailerResource,
+    StoreResource,
+    StripeResource,
+)
+from giftflow.services.workflow_actions import apply_workflow_plan
+from giftflow.settings import Settings
+
+GROUP = "stripe_workflows"
+PI_COLUMNS = ["id", "amount", "currency", "customer", "status", "latest_charge", "created"]
+CHARGE_COLUMNS = ["id", "amount", "amount_refunded", "currency", "customer", "disputed", "refunded",
+                  "payment_intent"]
+CHECKS = {
+    "refund_within_unrefunded_amount": "No refund is larger than its charge's unrefunded amount.",
+    "no_refund_of_disputed_charge": "No refund of a disputed charge.",
+    "refund_caps": "Refund count and refunded money stay under the rules file's per-run caps.",
+    "mail_has_recipient": "Every mail has a valid recipient (GIFTFLOW_TEAM_EMAIL or the rule's address).",
+}
+
+
+def _window(context: dg.AssetExecutionContext) -> dict[str, int]:
+    window = context.partition_time_window
+    return {"gte": int(window.start.timestamp()), "lt": int(window.end.timestamp())}
+
+
+@dg.asset(partitions_def=daily, group_name=GROUP, kinds={"stripe"},
+          description="Payment intents created on the day (Stripe `created`, UTC), stored for the rules.")
+def stripe_payment_intents(context: dg.AssetExecutionContext, stripe_api: StripeResource,
+                           store: StoreResource) -> dg.MaterializeResult:
+    stripe_client, db = stripe_api.get_client(), store.get_client()
+    rows, calls = stripe_client.list_all("payment_intents", created=_window(context))
+    db.upsert_objects("payment_intent", rows)
+    return dg.MaterializeResult(metadata={"payment_intents": len(rows), "api_calls": calls,
+                                          "succeeded": sum(r["status"] == "succeeded" for r in rows)})
+
+
+@dg.asset(partitions_def=daily, group_name=GROUP, kinds={"stripe"},
+          description="Charges created on the day, stored for reporting and lifetime figures.")
+def stripe_charges(context: dg.AssetExecutionContext, stripe_api: StripeResource,
+                   store: StoreResource) -> dg.MaterializeResult:
+    stripe_client, db = stripe_api.get_client(), store.get_client()
+    rows, calls = stripe_client.list_all("charges", created=_window(context))
+    db.upsert_objects("charge", rows)
+    return dg.MaterializeResult(metadata={"charges": len(rows), "api_calls": calls})
+
+
+@dg.asset(partitions_def=daily, group_name=GROUP, kinds={"stripe"},
+          description="Radar early fraud warnings created on the day, each with its charge retrieved fresh "
+                      "(refunded and disputed state as of now, whatever day the charge is from).")
+def stripe_early_fraud_warnings(context: dg.AssetExecutionContext, stripe_api: StripeResource,
+                                store: StoreResource) -> dg.MaterializeResult:
+    stripe_client, db = stripe_api.get_client(), store.get_client()
+    warnings, calls = stripe_client.list_all("early_fraud_warnings", created=_window(context))
+    charges = [stripe_client.retrieve("charges", cid) for cid in sorted({w["charge"] for w in warnings})]
+    db.upsert_objects("early_fraud_warning", warnings)
+    db.upsert_objects("charge", charges)
+    return dg.MaterializeResult(metadata={"early_fraud_warnings": len(warnings),
+                                          "api_calls": calls + len(charges)})
+
+
+@dg.asset(
+    partitions_def=daily, group_name=GROUP, kinds={"pandas"},
+    deps=[stripe_payment_intents, stripe_charges, stripe_early_fraud_warnings],
+    check_specs=[dg.AssetCheckSpec(name, asset="workflow_plan", blocking=True, description=text)
+                 for name, text in CHECKS.items()],
+    description="Every action the rules file asks for on the day: mails, customer metadata updates and "
+                "refunds, with status planned / would_refund / done_already / not_applicable. Blocking "
+                "checks stop the apply step when the plan breaks an invariant.",
+)
+def workflow_plan(context: dg.AssetExecutionContext, store: StoreResource, stripe_api: StripeResource,
+                  settings: dg.ResourceParam[Settings]):
+    stripe_client, db = stripe_api.get_client(), store.get_client()
+    rules = load_rules(settings.rules_path)
+    window = _window(context)
+    pis = pd.DataFrame(db.load_objects("payment_intent", created_gte=window["gte"], created_lt=window["lt"]),
+                       columns=PI_COLUMNS)
+    warnings = pd.DataFrame(db.load_objects("early_fraud_warning", created_gte=window["gte"],
+                                               created_lt=window["lt"]), columns=["id", "charge"])
+    charges = pd.DataFrame(db.load_objects("charge", ids=list(warnings["charge"])), columns=CHARGE_COLUMNS)
+    triggers = {PAYMENT_SUCCEEDED: payment_triggers(pis), FRAUD_WARNING: fraud_triggers(warnings, charges)}
+    customers = sorted(set(pis["customer"].dropna()))
+    lifetime = _lifetime_spend(db, customers)
+    mirror = {c["id"]: c["metadata"] for c in db.load_customers(ids=customers)}
+
+    def evaluate(meta):
+        return evaluate_rules(rules, triggers, customer_meta=meta, lifetime_spend=lifetime,
+                              team_email=settings.team_email, refunds_enabled=settings.refunds_enabled)
+
+    plan = evaluate(mirror)
+    # Metadata writes are decided on the customer as Stripe holds it now, not on a possibly stale mirror.
+    to_tag = sorted(set(plan.loc[plan["action"] == "update_customer_metadata", "customer_id"].dropna()))
+    if to_tag:
+        plan = evaluate({**mirror, **{c: stripe_client.retrieve("customers", c).get("metadata") or {} for c in to_tag}})
+
+    per_rule = plan.groupby(["rule", "action", "status"]).size().reset_index(name="count")
+    yield dg.Output(plan, metadata={
+        "actions": len(plan), "per_rule": markdown_table(per_rule, rows=30),
+        "plan": markdown_table(plan[["rule", "action", "status", "object_id", "customer_id", "amount", "currency",
+                          "refund_amount", "recipient", "reason"]], rows=30),
+    })
+    for name, problems in plan_violations(plan, rules.limits).items():
+        yield dg.AssetCheckResult(check_name=name, passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
+                                  metadata={"violations": len(problems),
+                                            "details": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems[:50])
+                                                                           or "none")})
+
+
+def _lifetime_spend(store: GiftflowStore, customers: list[str]) -> dict[tuple[str, str], int]:
+    spend: dict[tuple[str, str], int] = {}
+    for pi in store.load_objects("payment_intent", customer_ids=customers):
+        if pi["status"] == "succeeded":
+            spend[(pi["customer"], pi["currency"])] = spend.get((pi["customer"], pi["currency"]), 0) + pi["amount"]
+    return spend
+
+
+@dg.asset(
+    partitions_def=daily, group_name=GROUP, kinds={"stripe", "email"}, pool="stripe_customer_writes",
+    description="Carries out the workflow plan exactly once per (rule, object): refunds (only with "
+                "GIFTFLOW_REFUNDS_ENABLED=true), customer metadata updates and team mails. Dry run does nothing.",
+)
+def workflow_actions(context: dg.AssetExecutionContext, workflow_plan: pd.DataFrame, stripe_api: StripeResource,
+                     store: StoreResource, notifier: MailerResource,
+                     settings: dg.ResourceParam[Settings]) -> dg.MaterializeResult:
+    stripe_client, db, mailer = stripe_api.get_client(), store.get_client(), notifier.get_client()
+    report = apply_workflow_plan(workflow_plan, stripe_client, db, mailer, dry_run=settings.dry_run,
+                                 partition=context.partition_key, run_id=context.run_id, log=context.log)
+    summary = pd.DataFrame([{"rule": r, **c} for r, c in report.per_rule().items()]).fillna(0)
+    metadata = {"dry_run": settings.dry_run, "refunds_enabled": settings.refunds_enabled,
+                "per_rule": markdown_table(summary, rows=30), "per_rule_counts": dg.MetadataValue.json(report.per_rule()),
+                "failed": len(report.failures)}
+    if report.failures:
+        raise dg.Failure(description=f"{len(report.failures)} workflow action(s) failed; the others were done. "
+                                     "Retry the step to redo only the failed ones.",
+                         metadata={**metadata, "failures": markdown_table(pd.DataFrame(report.failures), rows=30)})
+    return dg.MaterializeResult(metadata=metadata)
+
+
+stripe_workflows = dg.define_asset_job(
+    "stripe_workflows", selection=dg.AssetSelection.groups(GROUP), partitions_def=daily,
+    tags={"giftflow/job": "stripe_workflows"},  # dagster.yaml limits concurrent runs per job by this tag
+    # The steps are short and I/O-bound: one process per run starts in a second instead of one per step.
+    executor_def=dg.in_process_executor,
+    description="Stripe Workflows as code for a UTC day: large-order mails, VIP tags, early-fraud-warning "
+                "refunds or escalations.",
+)

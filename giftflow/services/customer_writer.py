@@ -1,0 +1,285 @@
+"""The one writer of Stripe customers: ledger first, idempotent write, mirror after.
+
+The gift-card sync and every reverse-ETL sync are configurations of one engine: giftflow.domain.sync_plan diffs,
+`apply_sync_plan` here writes, through `update_customer`, `create_customer_once` and `_send`: one code path
+with the ledger, idempotency keys, rate limit, dry run and the exactly-once create.
+
+A failed write is recorded and the rest still go out; the caller fails the step afterwards so Dagster
+shows it, and a retry resends only what the ledger does not show as sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pandas as pd
+import stripe
+
+from giftflow.adapters.store import GiftflowStore
+from giftflow.adapters.stripe import StripeClient, WriteResult, idempotency_key
+from giftflow.domain.sync_plan import CREATE, NONE, REJECT, UPDATE, catch_up, request
+from giftflow.domain.sync_spec import SyncSpec
+
+CREATE_KIND, UPDATE_KIND = "create_customer", "update_customer"
+TAX_ID_KIND, PROMOTION_CODE_KIND = "create_tax_id", "create_promotion_code"
+
+
+@dataclass
+class ApplyReport:
+    counts: Counter = field(default_factory=Counter)
+    failures: list[dict] = field(default_factory=list)
+    rejections: list[dict] = field(default_factory=list)  # rows refused, by validation or by Stripe
+
+    @property
+    def writes(self) -> int:
+        return self.counts["created"] + self.counts["updated"]
+
+
+@dataclass
+class _Ctx:
+    stripe_api: StripeClient
+    store: GiftflowStore
+    partition: str | None
+    run_id: str | None
+    report: ApplyReport
+
+
+# -- writing a plan -----------------------------------------------------------------------------------
+def _write_rows(ctx: _Ctx, rows: list[dict], write: Callable[[_Ctx, dict], None],
+                target: Callable[[dict], str]) -> None:
+    """Write rows on `max_concurrent_writes` threads: Stripe answers in hundreds of milliseconds, so one
+    writer at a time would use a fraction of the rate limit, which still caps the total. Rows for the same
+    customer stay in order on one thread; each thread counts into its own report, merged in row order."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(str(target(row)), []).append(row)
+
+    def run(group: list[dict]) -> ApplyReport:
+        sub = _Ctx(ctx.stripe_api, ctx.store, ctx.partition, ctx.run_id, ApplyReport())
+        for row in group:
+            write(sub, row)
+        return sub.report
+
+    workers = max(1, min(ctx.stripe_api.max_concurrent_writes, len(groups)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stripe-writer") as pool:
+        for sub in pool.map(run, groups.values()):
+            ctx.report.counts.update(sub.counts)
+            ctx.report.failures += sub.failures
+            ctx.report.rejections += sub.rejections
+
+
+def apply_sync_plan(
+    plan: pd.DataFrame,
+    stripe_api: StripeClient,
+    store: GiftflowStore,
+    *,
+    spec: SyncSpec,
+    dry_run: bool,
+    partition: str | None,
+    run_id: str | None,
+    log: logging.Logger | None = None,
+) -> ApplyReport:
+    """Carry out a sync plan (giftflow.domain.sync_plan) of `spec`. A row Stripe refuses (4xx) is a rejection with
+    Stripe's message; anything else that fails is a failure, to be retried."""
+    log = log or logging.getLogger(__name__)
+    report = ApplyReport()
+    ctx = _Ctx(stripe_api, store, partition, run_id, report)
+    report.counts["unchanged"] = int((plan["action"] == NONE).sum())
+    refused = plan[plan["action"] == REJECT]
+    report.counts["rejected"] = len(refused)
+    report.rejections += [{"row_key": r["row_key"], "customer_id": r["customer_id"], "stage": "validation",
+                           "reason": r["reason"]} for r in refused.to_dict("records")]
+    rows = plan[plan["action"].isin([CREATE, UPDATE])].to_dict("records")
+
+    def write(ctx: _Ctx, row: dict) -> None:
+        report = ctx.report
+        if dry_run:
+            report.counts[f"would_{row['action']}"] += 1
+            return
+        customer_id, wrote = row["customer_id"], False
+        try:
+            params, before, follow_ups = request(spec, row)
+            if row["action"] == CREATE:
+                customer, wrote = create_customer_once(
+                    ctx, row["identity"], params, lookup_email=row["email"] if "@" in row["identity"] else None)
+                customer_id = customer["id"]
+                store.record_sync_ids(spec.name, {row["row_key"]: customer_id}, run_id)
+                # Found, not made now: made by an earlier run's create (whose answer was lost) or by someone
+                # else, perhaps with other values than this row wants now. Bring it there in this run.
+                if not wrote and (fix := catch_up(spec, row, customer)) is not None:
+                    update_customer(ctx, customer_id, *request(spec, fix)[:2])
+            elif params:
+                wrote = update_customer(ctx, customer_id, params, before) is not None
+            for op in follow_ups:
+                wrote |= _follow_up(ctx, customer_id, op, before) is not None
+        except RefusedBefore as exc:
+            report.counts["rejected"] += 1
+            report.rejections.append({"row_key": row["row_key"], "customer_id": customer_id, "stage": "stripe",
+                                      "reason": f"{exc} (Stripe's answer to this same request before: not resent)"})
+            return
+        except stripe.StripeError as exc:
+            message = _message(exc)
+            outcome = "rejected" if _refused(exc) else "failed"
+            report.counts[outcome] += 1
+            entry = {"row_key": row["row_key"], "customer_id": customer_id,
+                     "stage": "stripe" if outcome == "rejected" else "stripe_error", "reason": message}
+            (report.rejections if outcome == "rejected" else report.failures).append(entry)
+            (log.info if outcome == "rejected" else log.warning)(
+                "Stripe %s of row %s %s: %s", row["action"], row["row_key"], outcome, message)
+            return
+        if row["action"] == CREATE:
+            report.counts["created" if wrote else "recovered"] += 1
+        else:
+            report.counts["updated" if wrote else "already_sent"] += 1
+
+    _write_rows(ctx, rows, write, target=lambda r: r["customer_id"] or r["identity"])
+    return report
+
+
+def _refused(exc: stripe.StripeError) -> bool:
+    """Stripe said no to this row: a 4xx, but not one about the key (401, 403), rate limiting or a misused
+    idempotency key, which are failures of the run."""
+    status = getattr(exc, "http_status", None) or 0
+    return 400 <= status < 500 and status not in (401, 403, 429) and not isinstance(exc, stripe.IdempotencyError)
+
+
+def _message(exc: stripe.StripeError) -> str:
+    return getattr(exc, "user_message", None) or str(exc)
+
+
+# Stripe does not keep refused requests under their idempotency key, so giftflow remembers them: the same
+# request is not resent on every run. For a day only, since the cause may lie outside the request (a coupon
+# created later, a full metadata hash, a customer restored).
+REFUSAL_MEMORY_S = 86_400
+
+
+class RefusedBefore(Exception):
+    """Stripe refused this exact request within REFUSAL_MEMORY_S (its message is the argument)."""
+
+
+# -- the one writer ----------------------------------------------------------------------------------
+def _send(ctx: _Ctx, kind: str, target: str, params: dict, key: str, call: Callable[[], WriteResult],
+          mirror: Callable[[dict], None]) -> dict | None:
+    """Ledger 'planned' before the call, 'sent' / 'refused' (a 4xx) / 'failed' after: a crash in between is
+    detectable. The very request Stripe refused before is not sent again: same key, same answer."""
+    store = ctx.store
+    prior = store.ledger_entries([key]).get(key)
+    if prior and prior["status"] == "sent":
+        return None
+    if prior and prior["status"] == "refused" and \
+            (datetime.now(timezone.utc) - prior["updated_at"]).total_seconds() < REFUSAL_MEMORY_S:
+        raise RefusedBefore(prior["error"])
+    store.record_planned(key, kind, target, params, ctx.partition, ctx.run_id)
+    try:
+        result = call()
+    except stripe.StripeError as exc:
+        refused = _refused(exc)
+        store.record_result(key, status="refused" if refused else "failed", request_id=getattr(exc, "request_id", None),
+                            error=(_message(exc) if refused else str(exc))[:1000])
+        raise
+    store.record_result(key, status="sent", request_id=result.request_id, object_id=result.object.get("id"))
+    mirror(result.object)
+    return result.object
+
+
+def _mirror_customer(store: GiftflowStore, tax_ids=(), coupons=()) -> Callable[[dict], None]:
+    def mirror(customer: dict) -> None:
+        store.upsert_customers([customer])
+        store.upsert_customer_objects([customer], add_tax_ids=tax_ids, add_coupons=coupons)
+    return mirror
+
+
+def update_customer(ctx: _Ctx, customer_id: str, params: dict, before) -> dict | None:
+    """One idempotent customer update. `before` (the values being replaced) goes into the key, so the same
+    values written later from another starting point are not mistaken for a replay."""
+    key = idempotency_key(UPDATE_KIND, customer_id, {**params, "before": before})
+    return _send(ctx, UPDATE_KIND, customer_id, params, key,
+                 lambda: ctx.stripe_api.update_customer(customer_id, params, key), _mirror_customer(ctx.store))
+
+
+def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email: str | None) -> tuple[dict, bool]:
+    """Create the customer named by `identity` (a normalised e-mail, or a sync's row) exactly once; returns the
+    customer and whether this call created it.
+
+    A create planned before but never confirmed may still have happened at Stripe (crash between the call
+    and the ledger): with an e-mail it is looked up by that e-mail (we create with the normalised e-mail,
+    so Stripe's case-sensitive filter finds it); otherwise the earlier request is replayed with its own
+    idempotency key and parameters, which Stripe answers with the customer it made, if it made one.
+    """
+    store = ctx.store
+    priors = store.ledger_for_target(identity, CREATE_KIND)
+    found = None
+    if priors and lookup_email:
+        existing = ctx.stripe_api.list_customers_by_email(lookup_email)
+        if existing:
+            found = max(existing, key=lambda c: (c["created"], c["id"]))
+    elif priors:
+        found = _recover(ctx, identity, priors)
+    if found is not None:
+        _mirror_customer(store)(found)
+        return found, False
+    tax_ids = [f"{t['type']}:{t['value']}" for t in params.get("tax_id_data", [])]
+    key = idempotency_key(CREATE_KIND, identity, params)
+    created = _send(ctx, CREATE_KIND, identity, params, key, lambda: ctx.stripe_api.create_customer(params, key),
+                    _mirror_customer(store, tax_ids=tax_ids))
+    if created is None:  # this very create is in the ledger as sent
+        sent = store.ledger_entries([key])[key]
+        created = ctx.stripe_api.retrieve("customers", sent["stripe_object_id"])
+        if not created.get("deleted"):
+            _mirror_customer(store)(created)
+        return created, False
+    return created, True
+
+
+def _recover(ctx: _Ctx, identity: str, priors: list[dict]) -> dict | None:
+    """The customer an earlier create of `identity` made, if any: sent ones from the ledger, unconfirmed
+    ones by replaying them (same key, same parameters) — refused replays made nothing."""
+    for prior in sorted(priors, key=lambda p: p["updated_at"], reverse=True):
+        if prior["status"] == "refused":  # made nothing
+            continue
+        if prior["status"] == "sent" and prior["stripe_object_id"]:
+            customer = ctx.stripe_api.retrieve("customers", prior["stripe_object_id"])
+            if not customer.get("deleted"):
+                return customer
+            continue
+        try:
+            result = ctx.stripe_api.create_customer(json.loads(prior["params"]), prior["op_key"])
+        except stripe.StripeError as exc:
+            if _refused(exc):
+                continue
+            raise
+        ctx.store.record_result(prior["op_key"], status="sent", request_id=result.request_id,
+                                object_id=result.object["id"])
+        return result.object
+    return None
+
+
+def _follow_up(ctx: _Ctx, customer_id: str, op: dict, before) -> dict | None:
+    """What Stripe keeps as its own objects: a tax id on the customer, a promotion code for a coupon."""
+    if op["kind"] == TAX_ID_KIND:
+        params = op["params"]
+        key = idempotency_key(TAX_ID_KIND, customer_id, {**params, "before": before})
+        shown = f"{params['type']}:{params['value']}"
+        return _send(ctx, TAX_ID_KIND, customer_id, params, key,
+                     lambda: ctx.stripe_api.create_tax_id(customer_id, params, key),
+                     lambda _obj: ctx.store.upsert_customer_objects(
+                         [_known_customer(ctx, customer_id)], add_tax_ids=[shown]))
+    params = {**op["params"], "customer": customer_id}
+    key = idempotency_key(PROMOTION_CODE_KIND, customer_id, {**params, "before": before})
+    return _send(ctx, PROMOTION_CODE_KIND, customer_id, params, key,
+                 lambda: ctx.stripe_api.create_promotion_code(params, key),
+                 lambda _obj: ctx.store.upsert_customer_objects(
+                     [_known_customer(ctx, customer_id)], add_coupons=[params["promotion"]["coupon"]]))
+
+
+def _known_customer(ctx: _Ctx, customer_id: str) -> dict:
+    """The mirrored customer (to attach a tax id or coupon to), else Stripe's."""
+    for customer in ctx.store.load_customer_objects_by_id([customer_id]):
+        return customer
+    return ctx.stripe_api.retrieve("customers", customer_id)
