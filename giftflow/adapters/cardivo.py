@@ -7,12 +7,14 @@ short, sanitised excerpt of what the server said, never the API key.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import re
 import ssl
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -138,10 +140,66 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()  # ~50 ms to load the CA bundle: once per process, not once per fetch
 
 
-class _DeadlineTransport(httpx.HTTPTransport):
-    def __init__(self):  # no super().__init__(): it would only build a pool that is replaced here
-        # httpx's transport takes no network backend; `_pool` is what its handle_request sends through.
+# httpcore's exceptions as the httpx ones callers catch (httpx.TransportError is retried), most specific first.
+_HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout), (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout), (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError), (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError), (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError), (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError), (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def _httpx_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        mapped = next((to for core, to in _HTTPX_ERRORS if isinstance(exc, core)), None)
+        if mapped is None:
+            raise
+        raise mapped(str(exc)) from exc
+
+
+class _DeadlineResponseStream(httpx.SyncByteStream):
+    def __init__(self, inner: Iterable[bytes], close: Callable[[], None]):
+        self._inner, self._close = inner, close
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _httpx_errors():
+            yield from self._inner
+
+    def close(self) -> None:
+        self._close()
+
+
+class _DeadlineTransport(httpx.BaseTransport):
+    """httpx's transport over an httpcore pool whose network backend bounds every socket wait by the request's
+    deadline. httpx.HTTPTransport takes no network backend, so this is the public way: httpx's BaseTransport on
+    httpcore's public ConnectionPool, mapping the request, the response and the errors between the two."""
+
+    def __init__(self) -> None:
         self._pool = httpcore.ConnectionPool(ssl_context=_ssl_context(), network_backend=_DeadlineBackend())
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
+            headers=request.headers.raw, content=request.stream, extensions=request.extensions)
+        with _httpx_errors():
+            core_response = self._pool.handle_request(core_request)
+        stream = core_response.stream
+        assert isinstance(stream, Iterable)  # a sync pool answers with a sync stream
+        return httpx.Response(status_code=core_response.status, headers=core_response.headers,
+                              stream=_DeadlineResponseStream(stream, core_response.close),
+                              extensions=core_response.extensions)
+
+    def close(self) -> None:
+        self._pool.close()
 
 
 def rfc3339(value: datetime) -> str:
