@@ -39,10 +39,10 @@ def _stripe_writes(env: dict[str, str]) -> int:
 
 
 def _metadata(result, asset: str) -> dict:
+    """The metadata values of `asset`'s materialization in an in-process run (its node has the asset's name)."""
     import dagster as dg
 
-    for event in result.get_asset_materialization_events():
-        mat = event.event_specific_data.materialization
+    for mat in result.asset_materializations_for_node(asset):
         if mat.asset_key == dg.AssetKey(asset):
             return {k: v.value for k, v in mat.metadata.items()}
     return {}

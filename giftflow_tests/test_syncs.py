@@ -113,7 +113,8 @@ def world(tmp_path):
 
 
 def metadata_of(result):
-    mat = result.get_asset_materialization_events()[0].event_specific_data.materialization
+    [event] = result.get_asset_materialization_events()
+    [mat] = result.asset_materializations_for_node(event.asset_key.to_user_string())  # node named after its asset
     return {k: v.value for k, v in mat.metadata.items()}
 
 
@@ -546,8 +547,8 @@ SECRET = "sk_live_do_not_leak_4242"
 
 def failure_text(result) -> str:
     """Everything Dagster shows about the failed step: message, description, cause and stack."""
-    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    return event.event_specific_data.error.to_string()
+    [step] = result.get_failed_step_keys()
+    return result.failure_data_for_node(step).error.to_string()
 
 
 @pytest.mark.parametrize("where", ["/proc/self/environ", "../outside.csv", "link.csv"])

@@ -233,9 +233,9 @@ def test_sigkill_in_the_middle_then_rerun_loses_and_duplicates_nothing(env, worl
 
 
 def _failures(result) -> str:
-    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert event.step_key == "workflow_actions"
-    return event.event_specific_data.error.to_string() + str(event.event_specific_data.user_failure_data)
+    assert result.get_failed_step_keys() == {"workflow_actions"}
+    failure = result.failure_data_for_node("workflow_actions")
+    return failure.error.to_string() + str(failure.user_failure_data)
 
 
 def test_a_mail_the_smtp_server_refuses_fails_alone_and_the_rerun_sends_only_it(env, tmp_path):

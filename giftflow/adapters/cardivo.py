@@ -182,7 +182,7 @@ class _DeadlineTransport(httpx.BaseTransport):
     httpcore's public ConnectionPool, mapping the request, the response and the errors between the two."""
 
     def __init__(self) -> None:
-        self._pool = httpcore.ConnectionPool(ssl_context=_ssl_context(), network_backend=_DeadlineBackend())
+        self._connections = httpcore.ConnectionPool(ssl_context=_ssl_context(), network_backend=_DeadlineBackend())
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -191,7 +191,7 @@ class _DeadlineTransport(httpx.BaseTransport):
             url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
             headers=request.headers.raw, content=request.stream, extensions=request.extensions)
         with _httpx_errors():
-            core_response = self._pool.handle_request(core_request)
+            core_response = self._connections.handle_request(core_request)
         stream = core_response.stream
         assert isinstance(stream, Iterable)  # a sync pool answers with a sync stream
         return httpx.Response(status_code=core_response.status, headers=core_response.headers,
@@ -199,7 +199,7 @@ class _DeadlineTransport(httpx.BaseTransport):
                               extensions=core_response.extensions)
 
     def close(self) -> None:
-        self._pool.close()
+        self._connections.close()
 
 
 def rfc3339(value: datetime) -> str:
