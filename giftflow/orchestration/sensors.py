@@ -16,6 +16,7 @@ import dagster as dg
 from giftflow.adapters.cardivo import CardivoError
 from giftflow.adapters.stripe import StripeClient
 from giftflow.domain.redemptions import validate_redemptions
+from giftflow.orchestration.dagster_internals import backfill_run_request
 from giftflow.orchestration.giftcard import giftcard_sync
 from giftflow.orchestration.partitions import daily
 from giftflow.orchestration.resources import (
@@ -316,15 +317,6 @@ def late_data_backfill(context: dg.SensorEvaluationContext) -> dg.SensorResult:
 
 def backfill_request(context: dg.SensorEvaluationContext, today, rerun_days: int) -> dg.RunRequest:
     """One backfill (visible under Backfills in the UI) of yesterday and the `rerun_days` days before it."""
-    # A sensor with an asset selection may launch a backfill from an asset-graph subset: Dagster's own
-    # automation does the same. Pinned dagster keeps this internal constructor stable for us.
-    from dagster._core.definitions.assets.graph.asset_graph_subset import (
-        AssetGraphSubset,
-    )
-    from dagster._core.definitions.events import AssetKeyPartitionKey
-
-    graph = context.repository_def.asset_graph
     days = [(today - timedelta(days=n)).isoformat() for n in range(1, rerun_days + 2)]
-    keys = dg.AssetSelection.groups(*PARTITIONED_GROUPS).resolve(graph)
-    subset = AssetGraphSubset.from_asset_partition_set({AssetKeyPartitionKey(k, d) for k in keys for d in days}, graph)
-    return dg.RunRequest.for_asset_graph_subset(subset, tags={"giftflow/trigger": "late_data_backfill"})
+    return backfill_run_request(context.repository_def, dg.AssetSelection.groups(*PARTITIONED_GROUPS), days,
+                                tags={"giftflow/trigger": "late_data_backfill"})
