@@ -37,6 +37,14 @@ def localstripe():
             proc.wait(10)
 
 
+def pytest_collection_modifyitems(items):
+    """A test that needs the throwaway PostgreSQL cluster (initdb and a server: seconds) is an e2e test, so
+    `pytest -m "not e2e"` stays a fast loop; plain `pytest` (CI) runs it like any other."""
+    for item in items:
+        if "postgres_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """A throwaway PostgreSQL cluster for the session. A missing server fails the tests, never skips them."""

@@ -233,6 +233,7 @@ BODY_DRIP = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Leng
              b'{"data": [' + b" " * 1000)
 
 
+@pytest.mark.e2e  # waits out a 3 s deadline
 def test_a_dripping_body_is_cut_at_the_callers_deadline():
     # One byte every 2 s: httpx's read timeout (30 s, per read) never fires, and a client that only looked
     # at the clock between bytes would still overrun by up to 2 s.
@@ -244,6 +245,7 @@ def test_a_dripping_body_is_cut_at_the_callers_deadline():
     assert 2.9 <= took < 3.5 and err.value.error_type == "deadline_exceeded"
 
 
+@pytest.mark.e2e  # waits out a 3 s timeout
 def test_dripping_headers_are_cut_at_timeout_s_per_request():
     # No caller deadline: each attempt is bounded by timeout_s overall, even while bytes keep coming.
     with DripServer(b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"a" * 1000, every=0.4) as srv:

@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.e2e  # the installed `giftflow demo` as a subprocess: ~10 s
 def test_demo_runs_and_the_rerun_writes_nothing(tmp_path):
     exe = Path(sys.executable).with_name("giftflow")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GIFTFLOW_", "STRIPE_", "CARDIVO_", "DAGSTER_"))}

@@ -103,6 +103,7 @@ def stripe_metadata(sims):
     return {c["id"]: {k: c["metadata"].get(k) for k in KEYS} for c in sims.stripe_state.customers()}
 
 
+@pytest.mark.e2e  # many in-process runs: ~7 s
 def test_partitions_out_of_order_reach_the_contract_state_and_rerun_writes_nothing(sims, world):
     instance = dg.DagsterInstance.ephemeral()
     results = run([DAYS[2], DAYS[0], DAYS[3], DAYS[1]], instance)
@@ -130,6 +131,7 @@ def test_partitions_out_of_order_reach_the_contract_state_and_rerun_writes_nothi
     assert sims.writes() == before  # counted at the server
 
 
+@pytest.mark.e2e  # several in-process runs: ~6 s
 def test_a_late_void_changes_an_old_day(sims, world):
     instance = dg.DagsterInstance.ephemeral()
     run(DAYS, instance)
@@ -160,6 +162,7 @@ def test_dry_run_plans_everything_and_writes_nothing(sims):
     assert mat.metadata["would_update"].value > 0 and mat.metadata["dry_run"].value is True
 
 
+@pytest.mark.e2e  # many in-process runs: ~8 s
 def test_upsert_creates_each_missing_customer_once_across_reruns(sims, world):
     instance = dg.DagsterInstance.ephemeral()
     run(DAYS, instance, GIFTFLOW_SYNC_MODE="upsert")

@@ -23,6 +23,8 @@ SETTLE_S = 150.0
 # not in updated_at order: the sensor must still see every one.
 YESTERDAY = (13, 26, 39)
 
+pytestmark = pytest.mark.e2e  # the production stack: Dagster webserver, daemon and code server processes
+
 
 def _lag(n: int) -> int:
     return 12 if n in YESTERDAY else 6 * (n % 2)

@@ -24,6 +24,8 @@ STRIPE_LIMIT = 10  # requests/s the simulator allows; giftflow is given the same
 BACKFILL_DAYS = 30
 RUN_LIMIT = 4  # dagster.yaml: giftflow/job=giftcard_sync
 
+pytestmark = pytest.mark.e2e  # the production stack: Dagster webserver, daemon and code server processes
+
 
 @pytest.mark.timeout(900)
 def test_sensor_then_backfill_on_the_production_instance(postgres_url, tmp_path):

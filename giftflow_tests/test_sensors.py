@@ -283,6 +283,7 @@ def test_late_data_backfill_fires_once_a_day():
     assert result.run_requests == [] or result.run_requests is None
 
 
+@pytest.mark.e2e  # 60 ticks over 250 events: ~3 s
 def test_stripe_events_sensor_catches_up_in_windows_that_fit_a_tick(stripe_sim, store, monkeypatch):
     state, api = stripe_sim
     store.replace_customers([])
@@ -322,6 +323,7 @@ def _hostile_cardivo(handler):
     return BackgroundServer(Starlette(routes=[Route("/v1/redemptions", handler)]))
 
 
+@pytest.mark.e2e  # waits out a tick budget: ~3 s
 def test_a_slow_cardivo_cannot_hold_a_tick_past_its_budget(store, monkeypatch):
     import asyncio
     import time as _time

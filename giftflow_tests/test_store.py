@@ -13,7 +13,7 @@ from giftflow_tests.conftest import ROOT
 from giftflow_tests.factories import redemption
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
 def store(request, tmp_path):
     if request.param == "sqlite":
         yield GiftflowStore(database_url=f"sqlite:///{tmp_path}/store.sqlite")

@@ -361,6 +361,7 @@ def test_upstream_asset_and_store_sql_sources(world):
                                                                        "sql@example.com": "Sql"}
 
 
+@pytest.mark.e2e  # the `giftflow` command as subprocesses: ~3 s
 def test_syncs_report_command_prints_the_stored_report(world):
     rows = [ANA, row("bad", email="nope")]
     result = world.materialize(world.write(rows))
@@ -607,7 +608,7 @@ def _ledger_row(store: GiftflowStore) -> None:
     store.record_planned("survivor", "refund", "ch_1", {}, None, None)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
 def test_sql_sources_read_through_a_read_only_connection(world, request, backend, monkeypatch):
     from giftflow.adapters.sync_sources import read_only_engine
     from giftflow_tests.harness import create_database

@@ -493,6 +493,7 @@ def test_no_full_card_code_is_stored_or_logged(tmp_path, caplog):
     assert email not in logged and "receipt_email" not in logged
 
 
+@pytest.mark.e2e  # the `giftflow webhooks` command as a subprocess
 def test_webhooks_command_serves_with_the_limits(tmp_path):
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("GIFTFLOW_")}, "PYTHONPATH": str(ROOT),

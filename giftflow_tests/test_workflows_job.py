@@ -115,6 +115,7 @@ def giftflow_refunds(state):
     return [r for r in state.objects("refund") if (r.get("metadata") or {}).get("giftflow_key")]
 
 
+@pytest.mark.e2e  # ~4 s
 def test_workflows_end_to_end_with_refunds_mails_and_tags(env):
     state, inbox = env["state"], env["inbox"]
     mail_about, vip, refunds = expected_outcomes(state)
@@ -188,6 +189,7 @@ def test_missing_team_address_is_blocked(env, monkeypatch):
     assert failed == {"mail_has_recipient"} and env["inbox"].messages == []
 
 
+@pytest.mark.e2e  # a Dagster run in a subprocess, killed
 def test_sigkill_in_the_middle_then_rerun_loses_and_duplicates_nothing(env, world, tmp_path):
     state, inbox = env["state"], env["inbox"]
     mail_about, _, refunds = expected_outcomes(state, DAYS[0])
@@ -238,6 +240,7 @@ def _failures(result) -> str:
     return failure.error.to_string() + str(failure.user_failure_data)
 
 
+@pytest.mark.e2e  # ~5 s
 def test_a_mail_the_smtp_server_refuses_fails_alone_and_the_rerun_sends_only_it(env, tmp_path):
     # Escalations go to their own address, which the SMTP server refuses; large-order mails go to the team.
     rules = (ROOT / "giftflow/default_rules.yaml").read_text().replace(
