@@ -308,7 +308,12 @@ PARTITIONED_GROUPS = ("giftcard_sync", "stripe_workflows")
            description=f"Daily at {BACKFILL_HOUR_UTC:02d}:00 UTC: one backfill that runs yesterday and re-runs the "
                        f"{RERUN_DAYS} days before it for every partitioned job, to catch late voids and events.")
 def late_data_backfill(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    now = datetime.now(timezone.utc)
+    return late_data_backfill_tick(context, datetime.now(timezone.utc))
+
+
+def late_data_backfill_tick(context: dg.SensorEvaluationContext, now: datetime) -> dg.SensorResult:
+    """One tick of `late_data_backfill` at `now` (UTC): the first tick at or after BACKFILL_HOUR_UTC each day
+    requests the backfill, every other tick skips. Tests pass a frozen `now`."""
     today = now.date().isoformat()
     if context.cursor == today or now.hour < BACKFILL_HOUR_UTC:
         return dg.SensorResult(skip_reason=dg.SkipReason(f"next backfill after {BACKFILL_HOUR_UTC:02d}:00 UTC"))
