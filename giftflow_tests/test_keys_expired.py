@@ -40,6 +40,7 @@ def _no_retries(base: str) -> dict:
                                                              "api_base": base}}}}
 
 
+@pytest.mark.e2e  # ~4 s
 def test_an_unconfirmed_create_retried_after_the_keys_expired_is_found_by_email(world, tmp_path, monkeypatch):
     cardivo_state, state = cardivo.CardivoState.from_world(world), stripe.StripeState(world.customers)
     with BackgroundServer(cardivo.create_app(cardivo_state, "ck")) as c_srv, \

@@ -32,6 +32,7 @@ def world():
     return world
 
 
+@pytest.mark.e2e  # both jobs in process: ~7 s
 def test_other_metadata_keys_survive_the_giftcard_sync_and_the_vip_tag(world, tmp_path, monkeypatch):
     state = stripe.StripeState.from_world(world)
     others = {c["id"]: _others(i) for i, c in enumerate(world.customers)}

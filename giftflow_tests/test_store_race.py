@@ -5,6 +5,7 @@ separate processes race the way the steps of a backfill do."""
 
 import multiprocessing
 
+import pytest
 import sqlalchemy as sa
 
 from giftflow.adapters.store import GiftflowStore, metadata_obj
@@ -22,6 +23,7 @@ def _open(url: str, barrier, errors) -> None:
         errors.put(traceback.format_exc()[-1500:])
 
 
+@pytest.mark.e2e  # starts 8 processes
 def test_eight_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
     ctx = multiprocessing.get_context("fork")  # each child starts with no engine cached, like a new step
     for round_ in range(ROUNDS):

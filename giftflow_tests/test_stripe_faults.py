@@ -57,6 +57,7 @@ def test_a_5xx_stripe_says_not_to_retry_is_not_retried(sim):
     assert state.get(CUSTOMER["id"])["metadata"] == CUSTOMER["metadata"]
 
 
+@pytest.mark.e2e  # waits out a real Retry-After: ~3 s
 def test_a_429_with_retry_after_is_retried_no_sooner_than_it_asks(sim):
     state, api = sim
     state.fail_next(1, 429, route=UPDATE, retry_after="3")  # longer than giftflow's first backoff (<= 1.5 s)
