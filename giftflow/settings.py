@@ -41,7 +41,7 @@ class Settings(BaseModel):
         if mode not in ("update", "upsert"):
             raise ValueError(f"GIFTFLOW_SYNC_MODE must be update or upsert, not {mode!r}")
         return cls(
-            sync_mode=mode,
+            sync_mode="upsert" if mode == "upsert" else "update",
             dry_run=env_bool("GIFTFLOW_DRY_RUN"),
             customer_mirror_max_age_s=int(os.environ.get("GIFTFLOW_CUSTOMER_MIRROR_MAX_AGE_S", "0")),
             refunds_enabled=env_bool("GIFTFLOW_REFUNDS_ENABLED"),

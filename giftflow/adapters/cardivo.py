@@ -32,6 +32,7 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 MAX_RETRY_AFTER_S = 60.0
 MAX_RESPONSE_BYTES = 10 * 2**20  # a page of 100 redemptions is ~100 KiB; more is a broken or hostile server
@@ -66,6 +67,16 @@ def _wait(state: RetryCallState) -> float:
     if isinstance(exc, _Retryable) and exc.retry_after is not None:
         return exc.retry_after
     return _backoff(state)
+
+
+class _stop_past(stop_base):
+    """No retry whose wait would end past `deadline` (a time.monotonic() instant)."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() + (retry_state.upcoming_sleep or 0) >= self.deadline
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -280,11 +291,8 @@ class CardivoClient(BaseModel):
         """One GET with retries, all of it before `deadline` (a time.monotonic() instant)."""
         tries = 0
 
-        def past_deadline(state: RetryCallState) -> bool:  # no retry whose wait would end past the deadline
-            return time.monotonic() + (state.upcoming_sleep or 0) >= deadline
-
         @retry(retry=retry_if_exception(_is_retryable), wait=_wait,
-               stop=stop_after_attempt(self.max_attempts) | past_deadline, reraise=True)
+               stop=stop_after_attempt(self.max_attempts) | _stop_past(deadline), reraise=True)
         def attempt() -> Any:
             nonlocal tries
             tries += 1

@@ -83,7 +83,9 @@ def scan_folder(folder: str | Path | None = None) -> tuple[list[tuple[SyncSpec, 
     folder = Path(folder) if folder else DEFAULT_FOLDER
     if not folder.is_dir():
         raise SyncSpecError(f"{folder}: no such folder of sync files")
-    loaded, failed, seen = [], [], {}
+    loaded: list[tuple[SyncSpec, Path]] = []
+    failed: list[tuple[Path, str]] = []
+    seen: dict[str, Path] = {}
     for path in sorted(folder.glob("*.y*ml")):
         try:
             spec, base = load_sync(path)
@@ -98,7 +100,7 @@ def scan_folder(folder: str | Path | None = None) -> tuple[list[tuple[SyncSpec, 
             continue
         seen[spec.name] = path
         loaded.append((spec, base))
-    broken = []
+    broken: list[BrokenSync] = []
     for path, error in failed:
         try:
             name = _name_of_broken(path, path.read_text())

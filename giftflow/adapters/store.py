@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+from typing import overload
 
 import pandas as pd
 import sqlalchemy as sa
@@ -233,7 +234,7 @@ def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[s
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]  # PostgreSQL's API, another class
     else:  # pragma: no cover - other databases are not supported
         raise NotImplementedError(conn.dialect.name)
     for start in range(0, len(rows), _CHUNK):
@@ -247,6 +248,14 @@ def _chunks(values: Iterable, size: int = _CHUNK) -> Iterator[list]:
     values = list(values)
     for start in range(0, len(values), size):
         yield values[start:start + size]
+
+
+@overload
+def _aware(value: datetime) -> datetime: ...
+
+
+@overload
+def _aware(value: None) -> None: ...
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -302,9 +311,9 @@ class GiftflowStore(BaseModel):
             for query in queries:
                 for row in conn.execute(query).mappings():
                     rows[row["redemption_id"]] = dict(row)
-        for row in rows.values():
-            row["redeemed_at"] = _aware(row["redeemed_at"])
-            row["updated_at"] = _aware(row["updated_at"])
+        for rec in rows.values():
+            rec["redeemed_at"] = _aware(rec["redeemed_at"])
+            rec["updated_at"] = _aware(rec["updated_at"])
         return redemptions_frame(list(rows.values()))
 
     def redemption_versions(self, ids: list[str]) -> dict[str, datetime]:
@@ -352,7 +361,7 @@ class GiftflowStore(BaseModel):
 
     def count_customers(self) -> int:
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(customers)).scalar()
+            return conn.execute(sa.select(sa.func.count()).select_from(customers)).scalar_one()
 
     def customers_refreshed_at(self) -> datetime | None:
         value = self.get_state("customers_refreshed_at")
@@ -441,7 +450,7 @@ class GiftflowStore(BaseModel):
         if self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         elif self.engine.dialect.name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]  # PostgreSQL's API, another class
         else:  # pragma: no cover - other databases are not supported
             raise NotImplementedError(self.engine.dialect.name)
         stmt = insert(webhook_events).values(

@@ -11,12 +11,21 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import stripe
 from pydantic import BaseModel, ConfigDict, Field
 from pyrate_limiter import Duration, Limiter, Rate, SQLiteBucket
 from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+if TYPE_CHECKING:  # the SDK's TypedDicts; giftflow builds params from sync files and rules, Stripe validates them
+    from stripe.params import (
+        CustomerCreateParams,
+        CustomerTaxIdCreateParams,
+        CustomerUpdateParams,
+        PromotionCodeCreateParams,
+        RefundCreateParams,
+    )
 
 # Every write's Stripe idempotency key is derived from the operation itself, so replaying the
 # same operation (a retried step, a rerun after a crash) is a no-op at Stripe.
@@ -63,8 +72,8 @@ def default_rate_limit_db() -> str | None:
 
 @lru_cache(maxsize=16)
 def _client(api_key: str, api_base: str | None, retries: int) -> stripe.StripeClient:
-    base = {"api": api_base.rstrip("/")} if api_base else None
-    return stripe.StripeClient(api_key, base_addresses=base, max_network_retries=retries)
+    return stripe.StripeClient(api_key, base_addresses={"api": api_base.rstrip("/")} if api_base else None,
+                               max_network_retries=retries)
 
 
 MAX_RETRY_AFTER_S = 60
@@ -74,7 +83,8 @@ _exponential = wait_exponential_jitter(0.5, max=8)
 def _backoff(retry_state: RetryCallState) -> float:
     """Exponential backoff with jitter, but never sooner than the 429's `Retry-After` (seconds or an HTTP date,
     at most MAX_RETRY_AFTER_S) asks."""
-    return max(_exponential(retry_state), _retry_after_s(retry_state.outcome.exception()))
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    return max(_exponential(retry_state), _retry_after_s(exc))
 
 
 def _retry_after_s(exc: BaseException | None) -> float:
@@ -163,9 +173,10 @@ class StripeClient(BaseModel):
         return self._pages(self.client.v1.customers.list, {"limit": page_size})
 
     def retrieve(self, kind: str, object_id: str) -> dict:
-        service = {"customers": self.client.v1.customers, "charges": self.client.v1.charges,
-                   "payment_intents": self.client.v1.payment_intents}[kind]
-        return self._call(lambda: service.retrieve(object_id)).to_dict()
+        retrieve: dict[str, Callable[[str], Any]] = {
+            "customers": self.client.v1.customers.retrieve, "charges": self.client.v1.charges.retrieve,
+            "payment_intents": self.client.v1.payment_intents.retrieve}
+        return self._call(lambda: retrieve[kind](object_id)).to_dict()
 
     def list_customers_by_email(self, email: str) -> list[dict]:
         """Customers whose e-mail is exactly `email` (Stripe's filter is case-sensitive)."""
@@ -173,16 +184,18 @@ class StripeClient(BaseModel):
         return [c.to_dict() for c in page.data]
 
     def create_customer(self, params: dict, key: str) -> WriteResult:
-        obj = self._call(lambda: self.client.v1.customers.create(params=params, options={"idempotency_key": key}))
+        obj = self._call(lambda: self.client.v1.customers.create(params=cast("CustomerCreateParams", params),
+                                                                 options={"idempotency_key": key}))
         return WriteResult(obj.to_dict(), _request_id(obj))
 
     def create_refund(self, params: dict, key: str) -> WriteResult:
-        obj = self._call(lambda: self.client.v1.refunds.create(params=params, options={"idempotency_key": key}))
+        obj = self._call(lambda: self.client.v1.refunds.create(params=cast("RefundCreateParams", params),
+                                                               options={"idempotency_key": key}))
         return WriteResult(obj.to_dict(), _request_id(obj))
 
     def update_customer(self, customer_id: str, params: dict, key: str) -> WriteResult:
         obj = self._call(lambda: self.client.v1.customers.update(
-            customer_id, params=params, options={"idempotency_key": key}))
+            customer_id, params=cast("CustomerUpdateParams", params), options={"idempotency_key": key}))
         return WriteResult(obj.to_dict(), _request_id(obj))
 
     def iter_customer_objects(self, *, with_tax_ids: bool = False, page_size: int = 100
@@ -202,12 +215,12 @@ class StripeClient(BaseModel):
 
     def create_tax_id(self, customer_id: str, params: dict, key: str) -> WriteResult:
         obj = self._call(lambda: self.client.v1.customers.tax_ids.create(
-            customer_id, params=params, options={"idempotency_key": key}))
+            customer_id, params=cast("CustomerTaxIdCreateParams", params), options={"idempotency_key": key}))
         return WriteResult(obj.to_dict(), _request_id(obj))
 
     def create_promotion_code(self, params: dict, key: str) -> WriteResult:
         obj = self._call(lambda: self.client.v1.promotion_codes.create(
-            params=params, options={"idempotency_key": key}))
+            params=cast("PromotionCodeCreateParams", params), options={"idempotency_key": key}))
         return WriteResult(obj.to_dict(), _request_id(obj))
 
 

@@ -24,7 +24,7 @@ def describe_source(spec: SyncSpec) -> str:
     if src.kind == "sql":
         where = ("giftflow store" if not src.url else f"${src.url.env}" if isinstance(src.url, EnvRef)
                  else _redact(src.url))
-        return f"SQL (read-only) on {where}: `{' '.join(src.sql.split())}`"
+        return f"SQL (read-only) on {where}: `{' '.join((src.sql or '').split())}`"
     return f"{src.kind} `{getattr(src, src.kind)}`"
 
 
@@ -68,6 +68,7 @@ def read_only_engine(url: sa.URL, where: str = "<sync>") -> sa.Engine:
 
 
 def _read_sql(spec: SyncSpec, url: sa.URL, params: dict) -> pd.DataFrame:
+    assert spec.source.sql is not None, "a sql source has its query"
     engine = read_only_engine(url, spec.where("url"))
     try:
         with engine.connect() as conn:
@@ -104,9 +105,11 @@ def read_source(spec: SyncSpec, base: Path, *, store_engine: sa.Engine | None = 
         except Exception as exc:  # a parser's message may quote the file: name the kind of problem only
             raise SyncSourceError(f"{spec.where()}: {shown}: not a readable {src.kind} file "
                                   f"({type(exc).__name__})") from None
-    if src.kind == "sql":
+    if src.kind == "sql" and src.sql is not None:
         url = source_url(spec)
         if url is None:
+            if store_engine is None:  # a caller's mistake, not the file's: say so instead of an AttributeError
+                raise ValueError(f"sync {spec.name}: a sql source without url: reads giftflow's store; pass store_engine")
             url = store_engine.url  # giftflow's own store: the ledger is readable here, never writable
         params = {}
         if window is not None:

@@ -61,7 +61,7 @@ def match_redemptions(redemptions: pd.DataFrame, customers: pd.DataFrame) -> pd.
     row, use_link, ambiguous = _match(redemptions, customers)
     customer_id = _take(customers["customer_id"].to_numpy(dtype=object), row, np.nan)
     out["customer_id"] = pd.Series(customer_id, index=out.index, dtype="object")
-    out["matched_by"] = np.where(use_link, "stripe_customer_id", np.where(row >= 0, "email", None))
+    out["matched_by"] = np.where(use_link, "stripe_customer_id", np.where(row >= 0, "email", np.array(None, dtype=object)))
     out["ambiguous_email"] = ambiguous
     return out
 

@@ -50,7 +50,7 @@ class _Problems:
     """Per-row reasons, collected column by column."""
 
     def __init__(self, n: int):
-        self.n, self.parts = n, []
+        self.n, self.parts = n, list[tuple[np.ndarray, np.ndarray]]()
 
     def add(self, mask, reason: str | pd.Series) -> None:
         mask = np.asarray(mask, dtype=bool)
@@ -247,7 +247,7 @@ def plan_sync(spec: SyncSpec, wanted: pd.DataFrame, invalid: pd.Series, current:
         newest = cand.reset_index().sort_values(["created", "customer_id"], kind="stable")
         newest = newest.drop_duplicates("email_norm", keep="last").set_index("email_norm")["customer_id"]
         at[need] = known.get_indexer(mails.map(newest).to_numpy(dtype=object, na_value=None))
-    cid = np.append(known.to_numpy(dtype=object), None)[at]  # -1 picks the None
+    cid = np.append(known.to_numpy(dtype=object), [None])[at]  # -1 picks the None
     matched = valid & (cid != None)  # noqa: E711 (element-wise)
     unmatched = valid & ~matched
     if spec.mode == "update" or spec.identifier == "id":
@@ -285,7 +285,7 @@ def plan_sync(spec: SyncSpec, wanted: pd.DataFrame, invalid: pd.Series, current:
 
     keys = wanted["row_key"].to_numpy(dtype=object, na_value=None)
     emails = wanted["email_norm"].to_numpy(dtype=object, na_value=None)
-    identity = np.where(matched, cid, None)
+    identity = np.where(matched, cid, np.array(None, dtype=object))
     if len(creates):
         identity[creates] = emails[creates] if spec.identifier == "email" else \
             np.array([f"sync:{spec.name}:{k}" for k in keys[creates]], dtype=object)
@@ -410,13 +410,16 @@ def request(spec: SyncSpec, row: dict) -> Request:
         elif field == "source":
             params["source"] = value
         elif field == "tax_id":
+            assert value is not None, "a tax id is only ever added, never cleared"
             type_, _, tax = value.partition(":")
             follow.append({"kind": "create_tax_id", "params": {"type": type_, "value": tax}})
         elif field == "coupon":
             follow.append({"kind": "create_promotion_code", "params": {
                 "promotion": {"type": "coupon", "coupon": value}, "customer": row["customer_id"]}})
         else:
-            groups.add(_group(field))
+            group = _group(field)
+            assert group is not None, f"{field} is neither a scalar, metadata nor a nested field"
+            groups.add(group)
             before[field] = was[field]
     if groups:
         mirror = _as_customer({f: v for f, v in was.items() if _group(f) in groups})

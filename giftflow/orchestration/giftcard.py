@@ -1,6 +1,7 @@
 """The gift-card sync: Cardivo redemptions -> reconcile with Stripe customers -> Stripe writes."""
 
 from datetime import datetime, timezone
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -69,8 +70,8 @@ def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResour
     now = datetime.now(timezone.utc)
     age = (now - refreshed).total_seconds() if refreshed else None
     # With the Stripe events sensor keeping the mirror current, a daily full relist is a safety net only.
-    kept_fresh = bool(events_synced) and age is not None and age < 86_400 and \
-        (now - datetime.fromisoformat(events_synced)).total_seconds() < 120
+    kept_fresh = bool(events_synced and age is not None and age < 86_400 and
+                      (now - datetime.fromisoformat(events_synced)).total_seconds() < 120)
     if kept_fresh or (age is not None and age < settings.customer_mirror_max_age_s):
         context.log.info(f"customer mirror reused (relisted {age:.0f} s ago, kept fresh by events: {kept_fresh})")
         return dg.MaterializeResult(metadata={"customers": db.count_customers(), "api_calls": 0,
@@ -137,7 +138,7 @@ def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_custom
                              partition=context.partition_key, run_id=context.run_id, log=context.log)
     counts = keep_report(spec, db, report, read=len(plan), run_id=context.run_id, partition=context.partition_key,
                          dry_run=settings.dry_run, started_at=started, left_out=int((plan["action"] == SKIP).sum()))
-    metadata = {"dry_run": settings.dry_run, "sent": report.writes, **counts,
+    metadata: dict[str, Any] = {"dry_run": settings.dry_run, "sent": report.writes, **counts,
                 "rows_changed_since_plan": len(_row_set(plan) - _row_set(giftcard_customer_plan))}
     if report.rejections:
         metadata["rejected_rows"] = markdown_table(pd.DataFrame(report.rejections))

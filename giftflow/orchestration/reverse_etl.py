@@ -2,6 +2,7 @@
 
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -59,7 +60,7 @@ def build_sync_asset(spec: SyncSpec, base: Path) -> dg.AssetsDefinition:
                               partition=key, mirror_max_age_s=settings.customer_mirror_max_age_s, log=context.log)
         except SyncSpecError as exc:  # the message is the whole story (file:line: problem): no traceback
             raise dg.Failure(description=str(exc)) from None
-        metadata = {**{k: result.counts.get(k, 0) for k in REPORT_COUNTS},
+        metadata: dict[str, Any] = {**{k: result.counts.get(k, 0) for k in REPORT_COUNTS},
                     **{k: v for k, v in result.counts.items() if k not in REPORT_COUNTS},
                     "dry_run": settings.dry_run, "mirror_api_calls": result.api_calls,
                     "diff_seconds": round(result.timings["diff_s"], 3), "rejected_rows": _rejected_table(result),
@@ -69,9 +70,9 @@ def build_sync_asset(spec: SyncSpec, base: Path) -> dg.AssetsDefinition:
                                          "Retry the run to resend only the failed ones.", metadata=metadata)
         return dg.MaterializeResult(metadata=metadata)
 
-    common = dict(name=spec.asset_name, group_name=GROUP, kinds={"stripe"}, description=_description(spec),
+    common: dict[str, Any] = dict(name=spec.asset_name, group_name=GROUP, kinds={"stripe"}, description=_description(spec),
                   partitions_def=partitions, pool="stripe_customer_writes")
-    if spec.source.kind == "asset":
+    if spec.source.kind == "asset" and spec.source.asset is not None:
         @dg.asset(**common, ins={"source_frame": dg.AssetIn(key=dg.AssetKey.from_user_string(spec.source.asset))})
         def sync_from_asset(context: dg.AssetExecutionContext, source_frame: pd.DataFrame, stripe_api: StripeResource,
                             store: StoreResource, settings: dg.ResourceParam[Settings]) -> dg.MaterializeResult:

@@ -82,7 +82,7 @@ def _waiting_days(instance: dg.DagsterInstance) -> set[str]:
     """Days with a giftcard_sync run that has not started: it fetches Cardivo later, so it takes in any change
     seen now, and another run of that day would only repeat it."""
     runs = instance.get_runs(filters=dg.RunsFilter(job_name="giftcard_sync", statuses=_WAITING), limit=1000)
-    return {r.tags.get("dagster/partition") for r in runs}
+    return {r.tags["dagster/partition"] for r in runs if "dagster/partition" in r.tags}
 
 
 @dg.sensor(job=giftcard_sync, minimum_interval_seconds=INTERVAL_S, default_status=dg.DefaultSensorStatus.STOPPED,
@@ -260,7 +260,7 @@ def stripe_events_sensor(context: dg.SensorEvaluationContext, stripe_api: Stripe
     requests = [dg.RunRequest(job_name="stripe_workflows", partition_key=day,
                               run_key=_run_key("stripe", day, by_day[day]),
                               tags={"giftflow/trigger": "stripe_events_sensor"}) for day in days]
-    if window_end is not None:  # a closed window, listed whole: the next one starts at its end, twice as long
+    if window_end is not None and span:  # a closed window, listed whole: the next one starts at its end, twice as long
         cursor = {"created_after": window_end, "span": span * 2}
     else:
         edge = min(max([since, *(e["created"] for e in polled if _event_shape_ok(e))]), int(now.timestamp()))

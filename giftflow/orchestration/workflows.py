@@ -1,5 +1,7 @@
 """Stripe Workflows as code: extract the day's Stripe objects, plan what the rules ask, check, apply."""
 
+from typing import Any
+
 import dagster as dg
 import pandas as pd
 
@@ -142,7 +144,7 @@ def workflow_actions(context: dg.AssetExecutionContext, workflow_plan: pd.DataFr
     report = apply_workflow_plan(workflow_plan, stripe_client, db, mailer, dry_run=settings.dry_run,
                                  partition=context.partition_key, run_id=context.run_id, log=context.log)
     summary = pd.DataFrame([{"rule": r, **c} for r, c in report.per_rule().items()]).fillna(0)
-    metadata = {"dry_run": settings.dry_run, "refunds_enabled": settings.refunds_enabled,
+    metadata: dict[str, Any] = {"dry_run": settings.dry_run, "refunds_enabled": settings.refunds_enabled,
                 "per_rule": markdown_table(summary, rows=30), "per_rule_counts": dg.MetadataValue.json(report.per_rule()),
                 "failed": len(report.failures)}
     if report.failures:

@@ -45,7 +45,7 @@ def refresh_mirror(spec: SyncSpec, stripe_api: StripeClient, store: GiftflowStor
     rows, calls = [], 0
     for page, calls in stripe_api.iter_customer_objects(with_tax_ids=spec.mapping.tax_id is not None):
         rows += page
-    coupons: dict[str, list[str]] = defaultdict(list)
+    coupons: dict[str, list[str | None]] = defaultdict(list)
     if with_coupons:
         codes, more = stripe_api.list_promotion_codes(active=True)
         calls += more
