@@ -68,6 +68,8 @@ def _run_days(defs, instance, days: list[date], env: dict[str, str], label: str)
         why = ", ".join(f"{k.removeprefix('left_out_')} {v}" for k, v in sorted(plan.items())
                         if k.startswith("left_out_")) or "-"
         status = "" if result.success else "  (run failed: see the Dagster UI)"
+        if not result.success:
+            FAILED.append(f"{label}: {day.isoformat()}")
         print(f"{day.isoformat():<12}{fetched.get('valid', 0):>12}{fetched.get('quarantined', 0):>12}"
               f"{applied.get('updated', applied.get('would_update', 0)):>9}"
               f"{applied.get('created', applied.get('would_create', 0)):>9}"
@@ -89,6 +91,8 @@ def _run_workflows(defs, instance, days: list[date], env: dict[str, str], outbox
         result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False,
                                         run_config=QUIET)
         failed += [] if result.success else [day.isoformat()]
+        if not result.success:
+            FAILED.append(f"{label}: {day.isoformat()}")
         for rule, counts in (_metadata(result, "workflow_actions").get("per_rule_counts") or {}).items():
             for outcome, n in counts.items():
                 totals.setdefault(rule, {}).setdefault(outcome, 0)
@@ -108,6 +112,7 @@ def _count_files(folder: str) -> int:
 
 
 EXAMPLE_SYNC = "crm_customers"
+FAILED: list[str] = []  # runs of the demo that failed: the demo says so and exits non-zero
 
 
 def _run_example_sync(defs, instance, env: dict[str, str], label: str) -> int:
@@ -125,6 +130,8 @@ def _run_example_sync(defs, instance, env: dict[str, str], label: str) -> int:
     runs = GiftflowStore(database_url=Settings.from_env().store_url).sync_runs(EXAMPLE_SYNC, result.run_id)
     print(format_report(EXAMPLE_SYNC, runs[0]) if runs else "  (no report: the run failed before writing one)")
     print(f"Stripe writes: {writes}")
+    if not result.success:
+        FAILED.append(label)
     return writes
 
 
@@ -169,6 +176,9 @@ def demo(args: argparse.Namespace) -> int:
             again = _run_days(defs, instance, days, env, "Second run of the same days (replay-safe: expect 0 writes)")
             again += _run_workflows(defs, instance, days, env, outbox, "Stripe Workflows again (expect 0 writes, 0 mails)")
             again += _run_example_sync(defs, instance, env, "Reverse ETL: crm_customers again (expect 0 writes)")
+    if FAILED:
+        print("\nFAILED runs (see the logs above):\n  " + "\n  ".join(FAILED))
+        return 1
     print("\n" + ("OK: the rerun made 0 Stripe writes and sent 0 mails" if again == 0
                   else f"UNEXPECTED: the rerun made {again} writes or mails"))
     return 0 if again == 0 else 1

@@ -104,6 +104,13 @@ def decode_params(pairs: Iterable[tuple[str, str]]) -> dict:
     return out
 
 
+def _decoded_or_none(pairs: list[tuple[str, str]] | None) -> dict | None:
+    try:
+        return decode_params(pairs) if pairs is not None else None
+    except StripeError:
+        return None
+
+
 def _int(value: Any, param: str) -> int:
     try:
         return int(value)
@@ -180,6 +187,7 @@ class StripeState:
         self._idempotent: dict[str, tuple[tuple, int, dict]] = {}  # key -> (request fingerprint, status, body)
         self._request = {"id": None, "idempotency_key": None}  # the API request now running, for its events
         self._lose = 0
+        self._faults: deque[tuple[str | None, int, dict]] = deque()  # (route family or None, status, headers)
         self.reset_stats()
         self.load(customers, payment_intents=payment_intents, charges=charges,
                   early_fraud_warnings=early_fraud_warnings)
@@ -289,6 +297,35 @@ class StripeState:
         Idempotency-Key (as the SDK's own retry sends) then gets the real, saved response."""
         with self.lock:
             self._lose = n
+
+    def fail_next(self, n: int = 1, status: int = 500, *, route: str | None = None, retry_after: str | None = None,
+                  should_retry: bool | None = None) -> None:
+        """The next `n` requests (to `route`, a family such as "POST /v1/customers/{id}", or any) are answered
+        `status` (429: a rate_limit_error, else an api_error) before they do anything, optionally with
+        `Retry-After` and `Stripe-Should-Retry` headers; they are counted as `injected`."""
+        headers = {**({"Retry-After": str(retry_after)} if retry_after is not None else {}),
+                   **({"Stripe-Should-Retry": "true" if should_retry else "false"} if should_retry is not None
+                      else {})}
+        with self.lock:
+            self._faults.extend([(route, int(status), headers)] * n)
+
+    def expire_idempotency_keys(self) -> int:
+        """Forget every saved idempotent result, as Stripe does after 24 hours: a request sent again with the same
+        key is then carried out anew. Returns how many were forgotten."""
+        with self.lock:
+            n = len(self._idempotent)
+            self._idempotent.clear()
+            return n
+
+    def _injected_fault(self, family: str) -> tuple[int, dict, dict] | None:
+        for i, (route, status, headers) in enumerate(self._faults):
+            if route is None or route == family:
+                del self._faults[i]
+                error = ({"type": "rate_limit_error", "code": "rate_limit",
+                          "message": "Request rate limit exceeded (simulated)."} if status == 429 else
+                         {"type": "api_error", "message": f"Simulated error {status}."})
+                return status, {"error": error}, dict(headers)
+        return None
 
     def _now(self) -> int:
         return self._frozen if self._frozen is not None else int(self.clock())
@@ -903,6 +940,8 @@ class StripeState:
         with self.lock:
             counts = self._by_route[family]
             counts["requests"] += 1
+            self.request_log.append({"at": time.monotonic(), "family": family, "method": method, "path": path,
+                                     "idempotency_key": idempotency_key, "params": _decoded_or_none(pairs)})
             try:
                 if api_key is not None and authorization != f"Bearer {api_key}":
                     shown = (authorization or "").removeprefix("Bearer ")
@@ -914,6 +953,9 @@ class StripeState:
                                                "https://stripe.com/docs/rate-limits.", type="rate_limit_error",
                                           code="rate_limit")
                     return 429, {"error": limited.error}, {}
+                if (fault := self._injected_fault(family)) is not None:
+                    counts["injected"] += 1
+                    return fault
                 if action is None:
                     raise StripeError(404, f"Unrecognized request URL ({method}: {path}). Please see "
                                            "https://stripe.com/docs or we can help at https://support.stripe.com/.")
@@ -959,12 +1001,19 @@ class StripeState:
             for counts in self._by_route.values():
                 totals.update(counts)
             return {**{k: totals.get(k, 0) for k in ("requests", "reads", "writes", "replays", "rate_limited",
-                                                     "errors")},
+                                                     "errors", "injected")},
                     "by_route": {family: dict(counts) for family, counts in sorted(self._by_route.items())}}
 
     def reset_stats(self) -> None:
         with self.lock:
             self._by_route: defaultdict[str, Counter] = defaultdict(Counter)
+            # every request as it arrived (monotonic time, route family, decoded parameters), newest last
+            self.request_log: deque[dict] = deque(maxlen=100_000)
+
+    def requests_to(self, family: str) -> list[dict]:
+        """The logged requests of one route family, e.g. "POST /v1/customers/{id}", oldest first."""
+        with self.lock:
+            return [copy.deepcopy(r) for r in self.request_log if r["family"] == family]
 
 
 class _RequestId:

@@ -48,7 +48,12 @@ def wait_for(url: str, timeout: float = 20.0) -> None:
 
 
 def pg_bindir() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    """The server binaries of the highest PostgreSQL version installed, by number (16 after 9.6, not before)."""
+    def version(path: str) -> tuple[int, ...]:
+        number = Path(path).parents[1].name
+        return tuple(int(p) for p in number.split(".")) if number.replace(".", "").isdigit() else ()
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=version)
     return Path(found[-1]).parent if found else None
 
 

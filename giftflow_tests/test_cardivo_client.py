@@ -53,11 +53,13 @@ def srv_stats(srv):
 
 
 def test_retry_after_is_honoured(world):
-    with serve(world, rate_limit_rate=1.0, retry_after_s=1) as srv:
+    # Retry-After: 2 is longer than the client's own first backoff can be (0.2 s + at most 1 s of jitter), so a
+    # client that ignored it would retry within 1.2 s on every run; with 1 s it passed about one run in five.
+    with serve(world, rate_limit_rate=1.0, retry_after_s=2) as srv:
         started = time.monotonic()
         with pytest.raises(CardivoError, match="429"):
             client(srv.base_url, max_attempts=2).list_redemptions(redeemed_after=START, redeemed_before=END)
-    assert time.monotonic() - started >= 1.0  # waited the server's Retry-After once
+    assert time.monotonic() - started >= 1.95  # waited the server's Retry-After once
 
 
 def test_wrong_key_is_a_clear_error_and_never_shows_the_key(world):

@@ -23,6 +23,9 @@ def test_demo_runs_and_the_rerun_writes_nothing(tmp_path):
     assert "refund_small_fraud_warnings" in workflows and "personalise_large_orders" in workflows
     assert int(workflows.split("outbox: ")[1].split()[0]) > 0  # mails went to the outbox as .eml files
     assert "sk_test" not in out + done.stderr  # the demo's key never shows
+    synced = first.split("Reverse ETL: sync crm_customers")[1]
+    assert "no report" not in synced and int(synced.split("Stripe writes:")[1].split()[0]) > 0
+    assert "FAILED" not in out
 
 
 def test_unknown_command_is_a_usage_error():

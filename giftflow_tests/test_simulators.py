@@ -18,13 +18,15 @@ from giftflow_simulators.server import BackgroundServer
 DAYS = [date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)]
 CARDIVO_KEY = "ck_test_sim"
 STRIPE_KEY = "sk_test_sim"
-# top-level keys of Stripe's own customer example (shared/stripe/fixtures3.json), kept here for CI without ../shared
+# top-level keys of Stripe's own customer example (shared/stripe/fixtures3.json), checked against the shipped copy below
 CUSTOMER_KEYS = {
     "address", "balance", "created", "currency", "default_source", "delinquent", "description", "discount",
     "email", "id", "invoice_prefix", "invoice_settings", "livemode", "metadata", "name", "next_invoice_sequence",
     "object", "phone", "preferred_locales", "shipping", "tax_exempt", "test_clock",
 }
-FIXTURES = Path(__file__).resolve().parents[2] / "shared/stripe/fixtures3.json"
+# Stripe's own example objects (from ../shared/stripe/fixtures3.json), shipped with the tests so that every
+# assertion runs with or without ../shared
+FIXTURES = Path(__file__).resolve().parent / "data/stripe_examples.json"
 
 
 @pytest.fixture(scope="module")
@@ -237,9 +239,8 @@ def test_stripe_customer_has_every_key_of_stripes_example(stripe_api):
     _, client, _ = stripe_api()
     created = client.v1.customers.create(params={"email": "ana.silva@example.com"}).to_dict()
     assert CUSTOMER_KEYS <= created.keys()
-    if FIXTURES.exists():
-        example = json.loads(FIXTURES.read_text())["resources"]["customer"]
-        assert example.keys() == CUSTOMER_KEYS and example.keys() <= created.keys()
+    example = json.loads(FIXTURES.read_text())["resources"]["customer"]
+    assert example.keys() == CUSTOMER_KEYS and example.keys() <= created.keys()
     assert created["id"].startswith("cus_") and created["object"] == "customer" and created["livemode"] is False
 
 

@@ -18,8 +18,10 @@ from giftflow_simulators.server import BackgroundServer
 
 DAYS = [date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)]
 KEY = "sk_test_sim"
-FIXTURES = Path(__file__).resolve().parents[2] / "shared/stripe/fixtures3.json"
-# top-level keys of Stripe's own examples (shared/stripe/fixtures3.json), kept here for CI without ../shared
+# Stripe's own example objects (from ../shared/stripe/fixtures3.json), shipped with the tests so that every
+# assertion runs with or without ../shared
+FIXTURES = Path(__file__).resolve().parent / "data/stripe_examples.json"
+# top-level keys of Stripe's own examples (shared/stripe/fixtures3.json), checked against the shipped copy above
 EXAMPLE_KEYS = {
     "payment_intent": {
         "amount", "amount_capturable", "amount_details", "amount_received", "application", "application_fee_amount",
@@ -148,12 +150,11 @@ def test_every_new_object_has_every_key_of_stripes_example(stripe_api):
     event = client.v1.events.list().data[0].to_dict()
     got = {"payment_intent": pi, "charge": charge, "refund": refund, "radar.early_fraud_warning": warning,
            "event": event}
-    examples = json.loads(FIXTURES.read_text())["resources"] if FIXTURES.exists() else {}
+    examples = json.loads(FIXTURES.read_text())["resources"]
     for kind, obj in got.items():
         assert EXAMPLE_KEYS[kind] <= obj.keys(), (kind, EXAMPLE_KEYS[kind] - obj.keys())
         assert obj["object"] == kind and obj.get("livemode", False) is False  # refunds have no livemode
-        if examples:
-            assert examples[kind].keys() == EXAMPLE_KEYS[kind], kind
+        assert examples[kind].keys() == EXAMPLE_KEYS[kind], kind
     assert pi["id"].startswith("pi_") and charge["id"].startswith("ch_") and refund["id"].startswith("re_")
     assert warning["id"].startswith("issfr_") and event["id"].startswith("evt_")
     assert warning["payment_intent"] == pi["id"] and warning["charge"] == charge["id"]

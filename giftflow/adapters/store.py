@@ -7,7 +7,9 @@ SQLite under $DAGSTER_HOME by default; PostgreSQL (or any SQLAlchemy URL) via GI
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -163,12 +165,26 @@ def _make_engine(url: str) -> sa.Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(conn, _record):  # concurrent runs share the file: WAL lets readers and a writer overlap
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=60000")
+            _set_wal(conn)
     else:
         engine = sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
     _create_tables(engine)
     return engine
+
+
+def _set_wal(dbapi_conn, wait_s: float = 60.0) -> None:
+    """Switch a SQLite file to WAL. While another process switches a new file, SQLite answers "database is
+    locked" at once, without waiting out busy_timeout: try again until the deadline."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _create_tables(engine: sa.Engine) -> None:
@@ -180,10 +196,15 @@ def _create_tables(engine: sa.Engine) -> None:
             metadata_obj.create_all(conn)
             _widen_webhook_columns(conn)
         return
-    try:
-        metadata_obj.create_all(engine)
-    except sa.exc.OperationalError:  # another process created them between the check and the CREATE
-        metadata_obj.create_all(engine)
+    if engine.dialect.name == "sqlite":
+        # The same on SQLite: BEGIN IMMEDIATE takes the database's write lock (others wait, busy_timeout), so
+        # the check for each table and its CREATE happen with no other process in between.
+        with engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            metadata_obj.create_all(conn)
+            conn.commit()
+        return
+    metadata_obj.create_all(engine)
 
 
 def _widen_webhook_columns(conn: sa.Connection) -> None:

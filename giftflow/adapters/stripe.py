@@ -6,6 +6,8 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,7 @@ from typing import Any
 import stripe
 from pydantic import BaseModel, ConfigDict, Field
 from pyrate_limiter import Duration, Limiter, Rate, SQLiteBucket
-from tenacity import (
-    retry,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 # Every write's Stripe idempotency key is derived from the operation itself, so replaying the
 # same operation (a retried step, a rerun after a crash) is a no-op at Stripe.
@@ -62,6 +59,31 @@ def _client(api_key: str, api_base: str | None, retries: int) -> stripe.StripeCl
     return stripe.StripeClient(api_key, base_addresses=base, max_network_retries=retries)
 
 
+MAX_RETRY_AFTER_S = 60
+_exponential = wait_exponential_jitter(0.5, max=8)
+
+
+def _backoff(retry_state: RetryCallState) -> float:
+    """Exponential backoff with jitter, but never sooner than the 429's `Retry-After` (seconds or an HTTP date,
+    at most MAX_RETRY_AFTER_S) asks."""
+    return max(_exponential(retry_state), _retry_after_s(retry_state.outcome.exception()))
+
+
+def _retry_after_s(exc: BaseException | None) -> float:
+    headers = getattr(exc, "headers", None) or {}
+    value = next((str(v).strip() for k, v in headers.items() if str(k).lower() == "retry-after"), None)
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+        except (TypeError, ValueError):
+            return 0.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S) if seconds == seconds else 0.0  # NaN: ignored
+
+
 class StripeClient(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -88,8 +110,8 @@ class StripeClient(BaseModel):
         return _client(self.api_key, self.api_base or None, self.max_network_retries)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        @retry(retry=retry_if_exception_type(stripe.RateLimitError), wait=wait_exponential_jitter(0.5, max=8),
-               stop=stop_after_attempt(6), reraise=True)
+        @retry(retry=retry_if_exception_type(stripe.RateLimitError), wait=_backoff, stop=stop_after_attempt(6),
+               reraise=True)
         def paced():
             _limiter(self.max_requests_per_second, self.rate_limit_db).try_acquire("stripe")
             return fn()

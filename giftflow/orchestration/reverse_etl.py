@@ -49,12 +49,13 @@ def build_sync_asset(spec: SyncSpec, base: Path) -> dg.AssetsDefinition:
     def body(context: dg.AssetExecutionContext, stripe_api: StripeResource, store: StoreResource,
              settings: dg.ResourceParam[Settings], frame: pd.DataFrame | None) -> dg.MaterializeResult:
         key = context.partition_key if partitions else None
+        stripe_client, db = stripe_api.get_client(), store.get_client()
         try:
             if frame is None:
                 window = context.partition_time_window if partitions else None
-                frame = read_source(spec, base, store_engine=store.engine, partition_key=key,
+                frame = read_source(spec, base, store_engine=db.engine, partition_key=key,
                                     window=(window.start, window.end) if window else None)
-            result = run_sync(spec, frame, stripe_api, store, dry_run=settings.dry_run, run_id=context.run_id,
+            result = run_sync(spec, frame, stripe_client, db, dry_run=settings.dry_run, run_id=context.run_id,
                               partition=key, mirror_max_age_s=settings.customer_mirror_max_age_s, log=context.log)
         except SyncSpecError as exc:  # the message is the whole story (file:line: problem): no traceback
             raise dg.Failure(description=str(exc)) from None

@@ -324,19 +324,27 @@ PARTITIONED_GROUPS = ("giftcard_sync", "stripe_workflows")
 
 
 # --- settings: the daily backfill's hour and days come from Settings (build_late_data_backfill) ---
-def build_late_data_backfill(rerun_days: int = RERUN_DAYS, hour_utc: int = BACKFILL_HOUR_UTC) -> dg.SensorDefinition:
+def build_late_data_backfill(rerun_days: int | None = None, hour_utc: int | None = None) -> dg.SensorDefinition:
+    """The sensor for `rerun_days` and `hour_utc` (None: the module's RERUN_DAYS / BACKFILL_HOUR_UTC at tick time)."""
+    shown_hour, shown_days = BACKFILL_HOUR_UTC if hour_utc is None else hour_utc, \
+        RERUN_DAYS if rerun_days is None else rerun_days
+
     @dg.sensor(asset_selection=dg.AssetSelection.groups(*PARTITIONED_GROUPS), minimum_interval_seconds=300,
                default_status=dg.DefaultSensorStatus.STOPPED,
-               description=f"Daily at {hour_utc:02d}:00 UTC: one backfill that runs yesterday and re-runs the "
-                           f"{rerun_days} days before it for every partitioned job, to catch late voids and events.")
+               description=f"Daily at {shown_hour:02d}:00 UTC: one backfill that runs yesterday and re-runs the "
+                           f"{shown_days} days before it for every partitioned job, to catch late voids and events.")
     def late_data_backfill(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        return _late_data_tick(context, rerun_days, hour_utc)
+        return late_data_backfill_tick(context, datetime.now(timezone.utc), rerun_days, hour_utc)
     return late_data_backfill
 # --- end settings ---
 
 
-def _late_data_tick(context: dg.SensorEvaluationContext, rerun_days: int, hour_utc: int) -> dg.SensorResult:
-    now = datetime.now(timezone.utc)
+def late_data_backfill_tick(context: dg.SensorEvaluationContext, now: datetime, rerun_days: int | None = None,
+                            hour_utc: int | None = None) -> dg.SensorResult:
+    """One tick of `late_data_backfill` at `now` (UTC): the first tick at or after BACKFILL_HOUR_UTC each day
+    requests the backfill, every other tick skips. Tests pass a frozen `now`."""
+    rerun_days = RERUN_DAYS if rerun_days is None else rerun_days
+    hour_utc = BACKFILL_HOUR_UTC if hour_utc is None else hour_utc
     today = now.date().isoformat()
     if context.cursor == today or now.hour < hour_utc:
         return dg.SensorResult(skip_reason=dg.SkipReason(f"next backfill after {hour_utc:02d}:00 UTC"))
