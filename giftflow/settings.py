@@ -60,8 +60,8 @@ class SettingsError(ValueError):
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__("giftflow settings are invalid (the variables below; fix them and reload the code "
-                         "location):\n" + "\n".join(f"  - {p}" for p in problems))
+        super().__init__("giftflow settings are invalid (fix these variables):\n" +
+                         "\n".join(f"  - {p}" for p in problems))
 
 
 class Settings(BaseSettings):
