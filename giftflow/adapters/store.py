@@ -7,7 +7,6 @@ SQLite under $DAGSTER_HOME by default; PostgreSQL (or any SQLAlchemy URL) via GI
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -135,8 +134,9 @@ kv = sa.Table(
 _CHUNK = 2000
 
 
-def default_database_url() -> str:
-    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home")
+def default_database_url(home: str | Path = ".dagster_home") -> str:
+    """A SQLite file in `home` (the entry points pass Settings.store_url: $DAGSTER_HOME/giftflow.sqlite)."""
+    home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(home / 'giftflow.sqlite').resolve()}"
 
