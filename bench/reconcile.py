@@ -13,12 +13,9 @@ import numpy as np
 import pandas as pd
 
 from giftflow.adapters.config_files import giftcard_sync_spec
-from giftflow.domain.giftcard import (
-    CUSTOMER_COLUMNS,
-    METADATA_KEYS,
-    plan_customer_updates,
-)
+from giftflow.domain.giftcard import CUSTOMER_COLUMNS, METADATA_KEYS
 from giftflow.domain.redemptions import REDEMPTION_COLUMNS
+from giftflow.services.giftcard_sync import plan_customer_updates
 
 
 def inputs(n: int, m: int, seed: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -16,7 +16,8 @@ from giftflow.adapters.store import GiftflowStore
 from giftflow.adapters.stripe import StripeClient
 from giftflow.domain.sync_plan import current_frame, fields_of, plan_sync, wanted_frame
 from giftflow.domain.sync_spec import parse_sync
-from giftflow.services.sync_runner import refresh_mirror, run_sync
+from giftflow.services.customer_mirror import refresh_customer_mirror
+from giftflow.services.sync_runner import run_sync
 from giftflow_simulators import stripe
 from giftflow_simulators.server import BackgroundServer
 
@@ -71,10 +72,11 @@ def main() -> None:
         api = StripeClient(api_key="sk_test_bench", api_base=srv.base_url, max_requests_per_second=args.rate)
         store = GiftflowStore(database_url=f"sqlite:///{tmp}/bench.sqlite")
         t = time.perf_counter()
-        calls = refresh_mirror(SPEC, api, store)
+        calls = refresh_customer_mirror(api, store, with_tax_ids=SPEC.mapping.tax_id is not None,
+                                        with_coupons=SPEC.mapping.coupon is not None)
         print(f"customer mirror: {calls:,} list calls in {time.perf_counter() - t:.1f} s")
 
-        mirror = store.load_customer_objects()
+        mirror = store.load_customers()
         t = time.perf_counter()
         wanted, invalid = wanted_frame(source, SPEC)
         plan = plan_sync(SPEC, wanted, invalid, current_frame(mirror, fields_of(wanted)), {})

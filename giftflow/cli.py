@@ -13,6 +13,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import httpx
 
+from giftflow.settings import Settings, SettingsError
+
 DEMO_CARDIVO_KEY = "cardivo_demo_key"
 DEMO_STRIPE_KEY = "sk_test_giftflow_demo"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -125,7 +127,7 @@ def _run_example_sync(defs, instance, env: dict[str, str], label: str) -> int:
         instance=instance, raise_on_error=False, run_config=QUIET)
     writes = _stripe_writes(env) - before
     print(f"\n{label}")
-    runs = GiftflowStore().sync_runs(EXAMPLE_SYNC, result.run_id)
+    runs = GiftflowStore(database_url=Settings.from_env().store_url).sync_runs(EXAMPLE_SYNC, result.run_id)
     print(format_report(EXAMPLE_SYNC, runs[0]) if runs else "  (no report: the run failed before writing one)")
     print(f"Stripe writes: {writes}")
     if not result.success:
@@ -138,7 +140,7 @@ def syncs_report(args: argparse.Namespace) -> int:
     from giftflow.adapters.store import GiftflowStore
     from giftflow.services.sync_runner import format_report
 
-    store = GiftflowStore(database_url=args.database_url or os.environ.get("GIFTFLOW_DATABASE_URL") or None)
+    store = GiftflowStore(database_url=args.database_url or Settings.from_env().store_url)
     runs = store.sync_runs(args.sync, args.run, limit=1)
     if not runs:
         print(f"no report for sync {args.sync!r}" + (f" run {args.run}" if args.run else ""), file=sys.stderr)
@@ -154,8 +156,9 @@ def demo(args: argparse.Namespace) -> int:
     today = datetime.now(timezone.utc).date()
     days = [today - timedelta(days=n) for n in range(args.days, 0, -1)]
     with tempfile.TemporaryDirectory(prefix="giftflow-demo-") as home, simulators(days, args.seed) as env:
-        os.environ.update(env, DAGSTER_HOME=home, GIFTFLOW_SYNC_MODE=args.mode, GIFTFLOW_REFUNDS_ENABLED="true",
-                          GIFTFLOW_TEAM_EMAIL=os.environ.get("GIFTFLOW_TEAM_EMAIL", "team@example.com"))
+        # The demo configures giftflow the way a deployment does: through the environment Settings reads.
+        os.environ.update(env, DAGSTER_HOME=home, GIFTFLOW_SYNC_MODE=args.mode, GIFTFLOW_REFUNDS_ENABLED="true")
+        os.environ.setdefault("GIFTFLOW_TEAM_EMAIL", "team@example.com")
         for name in ("GIFTFLOW_SMTP_HOST", "GIFTFLOW_RULES", "GIFTFLOW_DRY_RUN"):
             os.environ.pop(name, None)
         outbox = os.path.join(home, "outbox")
@@ -276,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     r.set_defaults(func=syncs_report)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SettingsError as exc:  # a bad variable: its name, value and the allowed values, not a traceback
+        print(f"giftflow: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -162,6 +162,37 @@ def test_dry_run_plans_everything_and_writes_nothing(sims):
     assert mat.metadata["would_update"].value > 0 and mat.metadata["dry_run"].value is True
 
 
+def test_a_dry_run_is_chosen_per_run_by_tag_for_the_gift_card_sync_and_the_sync_files(sims):
+    """GIFTFLOW_DRY_RUN is off; the launchpad's tag giftflow/dry_run=true makes this one run a dry run."""
+    defs, instance = build_defs(), dg.DagsterInstance.ephemeral()
+    tags = {"giftflow/dry_run": "true"}
+    result = defs.resolve_job_def("giftcard_sync").execute_in_process(
+        partition_key=DAYS[0].isoformat(), instance=instance, tags=tags)
+    sync = defs.resolve_job_def("sync_crm_customers_job").execute_in_process(instance=instance, tags=tags)
+    assert sims.writes() == 0
+    mat = result.asset_materializations_for_node("giftcard_customer_updates")[0]
+    assert mat.metadata["would_update"].value > 0 and mat.metadata["dry_run"].value is True
+    assert sync.asset_materializations_for_node("sync_crm_customers")[0].metadata["dry_run"].value is True
+    # run config on the settings resource says the same; without either the run writes
+    configured = defs.resolve_job_def("giftcard_sync").execute_in_process(
+        partition_key=DAYS[0].isoformat(), instance=instance,
+        run_config={"resources": {"settings": {"config": {"dry_run": True}}}})
+    assert configured.success and sims.writes() == 0
+    defs.resolve_job_def("giftcard_sync").execute_in_process(partition_key=DAYS[0].isoformat(), instance=instance)
+    assert sims.writes() > 0
+
+
+def test_a_bad_dry_run_tag_fails_the_run_naming_it(sims):
+    job = build_defs().resolve_job_def("giftcard_sync")
+    with pytest.raises(dg.DagsterResourceFunctionError) as raised:  # the settings resource refuses the tag
+        job.execute_in_process(partition_key=DAYS[0].isoformat(), instance=dg.DagsterInstance.ephemeral(),
+                               tags={"giftflow/dry_run": "maybe"})
+    assert sims.writes() == 0
+    failure = raised.value.__cause__
+    assert isinstance(failure, dg.Failure), failure
+    assert "giftflow/dry_run='maybe' is not valid; allowed: true, false" in (failure.description or "")
+
+
 @pytest.mark.e2e  # many in-process runs: ~8 s
 def test_upsert_creates_each_missing_customer_once_across_reruns(sims, world):
     instance = dg.DagsterInstance.ephemeral()

@@ -4,9 +4,10 @@ import pandas as pd
 import pytest
 
 from giftflow.adapters.config_files import giftcard_sync_spec
-from giftflow.domain.giftcard import customers_frame, plan_customer_updates, summarize
+from giftflow.domain.giftcard import customers_frame, summarize
 from giftflow.domain.redemptions import validate_redemptions
 from giftflow.domain.sync_plan import request
+from giftflow.services.giftcard_sync import plan_customer_updates
 from giftflow_tests.factories import customer, day, redemption
 
 D = "2026-11-20"

@@ -72,7 +72,8 @@ def test_customer_mirror_replace_drops_deleted(store):
     store.replace_customers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"k": "v"}},
                              {"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {}}])
     store.replace_customers([{"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {"n": "1"}}])
-    assert store.load_customers() == [{"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {"n": "1"}}]
+    assert store.load_customers() == [{"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {"n": "1"},
+                                       "_tax_ids": [], "_coupons": []}]
     assert store.customers_refreshed_at() is not None
     assert store.count_customers() == 1
     assert [c["id"] for c in store.load_customers(ids=["cus_2", "cus_1", "cus_nope"])] == ["cus_2"]

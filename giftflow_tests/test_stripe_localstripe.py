@@ -5,9 +5,10 @@ import pandas as pd
 from giftflow.adapters.config_files import giftcard_sync_spec
 from giftflow.adapters.store import GiftflowStore
 from giftflow.adapters.stripe import StripeClient, idempotency_key
-from giftflow.domain.giftcard import SKIP, customers_frame, plan_customer_updates
+from giftflow.domain.giftcard import SKIP, customers_frame
 from giftflow.domain.redemptions import validate_redemptions
 from giftflow.services.customer_writer import apply_sync_plan
+from giftflow.services.giftcard_sync import plan_customer_updates
 from giftflow_tests.factories import day, redemption
 
 

@@ -16,6 +16,7 @@ from giftflow.adapters.store import GiftflowStore
 from giftflow.adapters.stripe import StripeClient
 from giftflow.domain.sync_plan import current_frame, fields_of, plan_sync, wanted_frame
 from giftflow.domain.sync_spec import SyncSpecError, parse_sync
+from giftflow.orchestration.resources import StoreResource, StripeResource
 from giftflow.orchestration.reverse_etl import build_sync_asset, build_sync_definitions
 from giftflow.services.customer_writer import _refused
 from giftflow.services.sync_runner import run_sync
@@ -93,11 +94,16 @@ class World:
         pd.DataFrame(rows, columns=COLUMNS).to_csv(folder / "rows.csv", index=False)
         return load_folder(folder)[0]
 
+    def resources(self, retries=3, **settings) -> dict:
+        """The Dagster resources a sync asset runs with, on this world's simulator and store."""
+        return {"stripe_api": StripeResource(api_key=KEY, api_base=self.url, max_requests_per_second=200,
+                                             max_network_retries=retries),
+                "store": StoreResource(database_url=self.store.database_url), "settings": Settings(**settings)}
+
     def materialize(self, spec_base, *, retries=3, dry_run=False, max_age=0):
         asset = build_sync_asset(*spec_base)
-        return dg.materialize([asset], raise_on_error=False, resources={
-            "stripe_api": self.api(retries), "store": self.store,
-            "settings": Settings(dry_run=dry_run, customer_mirror_max_age_s=max_age)})
+        return dg.materialize([asset], raise_on_error=False,
+                              resources=self.resources(retries, dry_run=dry_run, customer_mirror_max_age_s=max_age))
 
     def writes(self):
         return self.state.stats()["writes"]
@@ -280,7 +286,7 @@ def test_upsert_by_email_creates_once_across_reruns_and_a_crash(world):
     creates = ledger[ledger["kind"] == "create_customer"]
     for key in creates["op_key"]:
         world.store.record_result(key, status="planned")
-    world.store.replace_customer_objects([])
+    world.store.replace_customers([])
     world.store.delete_sync_ids("crm")
     # Meanwhile Bob's row changed: the customer found must end up with the new values in the same run.
     spec = world.write([ANA, row("r2", email="bob@example.com", name="Bob B.", tier="silver")])
@@ -302,7 +308,7 @@ def test_create_by_row_id_survives_a_crash_by_replaying_its_idempotency_key(worl
     [made] = world.state.customers()
     ledger = world.store.ledger_frame()
     world.store.record_result(ledger["op_key"].iloc[0], status="planned")
-    world.store.replace_customer_objects([])
+    world.store.replace_customers([])
     world.store.delete_sync_ids("crm")
     assert world.materialize(spec, max_age=3600).success
     assert [c["id"] for c in world.state.customers()] == [made["id"]]
@@ -354,8 +360,7 @@ def test_upstream_asset_and_store_sql_sources(world):
         n="from_store", src="{sql: \"select 's1' as ref, 'sql@example.com' as email, 'Sql' as name\"}"))
     defs = build_sync_definitions(folder)
     assets = [crm_export, *defs.assets]
-    result = dg.materialize(assets, resources={"stripe_api": world.api(), "store": world.store,
-                                               "settings": Settings()})
+    result = dg.materialize(assets, resources=world.resources())
     assert result.success
     assert {c["email"]: c["name"] for c in world.state.customers()} == {"up@example.com": "Up",
                                                                        "sql@example.com": "Sql"}
@@ -465,7 +470,7 @@ def test_a_daily_partitioned_csv_source_syncs_each_day_from_its_own_file(world):
     spec = _write_sync(folder, "{csv: 'shop_{partition}.csv'}", "partitions: daily")
     asset = build_sync_asset(*spec)
     assert asset.partitions_def is not None
-    resources = {"stripe_api": world.api(), "store": world.store, "settings": Settings()}
+    resources = world.resources()
     assert dg.materialize([asset], partition_key="2026-11-21", resources=resources).success
     assert set(world.customers()) == {"d3@x.com"}
     assert dg.materialize([asset], partition_key="2026-11-20", resources=resources).success
@@ -488,7 +493,7 @@ def test_a_daily_partitioned_sql_source_gets_the_partition_window(world):
              "and signed_up_at < datetime(:partition_end)'}")
     spec = _write_sync(world.tmp / "syncs", query, "partitions: daily")
     asset = build_sync_asset(*spec)
-    resources = {"stripe_api": world.api(), "store": world.store, "settings": Settings()}
+    resources = world.resources()
     assert dg.materialize([asset], partition_key="2026-11-20", resources=resources).success
     assert {e: c["balance"] for e, c in world.customers().items()} == {"s1@x.com": 100}
     assert dg.materialize([asset], partition_key="2026-11-21", resources=resources).success
@@ -535,7 +540,7 @@ def test_a_partitioned_upstream_asset_is_synced_partition_by_partition(world):
     spec = _write_sync(folder, "{asset: signups}", "partitions: daily")
     asset = build_sync_asset(*spec)
     assert asset.partitions_def == daily
-    resources = {"stripe_api": world.api(), "store": world.store, "settings": Settings()}
+    resources = world.resources()
     assert dg.materialize([signups, asset], partition_key="2026-11-21", resources=resources).success
     assert sorted(world.customers()) == ["2026-11-21.0@example.com", "2026-11-21.1@example.com"]
     [report] = world.store.sync_runs("shop")

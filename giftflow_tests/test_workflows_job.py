@@ -169,6 +169,18 @@ def test_dry_run_sends_and_writes_nothing(env):
     assert state.stats()["writes"] == 0 and inbox.messages == []
 
 
+def test_a_dry_run_tag_makes_one_run_send_and_write_nothing(env):
+    state, inbox = env["state"], env["inbox"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GIFTFLOW_REFUNDS_ENABLED", "true")
+        job = build_defs().resolve_job_def("stripe_workflows")
+    result = job.execute_in_process(partition_key=DAYS[0].isoformat(), instance=dg.DagsterInstance.ephemeral(),
+                                    run_config=QUIET, tags={"giftflow/dry_run": "yes"})
+    assert result.success
+    assert state.stats()["writes"] == 0 and inbox.messages == []
+    assert result.asset_materializations_for_node("workflow_actions")[0].metadata["dry_run"].value is True
+
+
 def test_a_plan_over_the_refund_cap_is_blocked(env, tmp_path):
     rules = (ROOT / "giftflow/default_rules.yaml").read_text().replace("max_refunds_per_run: 20",
                                                                         "max_refunds_per_run: 0")

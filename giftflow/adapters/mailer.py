@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import os
 import re
 import smtplib
 import ssl
@@ -56,7 +55,8 @@ class Mailer(BaseModel):
     smtp_starttls: bool = Field(default=True, description="GIFTFLOW_SMTP_STARTTLS")
     smtp_allow_plaintext_login: bool = Field(default=False, description="GIFTFLOW_SMTP_ALLOW_PLAINTEXT_LOGIN")
     mail_from: str = Field(default="giftflow@localhost", description="GIFTFLOW_MAIL_FROM")
-    outbox_dir: str | None = Field(default=None, description="default: $DAGSTER_HOME/outbox")
+    outbox_dir: str | None = Field(default=None, description="where .eml files go without an SMTP host "
+                                                             "(Settings: $DAGSTER_HOME/outbox)")
     timeout_s: float = 30.0
 
     def __repr__(self) -> str:  # never print the password
@@ -64,7 +64,7 @@ class Mailer(BaseModel):
 
     @property
     def outbox(self) -> Path:
-        return Path(self.outbox_dir or Path(os.environ.get("DAGSTER_HOME") or ".dagster_home") / "outbox")
+        return Path(self.outbox_dir or Path(".dagster_home") / "outbox")
 
     def send(self, recipient: str, subject: str, body: str, message_key: str) -> str:
         """Deliver one mail; returns where it went (the SMTP host or the .eml path). MailError: not built or not

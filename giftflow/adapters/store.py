@@ -7,7 +7,6 @@ SQLite under $DAGSTER_HOME by default; PostgreSQL (or any SQLAlchemy URL) via GI
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -44,14 +43,6 @@ redemptions = sa.Table(
     sa.Column("updated_at", TS, nullable=False),
 )
 
-customers = sa.Table(
-    "stripe_customers", metadata_obj,
-    sa.Column("customer_id", sa.String(64), primary_key=True),
-    sa.Column("email", sa.String(320)),
-    sa.Column("created", sa.BigInteger, nullable=False),
-    sa.Column("metadata", sa.Text, nullable=False),
-    sa.Column("synced_at", TS, nullable=False),
-)
 
 ledger = sa.Table(
     "stripe_ledger", metadata_obj,
@@ -102,8 +93,8 @@ webhook_events = sa.Table(
     sa.Column("received_at", TS, nullable=False, index=True),
 )
 
-# Reverse-ETL syncs: the full customer mirror they diff against (Stripe's object plus giftflow's `_tax_ids`
-# and `_coupons`), one report per sync run, and the ids of the customers each sync created, per source row.
+# The one mirror of Stripe customers (Stripe's object plus giftflow's `_tax_ids` and `_coupons`), every sync's
+# run reports, and the ids of the customers each sync created, per source row.
 customer_objects = sa.Table(
     "stripe_customer_objects", metadata_obj,
     sa.Column("customer_id", sa.String(64), primary_key=True),
@@ -144,8 +135,9 @@ kv = sa.Table(
 _CHUNK = 2000
 
 
-def default_database_url() -> str:
-    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home")
+def default_database_url(home: str | Path = ".dagster_home") -> str:
+    """A SQLite file in `home` (the entry points pass Settings.store_url: $DAGSTER_HOME/giftflow.sqlite)."""
+    home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(home / 'giftflow.sqlite').resolve()}"
 
@@ -326,47 +318,6 @@ class GiftflowStore(BaseModel):
                 out.update({r.redemption_id: _aware(r.updated_at) for r in conn.execute(query)})
         return out
 
-    # -- Stripe customer mirror ---------------------------------------------------------------------
-    def replace_customers(self, rows: list[dict], listed_from: datetime | None = None) -> None:
-        """Make the mirror this full listing of Stripe customers, begun at `listed_from`. A customer a write or
-        an event mirrored after the listing began keeps that newer copy: a listing takes minutes for a large
-        account, and its older copy would make the next diff skip a write that is needed."""
-        listed_from = listed_from or _now()
-        records = [_customer_record(r, listed_from) for r in rows]
-        with self.engine.begin() as conn:
-            _upsert(conn, customers, records, ["customer_id"], newer="synced_at")
-            conn.execute(customers.delete().where(customers.c.synced_at < listed_from))
-            self._set(conn, "customers_refreshed_at", listed_from.isoformat())
-
-    def upsert_customers(self, rows: list[dict], as_of: datetime | None = None) -> None:
-        """Mirror customers as Stripe returned them at `as_of` (default now); a copy mirrored later is kept."""
-        as_of = as_of or _now()
-        with self.engine.begin() as conn:
-            _upsert(conn, customers, [_customer_record(r, as_of) for r in rows], ["customer_id"], newer="synced_at")
-
-    def delete_customers(self, ids: list[str]) -> None:
-        with self.engine.begin() as conn:
-            for chunk in _chunks(ids):
-                conn.execute(customers.delete().where(customers.c.customer_id.in_(chunk)))
-
-    def load_customers(self, ids: Iterable[str] | None = None) -> list[dict]:
-        """The mirror (or the customers among `ids`) as Stripe-shaped dicts: id, email, created, metadata."""
-        queries = [sa.select(customers)] if ids is None else \
-            [sa.select(customers).where(customers.c.customer_id.in_(c)) for c in _chunks(ids)]
-        with self.engine.connect() as conn:
-            return [
-                {"id": r.customer_id, "email": r.email, "created": r.created, "metadata": json.loads(r.metadata)}
-                for q in queries for r in conn.execute(q)
-            ]
-
-    def count_customers(self) -> int:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(customers)).scalar_one()
-
-    def customers_refreshed_at(self) -> datetime | None:
-        value = self.get_state("customers_refreshed_at")
-        return datetime.fromisoformat(value) if value else None
-
     # -- Stripe objects (workflows) -----------------------------------------------------------------
     def upsert_objects(self, kind: str, rows: list[dict]) -> None:
         now = _now()
@@ -469,43 +420,71 @@ class GiftflowStore(BaseModel):
             return [{**dict(r), "payload": json.loads(r["payload"]), "received_at": _aware(r["received_at"])}
                     for r in conn.execute(query).mappings()]
 
-    # -- full customer mirror (syncs) ----------------------------------------------------------------
-    def replace_customer_objects(self, rows: list[dict], *, refreshed_key: str = "customer_objects_refreshed_at"
-                                 ) -> None:
-        """Make the full mirror exactly this listing (each row may carry `_tax_ids` / `_coupons`)."""
-        now = _now()
+    # -- the Stripe customer mirror -----------------------------------------------------------------------
+    # One mirror for every customer writer and reader: Stripe's customer objects (plus giftflow's `_tax_ids`
+    # and `_coupons`, which Stripe leaves out unless expanded or listed apart). A copy never replaces one
+    # mirrored later (`synced_at`): a listing takes minutes, events arrive out of order, writes go on meanwhile.
+    def replace_customers(self, rows: list[dict], *, listed_from: datetime | None = None,
+                          refreshed_keys: Iterable[str] = ("customers_refreshed_at",)) -> None:
+        """Make the mirror this full listing of Stripe customers, begun at `listed_from`: customers not in it
+        and not mirrored since are dropped; `_tax_ids` / `_coupons` a row does not carry are kept."""
+        listed_from = listed_from or _now()
         with self.engine.begin() as conn:
-            _upsert(conn, customer_objects, [_object_record(r, now) for r in rows], ["customer_id"])
-            conn.execute(customer_objects.delete().where(customer_objects.c.synced_at < now))
-            self._set(conn, refreshed_key, now.isoformat())
+            self._merge(conn, rows, listed_from)
+            conn.execute(customer_objects.delete().where(customer_objects.c.synced_at < listed_from))
+            for key in refreshed_keys:
+                self._set(conn, key, listed_from.isoformat())
 
-    def upsert_customer_objects(self, rows: list[dict], *, add_tax_ids: Iterable[str] = (),
-                                add_coupons: Iterable[str] = ()) -> None:
-        """Customers as a write returned them; giftflow's `_tax_ids` / `_coupons` already mirrored are kept
-        (Stripe leaves them out of a customer unless expanded) and the given ones added."""
-        now = _now()
-        add_tax_ids, add_coupons = list(add_tax_ids), list(add_coupons)
+    def upsert_customers(self, rows: list[dict], *, as_of: datetime | None = None, add_tax_ids: Iterable[str] = (),
+                         add_coupons: Iterable[str] = ()) -> None:
+        """Mirror customers as Stripe showed them at `as_of` (a write's answer, an event; default now), with
+        the given tax ids and coupons added to those already mirrored."""
         with self.engine.begin() as conn:
-            known = {r.customer_id: json.loads(r.data) for chunk in _chunks([r["id"] for r in rows])
-                     for r in conn.execute(sa.select(customer_objects).where(customer_objects.c.customer_id.in_(chunk)))}
-            records = []
-            for row in rows:
-                row = dict(row)
-                old = known.get(row["id"], {})
-                for extra, added in (("_tax_ids", add_tax_ids), ("_coupons", add_coupons)):
-                    merged = row.get(extra) if extra in row else old.get(extra, [])
-                    row[extra] = list(dict.fromkeys([*(merged or []), *added]))
-                records.append(_object_record(row, now))
-            _upsert(conn, customer_objects, records, ["customer_id"])
+            self._merge(conn, rows, as_of or _now(), list(add_tax_ids), list(add_coupons))
 
-    def load_customer_objects(self) -> list[dict]:
-        with self.engine.connect() as conn:
-            return [json.loads(r.data) for r in conn.execute(sa.select(customer_objects.c.data))]
+    @staticmethod
+    def _merge(conn: sa.Connection, rows: list[dict], as_of: datetime, add_tax_ids: Iterable[str] = (),
+               add_coupons: Iterable[str] = ()) -> None:
+        known = {r.customer_id: json.loads(r.data) for chunk in _chunks([r["id"] for r in rows])
+                 for r in conn.execute(sa.select(customer_objects.c.customer_id, customer_objects.c.data)
+                                       .where(customer_objects.c.customer_id.in_(chunk)))}
+        records = []
+        for row in rows:
+            row, old = dict(row), known.get(row["id"], {})
+            for extra, added in (("_tax_ids", add_tax_ids), ("_coupons", add_coupons)):
+                merged = row.get(extra) if extra in row else old.get(extra, [])
+                row[extra] = list(dict.fromkeys([*(merged or []), *added]))
+            records.append(_object_record(row, as_of))
+        _upsert(conn, customer_objects, records, ["customer_id"], newer="synced_at")
 
-    def load_customer_objects_by_id(self, ids: Iterable[str]) -> list[dict]:
+    def delete_customers(self, ids: list[str]) -> None:
+        with self.engine.begin() as conn:
+            for chunk in _chunks(ids):
+                conn.execute(customer_objects.delete().where(customer_objects.c.customer_id.in_(chunk)))
+
+    def load_customers(self, ids: Iterable[str] | None = None, *, emails: Iterable[str] | None = None) -> list[dict]:
+        """The mirror as Stripe's customer objects: all of it, or the customers among `ids` and those whose
+        trimmed, lower-cased e-mail is among `emails`."""
+        t = customer_objects
+        if ids is None and emails is None:
+            queries = [sa.select(t.c.customer_id, t.c.data)]
+        else:
+            ids, emails = list(ids if ids is not None else ()), list(emails if emails is not None else ())
+            queries = [sa.select(t.c.customer_id, t.c.data).where(t.c.customer_id.in_(c)) for c in _chunks(ids)]
+            queries += [sa.select(t.c.customer_id, t.c.data).where(t.c.email_norm.in_(c)) for c in _chunks(emails)]
+        found: dict[str, str] = {}
         with self.engine.connect() as conn:
-            return [json.loads(r.data) for chunk in _chunks(ids) for r in conn.execute(
-                sa.select(customer_objects.c.data).where(customer_objects.c.customer_id.in_(chunk)))]
+            for query in queries:
+                found.update({r.customer_id: r.data for r in conn.execute(query)})
+        return [json.loads(data) for data in found.values()]
+
+    def count_customers(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(customer_objects)).scalar_one()
+
+    def customers_refreshed_at(self, key: str = "customers_refreshed_at") -> datetime | None:
+        value = self.get_state(key)
+        return datetime.fromisoformat(value) if value else None
 
     # -- sync runs and created ids --------------------------------------------------------------------
     def record_sync_run(self, sync: str, run_id: str, *, partition: str | None, status: str, dry_run: bool,
@@ -556,11 +535,6 @@ class GiftflowStore(BaseModel):
     @staticmethod
     def _set(conn: sa.Connection, key: str, value: str) -> None:
         _upsert(conn, kv, [{"key": key, "value": value}], ["key"])
-
-
-def _customer_record(row: dict, now: datetime) -> dict:
-    return {"customer_id": row["id"], "email": row.get("email"), "created": int(row.get("created") or 0),
-            "metadata": json.dumps(row.get("metadata") or {}, sort_keys=True), "synced_at": now}
 
 
 def _object_record(row: dict, now: datetime) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -63,13 +62,6 @@ def _limiter(per_second: int, shared_db: str | None) -> Limiter:
     return Limiter(bucket)
 
 
-def default_rate_limit_db() -> str | None:
-    if os.environ.get("GIFTFLOW_STRIPE_RATE_DB"):
-        return os.environ["GIFTFLOW_STRIPE_RATE_DB"]
-    home = os.environ.get("DAGSTER_HOME")
-    return str(Path(home) / "giftflow_stripe_rate.sqlite") if home else None
-
-
 @lru_cache(maxsize=16)
 def _client(api_key: str, api_base: str | None, retries: int) -> stripe.StripeClient:
     return stripe.StripeClient(api_key, base_addresses={"api": api_base.rstrip("/")} if api_base else None,
@@ -116,8 +108,9 @@ class StripeClient(BaseModel):
         default=8, ge=1, description="writes in flight at once (GIFTFLOW_STRIPE_WRITE_CONCURRENCY); the rate "
                                      "limit still caps the total")
     rate_limit_db: str | None = Field(
-        default=None, description="SQLite file shared by all runs on the host for one Stripe budget; "
-                                  "default $DAGSTER_HOME/giftflow_stripe_rate.sqlite, in-process when unset")
+        default=None, description="SQLite file shared by all runs on the host for one Stripe budget (Settings: "
+                                  "GIFTFLOW_STRIPE_RATE_DB or $DAGSTER_HOME/giftflow_stripe_rate.sqlite); "
+                                  "in-process when unset")
 
     def __repr__(self) -> str:  # never print the key
         return f"StripeClient(api_base={self.api_base!r}, max_requests_per_second={self.max_requests_per_second})"
@@ -130,7 +123,7 @@ class StripeClient(BaseModel):
         @retry(retry=retry_if_exception_type(stripe.RateLimitError), wait=_backoff, stop=stop_after_attempt(6),
                reraise=True)
         def paced():
-            _limiter(self.max_requests_per_second, self.rate_limit_db or default_rate_limit_db()).try_acquire("stripe")
+            _limiter(self.max_requests_per_second, self.rate_limit_db).try_acquire("stripe")
             return fn()
 
         return paced()

@@ -1,8 +1,9 @@
-"""Gift-card sync reconciliation: redemptions x Stripe customers -> one plan row per customer.
+"""Gift-card sync reconciliation: redemptions x Stripe customers -> what Stripe should hold, per customer.
 
-Pure pandas, no I/O: the rules of giftflow-contract.md ("The gift-card sync") live here and only here. What
-Stripe should hold is decided here; the diff against what it holds, and so the action, is the sync engine's
-(giftflow/domain/sync_plan.py, configured by giftflow/domain/giftcard_sync.yaml), the one path that writes customers.
+Pure pandas, no I/O: the rules of giftflow-contract.md ("The gift-card sync") live here and only here. This
+module decides the wanted values (or why a customer is left out); the diff against what Stripe holds, and so
+the action, is the sync engine's (giftflow/services/giftcard_sync.py runs it), the one path that writes
+customers.
 Sized for ~1M redemptions x 1M customers (bench/reconcile.py): the work runs on integer codes and
 positions, and strings are only hashed, compared or made where they must be.
 """
@@ -13,9 +14,6 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
-
-from giftflow.domain.sync_plan import CREATE, NONE, REJECT, UPDATE, plan_sync
-from giftflow.domain.sync_spec import SyncSpec
 
 METADATA_KEYS = (
     "giftcard_redeemed_total",
@@ -28,14 +26,13 @@ CUSTOMER_COLUMNS = ["customer_id", "email_norm", "created", *METADATA_KEYS]
 
 # Plan vocabulary: the engine's actions, and skip for rows left out (the reason says why).
 SKIP = "skip"
-_SYNC = "sync"  # not decided here: the engine diffs it
+SYNC = "sync"  # not decided here: the engine diffs it
 UNMATCHED, ANONYMOUS, MULTI_CURRENCY, AMBIGUOUS_EMAIL = "unmatched", "anonymous", "multi_currency", "ambiguous_email"
 
 PLAN_COLUMNS = [
     "customer_id", "email", "action", "reason", "note", "redemptions_in_day", *METADATA_KEYS, "changed_keys",
     "name", "phone",
 ]
-_PREFIXED = {k: f"metadata.{k}" for k in METADATA_KEYS}
 
 
 def customers_frame(rows: list[dict]) -> pd.DataFrame:
@@ -188,65 +185,6 @@ def _wanted(redemptions: pd.DataFrame, group: np.ndarray, groups: int) -> pd.Dat
     return out
 
 
-def plan_customer_updates(
-    redemptions: pd.DataFrame,
-    customers: pd.DataFrame,
-    day_start: datetime,
-    day_end: datetime,
-    spec: SyncSpec,
-) -> pd.DataFrame:
-    """One row per customer touched by a redemption in [day_start, day_end), with what to do under `spec` (the
-    gift-card sync's configuration of the engine, in update or upsert mode).
-
-    `redemptions` is everything giftflow has seen (all days): a customer's values come from all of them.
-    """
-    mode = spec.mode
-    row, _, ambiguous = _match(redemptions, customers)
-    in_day = ((redemptions["redeemed_at"] >= pd.Timestamp(day_start))
-              & (redemptions["redeemed_at"] < pd.Timestamp(day_end))).to_numpy()
-    used = redemptions[["redemption_id", "status", "amount", "currency", "card_last4", "email_norm", "name", "phone",
-                        "redeemed_at"]]
-    parts = [_plan_matched(used, row, in_day, ambiguous, customers),
-             _plan_unmatched(used[row < 0], in_day[row < 0], mode)]
-    plan = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else None
-    if plan is None:
-        return pd.DataFrame(columns=PLAN_COLUMNS)
-    plan = _decide(spec, plan, customers)
-    # The parts come ordered by customer_id, then e-mail, missing last: what is left is the action.
-    action = pd.Categorical(plan["action"], categories=[CREATE, UPDATE, NONE, REJECT, SKIP]).codes
-    return plan.take(np.argsort(action, kind="stable")).reset_index(drop=True)
-
-
-def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
-    """The engine's plan for the rows not left out: their wanted values against the customers they match."""
-    todo = np.flatnonzero((plan["action"] == _SYNC).to_numpy())
-    rows = plan.iloc[todo]
-    ids, emails = rows["customer_id"].to_numpy(dtype=object), rows["email"].to_numpy(dtype=object)
-    wanted = _objects({"row_key": np.where(pd.isna(ids), emails, ids), "given_id": ids, "email_norm": emails,
-                       "email": emails, **{c: rows[c].to_numpy(dtype=object) for c in ("name", "phone")},
-                       **{f"metadata.{k}": rows[k].to_numpy(dtype=object) for k in METADATA_KEYS}})
-    matched = rows["_row"].fillna(-1).to_numpy(dtype=np.int64) if "_row" in rows else np.full(len(rows), -1)
-    current = customers.iloc[matched[matched >= 0]].set_index("customer_id")
-    decided = plan_sync(spec, wanted, pd.Series(dtype=object), current.rename(columns=lambda c: _PREFIXED.get(c, c)))
-
-    def spread(values: pd.Series, base: np.ndarray | None = None) -> pd.Series:
-        out = np.full(len(plan), None, dtype=object) if base is None else base.copy()
-        out[todo] = values.to_numpy(dtype=object)
-        return pd.Series(out, index=plan.index, dtype=object, copy=False)  # object: None stays None
-
-    out = {c: plan[c] for c in PLAN_COLUMNS if c != "changed_keys"}
-    out |= {c: spread(decided[c], plan[c].to_numpy(dtype=object)) for c in ("action", "reason")}
-    out["changed_keys"] = spread(decided["changed"], np.full(len(plan), "", dtype=object))
-    # What the writer needs: the engine's own columns, for the rows it decided.
-    out |= {c: spread(decided[c]) for c in decided.columns if c not in out}
-    return pd.DataFrame(out, copy=False)
-
-
-def _objects(columns: dict[str, np.ndarray]) -> pd.DataFrame:
-    """A frame of object columns as given: pandas would otherwise scan each to infer a string dtype."""
-    return pd.DataFrame({k: pd.Series(v, dtype=object, copy=False) for k, v in columns.items()}, copy=False)
-
-
 def _day_groups(codes: np.ndarray, in_day: np.ndarray, names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Number the codes (-1: none) that occur in the day 0..n-1 in the order of their names, which is
     the plan's order. Returns each row's number (-1: none) and the numbered codes in number order."""
@@ -272,7 +210,7 @@ def _plan_matched(redemptions: pd.DataFrame, row: np.ndarray, in_day: np.ndarray
     plan["redemptions_in_day"] = np.bincount(group[in_day & mine], minlength=len(touched))
     plan["note"] = _where(np.bincount(group[ambiguous & mine], minlength=len(touched)) > 0, AMBIGUOUS_EMAIL, "")
     multi = plan["currencies"].to_numpy() > 1
-    plan["action"] = _where(multi, SKIP, _SYNC)
+    plan["action"] = _where(multi, SKIP, SYNC)
     plan["reason"] = _where(multi, MULTI_CURRENCY, "")
     _blank_multi_currency(plan, multi)
     plan["name"] = None
@@ -305,7 +243,7 @@ def _plan_unmatched(unmatched: pd.DataFrame, in_day: np.ndarray, mode: str) -> p
             plan[col] = _take(unmatched[col].to_numpy(dtype=object)[has], first, np.nan)
         creatable = (mode == "upsert") & (plan["currencies"].to_numpy() == 1)
         multi = plan["currencies"].to_numpy() > 1
-        plan["action"] = _where(creatable, _SYNC, SKIP)
+        plan["action"] = _where(creatable, SYNC, SKIP)
         plan["reason"] = _where(creatable, "", _where(multi & (mode == "upsert"), MULTI_CURRENCY, UNMATCHED))
         plan["note"] = ""
         _blank_multi_currency(plan, multi)
@@ -327,3 +265,20 @@ def summarize(plan: pd.DataFrame) -> dict[str, int]:
     counts.update({f"left_out_{r}": int(n) for r, n in plan.loc[plan["action"] == SKIP, "reason"].value_counts().items()})
     counts["ambiguous_email"] = int((plan["note"] == AMBIGUOUS_EMAIL).sum())
     return counts
+
+
+def wanted_by_customer(redemptions: pd.DataFrame, customers: pd.DataFrame, day_start: datetime, day_end: datetime,
+                       mode: str) -> pd.DataFrame:
+    """One row per customer touched by a redemption in [day_start, day_end): the metadata Stripe should hold,
+    from all of the customer's redemptions in `redemptions` (every day giftflow has seen), with action `sync`
+    (the engine diffs it) or `skip` and the reason (unmatched, anonymous, multi_currency). `_row` is a matched
+    customer's position in `customers`; in `upsert` mode an unmatched e-mail is a row to create."""
+    row, _, ambiguous = _match(redemptions, customers)
+    in_day = ((redemptions["redeemed_at"] >= pd.Timestamp(day_start))
+              & (redemptions["redeemed_at"] < pd.Timestamp(day_end))).to_numpy()
+    used = redemptions[["redemption_id", "status", "amount", "currency", "card_last4", "email_norm", "name", "phone",
+                        "redeemed_at"]]
+    parts = [_plan_matched(used, row, in_day, ambiguous, customers),
+             _plan_unmatched(used[row < 0], in_day[row < 0], mode)]
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PLAN_COLUMNS)

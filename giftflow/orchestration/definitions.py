@@ -1,6 +1,11 @@
-"""The one code location: every asset, job, resource, sensor and schedule of giftflow."""
+"""The one code location: every asset, job, resource, sensor and schedule of giftflow.
 
-import os
+`build_defs()` reads the settings once (`Settings.from_env`). When they are bad, the code location still loads:
+the same assets, jobs, schedules and sensors, but every asset fails at once with a `dg.Failure` listing each
+bad variable (its description says so too), and every resource fails the same way, so a sensor tick shows it.
+"""
+
+import logging
 
 import dagster as dg
 
@@ -10,47 +15,103 @@ from giftflow.orchestration.resources import (
     MailerResource,
     StoreResource,
     StripeResource,
+    settings_resource,
 )
 from giftflow.orchestration.reverse_etl import build_sync_definitions
-from giftflow.settings import Settings, env_bool
+from giftflow.settings import Settings, env_name
+
+log = logging.getLogger("giftflow")
 
 
-def _resources() -> dict:
-    # Secrets come through EnvVar so Dagster never shows their values; optional knobs are read here.
+def _secret(settings: Settings, field: str) -> dg.EnvVar | None:
+    """A secret that is set, as the variable it came from: Dagster resolves it at run time, never shows it."""
+    return dg.EnvVar(env_name(field)) if getattr(settings, field) is not None else None
+
+
+def _resources(settings: Settings) -> dict:
+    # CARDIVO_* and STRIPE_API_KEY are required by the runs that call the APIs: unset, Dagster fails such a run
+    # naming the variable (EnvVar), while the rest of the code location (and the webhook receiver) work.
     return {
-        "cardivo": CardivoResource(api_base=dg.EnvVar("CARDIVO_API_BASE"), api_key=dg.EnvVar("CARDIVO_API_KEY")),
+        "cardivo": CardivoResource(api_base=settings.cardivo_api_base or dg.EnvVar("CARDIVO_API_BASE"),
+                                   api_key=dg.EnvVar("CARDIVO_API_KEY")),
         "stripe_api": StripeResource(
             api_key=dg.EnvVar("STRIPE_API_KEY"),
-            api_base=os.environ.get("STRIPE_API_BASE") or None,
-            max_requests_per_second=int(os.environ.get("GIFTFLOW_STRIPE_MAX_RPS", "20")),
-            max_concurrent_writes=int(os.environ.get("GIFTFLOW_STRIPE_WRITE_CONCURRENCY", "8")),
+            api_base=settings.stripe_api_base,
+            max_requests_per_second=settings.stripe_max_rps,
+            max_concurrent_writes=settings.stripe_write_concurrency,
+            rate_limit_db=settings.stripe_rate_db_path,
         ),
-        "store": StoreResource(database_url=os.environ.get("GIFTFLOW_DATABASE_URL") or None),
-        "settings": Settings.from_env(),
+        # The URL may carry a password: given as its variable where set; the default SQLite path is plain.
+        "store": StoreResource(database_url=_secret(settings, "database_url") or settings.store_url),
+        "settings": settings_resource(settings),
         "notifier": MailerResource(
-            smtp_host=os.environ.get("GIFTFLOW_SMTP_HOST") or None,
-            smtp_port=int(os.environ.get("GIFTFLOW_SMTP_PORT", "587")),
-            smtp_user=os.environ.get("GIFTFLOW_SMTP_USER") or None,
-            smtp_password=dg.EnvVar("GIFTFLOW_SMTP_PASSWORD") if os.environ.get("GIFTFLOW_SMTP_PASSWORD") else None,
-            smtp_starttls=env_bool("GIFTFLOW_SMTP_STARTTLS", default=True),
-            smtp_allow_plaintext_login=env_bool("GIFTFLOW_SMTP_ALLOW_PLAINTEXT_LOGIN", default=False),
-            mail_from=os.environ.get("GIFTFLOW_MAIL_FROM") or "giftflow@localhost",
+            smtp_host=settings.smtp_host,
+            smtp_port=settings.smtp_port,
+            smtp_user=settings.smtp_user,
+            smtp_password=_secret(settings, "smtp_password"),
+            smtp_starttls=settings.smtp_starttls,
+            smtp_allow_plaintext_login=settings.smtp_allow_plaintext_login,
+            mail_from=settings.mail_from,
+            outbox_dir=settings.outbox_dir,
         ),
     }
 
 
-def build_defs() -> dg.Definitions:
-    """The Definitions, with optional settings read from the environment now."""
-    return dg.Definitions.merge(_core_defs(), build_sync_definitions(os.environ.get("GIFTFLOW_SYNCS_DIR") or None))
+def build_defs(settings: Settings | None = None) -> dg.Definitions:
+    """The Definitions, from `settings` (default: read from the environment now). Bad settings give the
+    code location that shows them (module docstring) instead of an import error that hides every job."""
+    problems: list[str] = []
+    if settings is None:
+        settings, problems = Settings.from_env_or_defaults()
+    for notice in settings.notices:
+        log.warning(notice)
+    defs = dg.Definitions.merge(_core_defs(settings), build_sync_definitions(settings.syncs_dir))
+    if problems:
+        log.error("giftflow settings are invalid; every asset fails until they are fixed:\n%s",
+                  "\n".join(f"  - {p}" for p in problems))
+        return _broken(defs, problems)
+    return defs
 
 
-def _core_defs() -> dg.Definitions:
+def _core_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules([giftcard, workflows]),
         jobs=[giftcard.giftcard_sync, workflows.stripe_workflows],
-        sensors=[sensors.cardivo_redemptions_sensor, sensors.stripe_events_sensor, sensors.late_data_backfill],
-        resources=_resources(),
+        sensors=sensors.build_sensors(settings.sensor_interval_s, settings.cardivo_lookback_s, settings.rerun_days,
+                                      settings.backfill_hour_utc),
+        resources=_resources(settings),
     )
 
 
+# -- bad settings --------------------------------------------------------------------------------------------
 
+
+def settings_failure(problems: list[str]) -> str:
+    return ("giftflow settings are invalid, so nothing runs until they are fixed (then reload the code "
+            "location):\n" + "\n".join(f"- {p}" for p in problems))
+
+
+def _failing_asset(assets_def: dg.AssetsDefinition, message: str) -> dg.AssetsDefinition:
+    """The same assets (keys, groups, partitions, lineage, checks), described as broken, failing at once."""
+    banner = f"**Not runnable: {message.splitlines()[0]}**\n\n```\n{message}\n```"
+    specs = [s.replace_attributes(description=f"{banner}\n\n{s.description or ''}") for s in assets_def.specs]
+
+    @dg.multi_asset(name=assets_def.node_def.name, specs=specs, check_specs=list(assets_def.check_specs),
+                    can_subset=True)
+    def broken_settings(context: dg.AssetExecutionContext):
+        raise dg.Failure(description=message)
+    return broken_settings
+
+
+def _failing_resource(message: str) -> dg.ResourceDefinition:
+    @dg.resource(description=message)
+    def broken_settings(_init_context) -> None:
+        raise dg.Failure(description=message)
+    return broken_settings
+
+
+def _broken(defs: dg.Definitions, problems: list[str]) -> dg.Definitions:
+    message = settings_failure(problems)
+    assets = [_failing_asset(a, message) if isinstance(a, dg.AssetsDefinition) else a for a in defs.assets or []]
+    return dg.Definitions(assets=assets, jobs=defs.jobs, schedules=defs.schedules, sensors=defs.sensors,
+                          resources={key: _failing_resource(message) for key in (defs.resources or {})})

@@ -8,13 +8,7 @@ import pandas as pd
 
 from giftflow.adapters.config_files import giftcard_sync_spec
 from giftflow.adapters.store import GiftflowStore
-from giftflow.domain.giftcard import (
-    SKIP,
-    customers_frame,
-    match_redemptions,
-    plan_customer_updates,
-    summarize,
-)
+from giftflow.domain.giftcard import summarize
 from giftflow.domain.redemptions import validate_redemptions
 from giftflow.orchestration.metadata import markdown_table
 from giftflow.orchestration.partitions import daily
@@ -23,8 +17,9 @@ from giftflow.orchestration.resources import (
     StoreResource,
     StripeResource,
 )
-from giftflow.services.customer_writer import apply_sync_plan
-from giftflow.services.sync_runner import keep_report
+from giftflow.services.customer_mirror import refresh_customer_mirror
+from giftflow.services.giftcard_sync import plan_giftcard_day
+from giftflow.services.sync_runner import run_planned
 from giftflow.settings import Settings
 
 GROUP = "giftcard_sync"
@@ -59,8 +54,9 @@ def cardivo_redemptions(context: dg.AssetExecutionContext, cardivo: CardivoResou
 
 @dg.asset(
     partitions_def=daily, group_name=GROUP, kinds={"stripe"},
-    description="giftflow's mirror of Stripe customers (id, e-mail, created, metadata). Stripe's e-mail "
-                "filter is case-sensitive, so matching by normalised e-mail needs the full list.",
+    description="giftflow's one mirror of Stripe customers, shared with every sync: relisted unless the Stripe "
+                "events sensor keeps it current (then a daily relisting is a safety net only). Stripe's e-mail "
+                "filter is case-sensitive, so matching by normalised e-mail needs the mirror.",
 )
 def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResource, store: StoreResource,
                      settings: dg.ResourceParam[Settings]) -> dg.MaterializeResult:
@@ -69,31 +65,20 @@ def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResour
     events_synced = db.get_state("customers_events_synced_at")
     now = datetime.now(timezone.utc)
     age = (now - refreshed).total_seconds() if refreshed else None
-    # With the Stripe events sensor keeping the mirror current, a daily full relist is a safety net only.
     kept_fresh = bool(events_synced and age is not None and age < 86_400 and
                       (now - datetime.fromisoformat(events_synced)).total_seconds() < 120)
-    if kept_fresh or (age is not None and age < settings.customer_mirror_max_age_s):
-        context.log.info(f"customer mirror reused (relisted {age:.0f} s ago, kept fresh by events: {kept_fresh})")
+    if kept_fresh:
+        context.log.info(f"customer mirror reused (relisted {age:.0f} s ago, kept fresh by events)")
         return dg.MaterializeResult(metadata={"customers": db.count_customers(), "api_calls": 0,
                                               "reused_mirror": True})
-    rows, calls = [], 0
-    for page, calls in stripe_client.iter_customers():
-        rows += page
-    db.replace_customers(rows, listed_from=now)
-    return dg.MaterializeResult(metadata={"customers": len(rows), "api_calls": calls, "reused_mirror": False})
+    calls = refresh_customer_mirror(stripe_client, db, max_age_s=settings.customer_mirror_max_age_s)
+    return dg.MaterializeResult(metadata={"customers": db.count_customers(), "api_calls": calls,
+                                          "reused_mirror": calls == 0})
 
 
-def _plan_day(window: dg.TimeWindow, store: GiftflowStore, settings: Settings) -> pd.DataFrame:
-    customers = customers_frame(store.load_customers())
-    day = store.load_redemptions(start=window.start, end=window.end)
-    # A customer's values come from all their days: widen to every redemption linked to them.
-    touched = match_redemptions(day, customers)["customer_id"].dropna().unique()
-    emails = set(customers.loc[customers["customer_id"].isin(touched), "email_norm"].dropna())
-    emails |= set(day["email_norm"].dropna())
-    ids = set(touched) | set(day["stripe_customer_id"].dropna())
-    # The day itself too: anonymous redemptions match neither an e-mail nor an id, and are reported.
-    history = store.load_redemptions(start=window.start, end=window.end, emails=emails, customer_ids=ids)
-    return plan_customer_updates(history, customers, window.start, window.end, giftcard_sync_spec(settings.sync_mode))
+def _planner(window: dg.TimeWindow, db: GiftflowStore, settings: Settings):
+    spec = giftcard_sync_spec(settings.sync_mode)
+    return spec, lambda: plan_giftcard_day(db, window.start, window.end, spec)
 
 
 @dg.asset(
@@ -105,8 +90,8 @@ def _plan_day(window: dg.TimeWindow, store: GiftflowStore, settings: Settings) -
 )
 def giftcard_customer_plan(context: dg.AssetExecutionContext, store: StoreResource,
                            settings: dg.ResourceParam[Settings]) -> dg.Output[pd.DataFrame]:
-    db = store.get_client()
-    plan = _plan_day(context.partition_time_window, db, settings)
+    _, planner = _planner(context.partition_time_window, store.get_client(), settings)
+    plan = planner().plan
     counts = summarize(plan)
     shown = plan[["customer_id", "email", "action", "reason", "note", "changed_keys",
                   "giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions"]].assign(
@@ -118,35 +103,32 @@ def giftcard_customer_plan(context: dg.AssetExecutionContext, store: StoreResour
 
 @dg.asset(
     partitions_def=daily, group_name=GROUP, kinds={"stripe"}, pool="stripe_customer_writes",
-    description="Carries out the plan at Stripe through the sync engine's one customer writer: one idempotent "
-                "write per changed customer, each in giftflow's ledger, diffed again at write time (one writer "
-                "at a time across runs). A customer Stripe refuses (4xx) is reported as rejected with Stripe's "
-                "message; any other failed write fails the step after the others went out, and a retry resends "
-                "only what failed. Each run's report is kept (`giftflow syncs report giftcard`). "
-                "GIFTFLOW_DRY_RUN=true writes nothing.",
+    description="Carries out the plan at Stripe through the one sync runner and customer writer that every sync "
+                "file uses: one idempotent write per changed customer, each in giftflow's ledger, planned again "
+                "at write time (one writer at a time across runs). A customer Stripe refuses (4xx) is reported "
+                "as rejected with Stripe's message; any other failed write fails the step after the others went "
+                "out, and a retry resends only what failed. Each run's report is kept (`giftflow syncs report "
+                "giftcard`). GIFTFLOW_DRY_RUN=true writes nothing.",
 )
 def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_customer_plan: pd.DataFrame,
                               stripe_api: StripeResource, store: StoreResource,
                               settings: dg.ResourceParam[Settings]) -> dg.MaterializeResult:
     stripe_client, db = stripe_api.get_client(), store.get_client()
     # Runs of other days may have written the same customers since this run planned (the pool lets one
-    # writer in at a time): diff again against the db as it is now, so an older plan never overwrites.
-    started = datetime.now(timezone.utc)
-    plan = _plan_day(context.partition_time_window, db, settings)
-    spec = giftcard_sync_spec(settings.sync_mode)
-    report = apply_sync_plan(plan[plan["action"] != SKIP], stripe_client, db, spec=spec, dry_run=settings.dry_run,
-                             partition=context.partition_key, run_id=context.run_id, log=context.log)
-    counts = keep_report(spec, db, report, read=len(plan), run_id=context.run_id, partition=context.partition_key,
-                         dry_run=settings.dry_run, started_at=started, left_out=int((plan["action"] == SKIP).sum()))
-    metadata: dict[str, Any] = {"dry_run": settings.dry_run, "sent": report.writes, **counts,
-                "rows_changed_since_plan": len(_row_set(plan) - _row_set(giftcard_customer_plan))}
-    if report.rejections:
-        metadata["rejected_rows"] = markdown_table(pd.DataFrame(report.rejections))
-    if report.failures:
+    # writer in at a time): the runner plans again against the mirror as it is now.
+    spec, planner = _planner(context.partition_time_window, db, settings)
+    result = run_planned(spec, planner, stripe_client, db, dry_run=settings.dry_run, run_id=context.run_id,
+                         partition=context.partition_key, log=context.log)
+    metadata: dict[str, Any] = {"dry_run": settings.dry_run, "sent": result.counts["created"] + result.counts["updated"],
+                **result.counts,
+                "rows_changed_since_plan": len(_row_set(result.plan) - _row_set(giftcard_customer_plan))}
+    if result.rejections:
+        metadata["rejected_rows"] = markdown_table(pd.DataFrame(result.rejections))
+    if result.failures:
         raise dg.Failure(
-            description=f"{len(report.failures)} Stripe write(s) failed; the others were sent. "
+            description=f"{len(result.failures)} Stripe write(s) failed; the others were sent. "
                         "Retry the step to resend only the failed ones.",
-            metadata={**metadata, "failures": markdown_table(pd.DataFrame(report.failures))},
+            metadata={**metadata, "failures": markdown_table(pd.DataFrame(result.failures))},
         )
     return dg.MaterializeResult(metadata=metadata)
 

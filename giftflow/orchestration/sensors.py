@@ -6,7 +6,6 @@ polls the API from its cursor, and requests runs only for changes it has not req
 
 import hashlib
 import json
-import os
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
@@ -26,7 +25,9 @@ from giftflow.orchestration.resources import (
 )
 from giftflow.orchestration.workflows import stripe_workflows
 
-INTERVAL_S = int(os.environ.get("GIFTFLOW_SENSOR_INTERVAL_S", "15"))
+# Defaults of GIFTFLOW_SENSOR_INTERVAL_S, GIFTFLOW_CARDIVO_LOOKBACK_S, GIFTFLOW_RERUN_DAYS and
+# GIFTFLOW_BACKFILL_HOUR_UTC: the Definitions build the sensors with Settings' values (`build_sensors`).
+INTERVAL_S = 15
 # Stay well inside Dagster's 60 s sensor budget; the rest is picked up on the next tick.
 TICK_BUDGET_S = 20.0
 MAX_PAGES_PER_TICK = 20
@@ -57,7 +58,7 @@ def _run_key(prefix: str, day: str, members: list[str]) -> str:
 
 # Cardivo's list may show a change a little after its `updated_at` (a commit lands late, a clock lags): every
 # poll asks again for the last LOOKBACK_S before the edge and drops the versions it already requested.
-LOOKBACK_S = int(os.environ.get("GIFTFLOW_CARDIVO_LOOKBACK_S", "60"))
+LOOKBACK_S = 60
 _WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
 
 
@@ -85,11 +86,18 @@ def _waiting_days(instance: dg.DagsterInstance) -> set[str]:
     return {r.tags["dagster/partition"] for r in runs if "dagster/partition" in r.tags}
 
 
-@dg.sensor(job=giftcard_sync, minimum_interval_seconds=INTERVAL_S, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Requests giftcard_sync for every day whose Cardivo redemptions changed (new, or voided "
-                       "later), from webhook deliveries and from polling `updated_after`.")
-def cardivo_redemptions_sensor(context: dg.SensorEvaluationContext, cardivo: CardivoResource,
-                               store: StoreResource) -> dg.SensorResult:
+def build_cardivo_sensor(interval_s: int = INTERVAL_S, lookback_s: int = LOOKBACK_S) -> dg.SensorDefinition:
+    @dg.sensor(job=giftcard_sync, minimum_interval_seconds=interval_s, default_status=dg.DefaultSensorStatus.STOPPED,
+               description="Requests giftcard_sync for every day whose Cardivo redemptions changed (new, or voided "
+                           "later), from webhook deliveries and from polling `updated_after`.")
+    def cardivo_redemptions_sensor(context: dg.SensorEvaluationContext, cardivo: CardivoResource,
+                                   store: StoreResource) -> dg.SensorResult:
+        return _cardivo_tick(context, cardivo, store, lookback_s)
+    return cardivo_redemptions_sensor
+
+
+def _cardivo_tick(context: dg.SensorEvaluationContext, cardivo: CardivoResource, store: StoreResource,
+                  lookback_s: int) -> dg.SensorResult:
     """Every change Cardivo shows leads to a run of its day that starts after the change was seen: a run already
     running may have fetched before it, so only a run still queued counts as taking it in.
 
@@ -104,7 +112,7 @@ def cardivo_redemptions_sensor(context: dg.SensorEvaluationContext, cardivo: Car
         state = {"edge": state.get("updated_after")}
     now = datetime.now(timezone.utc)
     started = time.monotonic()
-    lookback = timedelta(seconds=LOOKBACK_S)
+    lookback = timedelta(seconds=lookback_s)
     # First tick: start a day back; older days are the daily backfill's job.
     edge = _utc(state["edge"]) if state["edge"] else now - timedelta(days=1)
     requested: dict[str, list] = state.get("requested", {})  # version -> [updated_at epoch, seen epoch]
@@ -170,7 +178,7 @@ def cardivo_redemptions_sensor(context: dg.SensorEvaluationContext, cardivo: Car
     requested.update({v: [_updated_epoch(r) or stamp, stamp] for v, r in seen_now.items()})
     # Keep a version while polling (from the edge less LOOKBACK_S) or the pushed deliveries can return it.
     requested = {v: t for v, t in requested.items()
-                 if t[0] > new_edge - LOOKBACK_S - 2 or t[1] > stamp - 2 * LOOKBACK_S - 2}
+                 if t[0] > new_edge - lookback_s - 2 or t[1] > stamp - 2 * lookback_s - 2}
     new_pushed_edge = max([pushed_edge, *(e["received_at"] for e in pushed)])
     new_state = {"edge": datetime.fromtimestamp(new_edge, timezone.utc).isoformat(), "requested": requested,
                  "pushed_edge": new_pushed_edge.isoformat()}
@@ -185,6 +193,9 @@ def cardivo_redemptions_sensor(context: dg.SensorEvaluationContext, cardivo: Car
                            skip_reason=None if requests else dg.SkipReason("no new Cardivo changes"))
 
 
+cardivo_redemptions_sensor = build_cardivo_sensor()
+
+
 def _updated_epoch(record) -> float | None:
     try:
         return _utc(record["updated_at"]).timestamp()
@@ -192,13 +203,20 @@ def _updated_epoch(record) -> float | None:
         return None
 
 
-@dg.sensor(jobs=[stripe_workflows], minimum_interval_seconds=INTERVAL_S,
-           default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Polls Stripe events (and reads pushed ones): requests stripe_workflows for the days of "
-                       "succeeded payments and early fraud warnings, and keeps the customer mirror fresh from "
-                       "customer.* events so matching need not relist every customer.")
-def stripe_events_sensor(context: dg.SensorEvaluationContext, stripe_api: StripeResource,
-                         store: StoreResource) -> dg.SensorResult:
+def build_stripe_sensor(interval_s: int = INTERVAL_S) -> dg.SensorDefinition:
+    @dg.sensor(jobs=[stripe_workflows], minimum_interval_seconds=interval_s,
+               default_status=dg.DefaultSensorStatus.STOPPED,
+               description="Polls Stripe events (and reads pushed ones): requests stripe_workflows for the days of "
+                           "succeeded payments and early fraud warnings, and keeps the customer mirror fresh from "
+                           "customer.* events so matching need not relist every customer.")
+    def stripe_events_sensor(context: dg.SensorEvaluationContext, stripe_api: StripeResource,
+                             store: StoreResource) -> dg.SensorResult:
+        return _stripe_tick(context, stripe_api, store)
+    return stripe_events_sensor
+
+
+def _stripe_tick(context: dg.SensorEvaluationContext, stripe_api: StripeResource,
+                 store: StoreResource) -> dg.SensorResult:
     stripe_client, db = stripe_api.get_client(), store.get_client()
     state = json.loads(context.cursor) if context.cursor else {}
     now = datetime.now(timezone.utc)
@@ -277,6 +295,9 @@ def stripe_events_sensor(context: dg.SensorEvaluationContext, stripe_api: Stripe
                            skip_reason=None if requests else dg.SkipReason("no new Stripe events for the workflows"))
 
 
+stripe_events_sensor = build_stripe_sensor()
+
+
 def _event_shape_ok(event) -> bool:
     if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
         return False
@@ -298,26 +319,40 @@ def _list_events(stripe_api: StripeClient, since: int, until: int | None, whole:
     return polled
 
 
-RERUN_DAYS = int(os.environ.get("GIFTFLOW_RERUN_DAYS", "7"))
-BACKFILL_HOUR_UTC = int(os.environ.get("GIFTFLOW_BACKFILL_HOUR_UTC", "1"))
+RERUN_DAYS = 7
+BACKFILL_HOUR_UTC = 1
 PARTITIONED_GROUPS = ("giftcard_sync", "stripe_workflows")
 
 
-@dg.sensor(asset_selection=dg.AssetSelection.groups(*PARTITIONED_GROUPS), minimum_interval_seconds=300,
-           default_status=dg.DefaultSensorStatus.STOPPED,
-           description=f"Daily at {BACKFILL_HOUR_UTC:02d}:00 UTC: one backfill that runs yesterday and re-runs the "
-                       f"{RERUN_DAYS} days before it for every partitioned job, to catch late voids and events.")
-def late_data_backfill(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    return late_data_backfill_tick(context, datetime.now(timezone.utc))
+# --- settings: the daily backfill's hour and days come from Settings (build_late_data_backfill) ---
+def build_late_data_backfill(rerun_days: int | None = None, hour_utc: int | None = None) -> dg.SensorDefinition:
+    """The sensor for `rerun_days` and `hour_utc` (None: the module's RERUN_DAYS / BACKFILL_HOUR_UTC at tick time)."""
+    shown_hour, shown_days = BACKFILL_HOUR_UTC if hour_utc is None else hour_utc, \
+        RERUN_DAYS if rerun_days is None else rerun_days
+
+    @dg.sensor(asset_selection=dg.AssetSelection.groups(*PARTITIONED_GROUPS), minimum_interval_seconds=300,
+               default_status=dg.DefaultSensorStatus.STOPPED,
+               description=f"Daily at {shown_hour:02d}:00 UTC: one backfill that runs yesterday and re-runs the "
+                           f"{shown_days} days before it for every partitioned job, to catch late voids and events.")
+    def late_data_backfill(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        return late_data_backfill_tick(context, datetime.now(timezone.utc), rerun_days, hour_utc)
+    return late_data_backfill
+# --- end settings ---
 
 
-def late_data_backfill_tick(context: dg.SensorEvaluationContext, now: datetime) -> dg.SensorResult:
+def late_data_backfill_tick(context: dg.SensorEvaluationContext, now: datetime, rerun_days: int | None = None,
+                            hour_utc: int | None = None) -> dg.SensorResult:
     """One tick of `late_data_backfill` at `now` (UTC): the first tick at or after BACKFILL_HOUR_UTC each day
     requests the backfill, every other tick skips. Tests pass a frozen `now`."""
+    rerun_days = RERUN_DAYS if rerun_days is None else rerun_days
+    hour_utc = BACKFILL_HOUR_UTC if hour_utc is None else hour_utc
     today = now.date().isoformat()
-    if context.cursor == today or now.hour < BACKFILL_HOUR_UTC:
-        return dg.SensorResult(skip_reason=dg.SkipReason(f"next backfill after {BACKFILL_HOUR_UTC:02d}:00 UTC"))
-    return dg.SensorResult(run_requests=[backfill_request(context, now.date(), RERUN_DAYS)], cursor=today)
+    if context.cursor == today or now.hour < hour_utc:
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"next backfill after {hour_utc:02d}:00 UTC"))
+    return dg.SensorResult(run_requests=[backfill_request(context, now.date(), rerun_days)], cursor=today)
+
+
+late_data_backfill = build_late_data_backfill()
 
 
 def backfill_request(context: dg.SensorEvaluationContext, today, rerun_days: int) -> dg.RunRequest:
@@ -325,3 +360,10 @@ def backfill_request(context: dg.SensorEvaluationContext, today, rerun_days: int
     days = [(today - timedelta(days=n)).isoformat() for n in range(1, rerun_days + 2)]
     return backfill_run_request(context.repository_def, dg.AssetSelection.groups(*PARTITIONED_GROUPS), days,
                                 tags={"giftflow/trigger": "late_data_backfill"})
+
+
+def build_sensors(interval_s: int = INTERVAL_S, lookback_s: int = LOOKBACK_S, rerun_days: int = RERUN_DAYS,
+                  backfill_hour_utc: int = BACKFILL_HOUR_UTC) -> list[dg.SensorDefinition]:
+    """The three sensors with the given intervals (the Definitions pass Settings' values)."""
+    return [build_cardivo_sensor(interval_s, lookback_s), build_stripe_sensor(interval_s),
+            build_late_data_backfill(rerun_days, backfill_hour_utc)]

@@ -190,8 +190,7 @@ def _send(ctx: _Ctx, kind: str, target: str, params: dict, key: str, call: Calla
 
 def _mirror_customer(store: GiftflowStore, tax_ids=(), coupons=()) -> Callable[[dict], None]:
     def mirror(customer: dict) -> None:
-        store.upsert_customers([customer])
-        store.upsert_customer_objects([customer], add_tax_ids=tax_ids, add_coupons=coupons)
+        store.upsert_customers([customer], add_tax_ids=tax_ids, add_coupons=coupons)
     return mirror
 
 
@@ -268,18 +267,18 @@ def _follow_up(ctx: _Ctx, customer_id: str, op: dict, before) -> dict | None:
         shown = f"{params['type']}:{params['value']}"
         return _send(ctx, TAX_ID_KIND, customer_id, params, key,
                      lambda: ctx.stripe_api.create_tax_id(customer_id, params, key),
-                     lambda _obj: ctx.store.upsert_customer_objects(
+                     lambda _obj: ctx.store.upsert_customers(
                          [_known_customer(ctx, customer_id)], add_tax_ids=[shown]))
     params = {**op["params"], "customer": customer_id}
     key = idempotency_key(PROMOTION_CODE_KIND, customer_id, {**params, "before": before})
     return _send(ctx, PROMOTION_CODE_KIND, customer_id, params, key,
                  lambda: ctx.stripe_api.create_promotion_code(params, key),
-                 lambda _obj: ctx.store.upsert_customer_objects(
+                 lambda _obj: ctx.store.upsert_customers(
                      [_known_customer(ctx, customer_id)], add_coupons=[params["promotion"]["coupon"]]))
 
 
 def _known_customer(ctx: _Ctx, customer_id: str) -> dict:
     """The mirrored customer (to attach a tax id or coupon to), else Stripe's."""
-    for customer in ctx.store.load_customer_objects_by_id([customer_id]):
+    for customer in ctx.store.load_customers([customer_id]):
         return customer
     return ctx.stripe_api.retrieve("customers", customer_id)

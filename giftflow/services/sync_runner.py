@@ -1,11 +1,12 @@
-"""One sync run: refresh the customer mirror, plan (pure), write through the one customer writer, keep
-the report. Called by the generated Dagster assets, the demo and the bench."""
+"""Running a sync: plan (pure, against the one customer mirror), write through the one customer writer, keep
+the report. One runner for the gift-card sync and every sync file; called by the Dagster assets and the
+benches."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -16,7 +17,10 @@ from giftflow.adapters.stripe import StripeClient
 from giftflow.adapters.sync_sources import check_columns
 from giftflow.domain.sync_plan import current_frame, fields_of, plan_sync, wanted_frame
 from giftflow.domain.sync_spec import SyncSpec
+from giftflow.services.customer_mirror import refresh_customer_mirror
 from giftflow.services.customer_writer import ApplyReport, apply_sync_plan
+
+SKIP = "skip"  # a row left out with its reason (the gift-card sync's unmatched, anonymous, multi_currency)
 
 REPORT_COUNTS = ("read", "created", "updated", "unchanged", "rejected", "failed")
 
@@ -35,51 +39,58 @@ class SyncResult:
         return not self.failures
 
 
-def refresh_mirror(spec: SyncSpec, stripe_api: StripeClient, store: GiftflowStore, max_age_s: int = 0) -> int:
-    """Bring the full customer mirror up to date (reused when younger than `max_age_s`); the calls it took."""
-    with_coupons = spec.mapping.coupon is not None
-    state_key = "customer_objects_refreshed_at" + (":coupons" if with_coupons else "")
-    refreshed = store.get_state(state_key)
-    if refreshed and (datetime.now(timezone.utc) - datetime.fromisoformat(refreshed)).total_seconds() < max_age_s:
-        return 0
-    rows, calls = [], 0
-    for page, calls in stripe_api.iter_customer_objects(with_tax_ids=spec.mapping.tax_id is not None):
-        rows += page
-    coupons: dict[str, list[str | None]] = defaultdict(list)
-    if with_coupons:
-        codes, more = stripe_api.list_promotion_codes(active=True)
-        calls += more
-        for code in codes:
-            if code.get("customer"):
-                coupons[code["customer"]].append((code.get("promotion") or {}).get("coupon"))
-    for row in rows:
-        listed = (row.pop("tax_ids", None) or {}).get("data", [])
-        row["_tax_ids"] = [f"{t['type']}:{t['value']}" for t in listed]
-        row["_coupons"] = coupons.get(row["id"], [])
-    store.replace_customer_objects(rows, refreshed_key=state_key)
-    return calls
+@dataclass
+class Planned:
+    """A sync's plan: the engine's rows (create, update, none, reject) and any rows left out (skip, with the
+    reason), and how many source rows it was made from."""
+
+    plan: pd.DataFrame
+    read: int
+    left_out: int = 0
+
+
+def run_planned(spec: SyncSpec, planner: Callable[[], Planned], stripe_api: StripeClient, store: GiftflowStore, *,
+                dry_run: bool, run_id: str, partition: str | None = None, mirror_calls: int = 0,
+                log: logging.Logger | None = None) -> SyncResult:
+    """The one runner of every sync, the gift-card sync's and each sync file's: plan (by calling `planner` now,
+    so a caller holding the write pool diffs against the mirror as it is now, not as it was when an earlier
+    step planned), write through the one customer writer, keep the run's report."""
+    started = datetime.now(timezone.utc)
+    t1 = time.perf_counter()
+    planned = planner()
+    t2 = time.perf_counter()
+    todo = planned.plan[planned.plan["action"] != SKIP] if planned.left_out else planned.plan
+    report: ApplyReport = apply_sync_plan(todo, stripe_api, store, spec=spec, dry_run=dry_run,
+                                          partition=partition, run_id=run_id, log=log)
+    t3 = time.perf_counter()
+    extra = {"left_out": planned.left_out} if planned.left_out or SKIP in set(planned.plan.get("action", [])) else {}
+    counts = keep_report(spec, store, report, read=planned.read, run_id=run_id, partition=partition,
+                         dry_run=dry_run, started_at=started, **extra)
+    return SyncResult(counts, report.rejections, report.failures, planned.plan,
+                      {"diff_s": t2 - t1, "write_s": t3 - t2}, mirror_calls)
+
+
+def plan_frame_sync(spec: SyncSpec, frame: pd.DataFrame, store: GiftflowStore) -> Planned:
+    """A sync file's plan: its source rows validated, matched and diffed against the whole mirror."""
+    wanted, invalid = wanted_frame(frame, spec)
+    mirror = store.load_customers()
+    plan = plan_sync(spec, wanted, invalid, current_frame(mirror, fields_of(wanted)), store.sync_ids(spec.name))
+    return Planned(plan, read=len(frame))
 
 
 def run_sync(spec: SyncSpec, frame: pd.DataFrame, stripe_api: StripeClient, store: GiftflowStore, *,
              dry_run: bool, run_id: str, partition: str | None = None, mirror_max_age_s: int = 0,
              log: logging.Logger | None = None) -> SyncResult:
-    """Sync `frame` (the source rows) to Stripe and store the run's report."""
+    """Sync `frame` (a sync file's source rows) to Stripe and store the run's report."""
     check_columns(spec, frame)  # before anything is fetched, and with a message naming the sync file's line
-    started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    calls = refresh_mirror(spec, stripe_api, store, mirror_max_age_s)
-    mirror = store.load_customer_objects()
-    t1 = time.perf_counter()
-    wanted, invalid = wanted_frame(frame, spec)
-    plan = plan_sync(spec, wanted, invalid, current_frame(mirror, fields_of(wanted)), store.sync_ids(spec.name))
-    t2 = time.perf_counter()
-    report: ApplyReport = apply_sync_plan(plan, stripe_api, store, spec=spec, dry_run=dry_run,
-                                          partition=partition, run_id=run_id, log=log)
-    t3 = time.perf_counter()
-    counts = keep_report(spec, store, report, read=len(frame), run_id=run_id, partition=partition, dry_run=dry_run,
-                         started_at=started)
-    return SyncResult(counts, report.rejections, report.failures, plan,
-                      {"mirror_s": t1 - t0, "diff_s": t2 - t1, "write_s": t3 - t2}, calls)
+    calls = refresh_customer_mirror(stripe_api, store, with_tax_ids=spec.mapping.tax_id is not None,
+                                    with_coupons=spec.mapping.coupon is not None, max_age_s=mirror_max_age_s)
+    mirror_s = time.perf_counter() - t0
+    result = run_planned(spec, lambda: plan_frame_sync(spec, frame, store), stripe_api, store, dry_run=dry_run,
+                         run_id=run_id, partition=partition, mirror_calls=calls, log=log)
+    result.timings["mirror_s"] = mirror_s
+    return result
 
 
 def keep_report(spec: SyncSpec, store: GiftflowStore, report: ApplyReport, *, read: int, run_id: str,

@@ -17,13 +17,12 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import BaseModel, StringConstraints
+from pydantic import BaseModel, SecretStr, StringConstraints
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -31,6 +30,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from giftflow.adapters.store import GiftflowStore
+from giftflow.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +232,14 @@ def create_app(store: GiftflowStore, *, cardivo_secret: str | None, stripe_secre
     ])
 
 
-def create_app_from_env() -> Starlette:
-    return create_app(GiftflowStore(database_url=os.environ.get("GIFTFLOW_DATABASE_URL") or None),
-                      cardivo_secret=os.environ.get("GIFTFLOW_CARDIVO_WEBHOOK_SECRET") or None,
-                      stripe_secret=os.environ.get("GIFTFLOW_STRIPE_WEBHOOK_SECRET") or None,
-                      max_body_bytes=int(os.environ.get("GIFTFLOW_WEBHOOK_MAX_BODY_BYTES") or MAX_BODY_BYTES),
-                      read_timeout_s=float(os.environ.get("GIFTFLOW_WEBHOOK_READ_TIMEOUT_S") or READ_TIMEOUT_S))
+def create_app_from_env(settings: Settings | None = None) -> Starlette:
+    """The receiver configured from `settings` (default: read from the environment now; SettingsError when bad)."""
+    settings = settings or Settings.from_env()
+
+    def secret(value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    return create_app(GiftflowStore(database_url=settings.store_url),
+                      cardivo_secret=secret(settings.cardivo_webhook_secret),
+                      stripe_secret=secret(settings.stripe_webhook_secret),
+                      max_body_bytes=settings.webhook_max_body_bytes, read_timeout_s=settings.webhook_read_timeout_s)

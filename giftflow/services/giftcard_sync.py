@@ -1,0 +1,91 @@
+"""The gift-card sync as a sync of the engine: what Stripe should hold comes from the domain's reconcile, the
+diff and the action from the engine (domain/sync_plan.py, configured by domain/giftcard_sync.yaml), the writes
+from the one customer writer, through the one runner (services/sync_runner.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from giftflow.adapters.store import GiftflowStore
+from giftflow.domain.giftcard import (
+    METADATA_KEYS,
+    PLAN_COLUMNS,
+    SKIP,
+    SYNC,
+    customers_frame,
+    match_redemptions,
+    wanted_by_customer,
+)
+from giftflow.domain.sync_plan import CREATE, NONE, REJECT, UPDATE, plan_sync
+from giftflow.domain.sync_spec import SyncSpec
+from giftflow.services.sync_runner import Planned
+
+_PREFIXED = {k: f"metadata.{k}" for k in METADATA_KEYS}
+
+
+def plan_giftcard_day(store: GiftflowStore, day_start: datetime, day_end: datetime, spec: SyncSpec) -> Planned:
+    """The gift-card sync's plan for one day, from the store as it is now: every customer touched by the day's
+    redemptions, with all of their redemptions of all days. Reads only the customers the day can match, so its
+    cost grows with the day, not with the account."""
+    day = store.load_redemptions(start=day_start, end=day_end)
+    customers = customers_frame(store.load_customers(day["stripe_customer_id"].dropna().unique(),
+                                                     emails=day["email_norm"].dropna().unique()))
+    # A customer's values come from all their days: widen to every redemption linked to them.
+    touched = match_redemptions(day, customers)["customer_id"].dropna().unique()
+    emails = set(customers.loc[customers["customer_id"].isin(touched), "email_norm"].dropna())
+    emails |= set(day["email_norm"].dropna())
+    ids = set(touched) | set(day["stripe_customer_id"].dropna())
+    # The day itself too: anonymous redemptions match neither an e-mail nor an id, and are reported.
+    history = store.load_redemptions(start=day_start, end=day_end, emails=emails, customer_ids=ids)
+    # Every customer the history can match, so matching sees the same candidates as with the whole mirror.
+    customers = customers_frame(store.load_customers(history["stripe_customer_id"].dropna().unique(),
+                                                     emails=history["email_norm"].dropna().unique()))
+    plan = plan_customer_updates(history, customers, day_start, day_end, spec)
+    return Planned(plan, read=len(plan), left_out=int((plan["action"] == SKIP).sum()))
+
+
+def plan_customer_updates(redemptions: pd.DataFrame, customers: pd.DataFrame, day_start: datetime,
+                          day_end: datetime, spec: SyncSpec) -> pd.DataFrame:
+    """One row per customer touched by a redemption in [day_start, day_end), with what to do under `spec` (the
+    gift-card sync's configuration of the engine, in update or upsert mode): the domain's wanted values, diffed
+    by the engine against the customers they match. `redemptions` is every day giftflow has seen."""
+    plan = wanted_by_customer(redemptions, customers, day_start, day_end, spec.mode)
+    if plan.empty:
+        return pd.DataFrame(columns=PLAN_COLUMNS)
+    plan = _decide(spec, plan, customers)
+    # The parts come ordered by customer_id, then e-mail, missing last: what is left is the action.
+    action = pd.Categorical(plan["action"], categories=[CREATE, UPDATE, NONE, REJECT, SKIP]).codes
+    return plan.take(np.argsort(action, kind="stable")).reset_index(drop=True)
+
+
+def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
+    """The engine's plan for the rows not left out: their wanted values against the customers they match."""
+    todo = np.flatnonzero((plan["action"] == SYNC).to_numpy())
+    rows = plan.iloc[todo]
+    ids, emails = rows["customer_id"].to_numpy(dtype=object), rows["email"].to_numpy(dtype=object)
+    wanted = _objects({"row_key": np.where(pd.isna(ids), emails, ids), "given_id": ids, "email_norm": emails,
+                       "email": emails, **{c: rows[c].to_numpy(dtype=object) for c in ("name", "phone")},
+                       **{f"metadata.{k}": rows[k].to_numpy(dtype=object) for k in METADATA_KEYS}})
+    matched = rows["_row"].fillna(-1).to_numpy(dtype=np.int64) if "_row" in rows else np.full(len(rows), -1)
+    current = customers.iloc[matched[matched >= 0]].set_index("customer_id")
+    decided = plan_sync(spec, wanted, pd.Series(dtype=object), current.rename(columns=lambda c: _PREFIXED.get(c, c)))
+
+    def spread(values: pd.Series, base: np.ndarray | None = None) -> pd.Series:
+        out = np.full(len(plan), None, dtype=object) if base is None else base.copy()
+        out[todo] = values.to_numpy(dtype=object)
+        return pd.Series(out, index=plan.index, dtype=object, copy=False)  # object: None stays None
+
+    out = {c: plan[c] for c in PLAN_COLUMNS if c != "changed_keys"}
+    out |= {c: spread(decided[c], plan[c].to_numpy(dtype=object)) for c in ("action", "reason")}
+    out["changed_keys"] = spread(decided["changed"], np.full(len(plan), "", dtype=object))
+    # What the writer needs: the engine's own columns, for the rows it decided.
+    out |= {c: spread(decided[c]) for c in decided.columns if c not in out}
+    return pd.DataFrame(out, copy=False)
+
+
+def _objects(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A frame of object columns as given: pandas would otherwise scan each to infer a string dtype."""
+    return pd.DataFrame({k: pd.Series(v, dtype=object, copy=False) for k, v in columns.items()}, copy=False)
