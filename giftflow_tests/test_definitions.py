@@ -125,6 +125,7 @@ def _hostile_env(tmp_path) -> dict:
     return {**env, **HOSTILE, "DAGSTER_HOME": str(tmp_path)}
 
 
+@pytest.mark.e2e  # Python subprocesses importing giftflow and Dagster: ~12 s
 def test_importing_every_module_reads_no_environment(tmp_path):
     """Every module of giftflow imports under settings that are all wrong: nothing is read at import."""
     code = ("import importlib, pkgutil, giftflow\n"
@@ -138,6 +139,7 @@ def test_importing_every_module_reads_no_environment(tmp_path):
     assert int(done.stdout.split()[-1]) > 30
 
 
+@pytest.mark.e2e  # `dagster definitions validate` and a Python subprocess: ~40 s
 def test_giftflow_defs_and_dagster_validate_load_with_bad_settings(tmp_path):
     """`giftflow.defs` loads and `dagster definitions validate` passes (the code location loads), logging the
     problems; the jobs are there, their assets fail naming each bad variable."""
