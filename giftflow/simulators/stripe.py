@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -1021,7 +1021,10 @@ def create_app(state: StripeState, *, api_key: str | None = None, rate_limit_per
         return run
 
     async def serve(request: Request, family: str, action: Callable | None) -> JSONResponse:
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # the client went away mid-request (e.g. killed): nothing applied, nobody to answer
+            return JSONResponse({"error": {"type": "api_error", "message": "client disconnected"}}, 499)
         try:
             pairs = [*request.query_params.multi_items(),
                      *parse_qsl(body.decode("utf-8"), keep_blank_values=True)]
