@@ -133,6 +133,7 @@ def oracle(world, days: list[str], crm: dict[str, list[dict]]) -> Oracle:
     # gift-card sync, day by day: day D writes every customer with a redemption redeemed on D, from all seen so far
     seen: list[tuple[str, dict]] = []
     giftcard: dict[str, dict] = {}
+    created: set[str] = set()
     for day in days:
         today = [(target(r), r) for r in world.redemptions if r["redeemed_at"][:10] == day]
         seen += [(t, r) for t, r in today if t]
@@ -141,6 +142,10 @@ def oracle(world, days: list[str], crm: dict[str, list[dict]]) -> Oracle:
             done = [r for r in mine if r["status"] == "completed"]
             if len({r["currency"] for r in done}) > 1:
                 continue  # multi_currency: reported, not written (earlier values stay)
+            if t.startswith("new:") and t not in created:
+                if not done:
+                    continue  # nothing completed yet: no customer is created for it (left out, unmatched)
+                created.add(t)
             if not done:
                 giftcard[t] = {"giftcard_redeemed_total": "0", "giftcard_redemptions": "0"}
                 continue
@@ -352,6 +357,7 @@ class SeedResult:
     seconds: float = 0.0
     faults: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    events: list = field(default_factory=list)  # kills, failed steps
 
 
 def run_seed(seed: int, n_days: int, verbose: bool = False) -> SeedResult:
@@ -387,6 +393,7 @@ def run_seed(seed: int, n_days: int, verbose: bool = False) -> SeedResult:
         home, syncs = Path(tmp, "dagster_home"), Path(tmp, "syncs")
         (syncs / "crm").mkdir(parents=True)
         home.mkdir()
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # SQLite storage, no telemetry
         (syncs / f"{SYNC_NAME}.yaml").write_text(SYNC_FILE)
         for day, rows in crm.items():
             with open(syncs / "crm" / f"{day}.csv", "w", newline="") as f:
@@ -448,14 +455,19 @@ def _run_worker(steps, pos, attempts, kill_at, stripe_state, env, log, result) -
                     pos, current = index + 1, None
                 elif kind == "END":
                     attempts[index] += 1
+                    result.events.append(f"{steps[index]} failed")
                     result.reruns += 1
                     return pos
             elif proc.poll() is not None and lines.empty():
+                if pos >= len(steps):
+                    return pos  # all done
                 attempts[pos if current is None else current] += 1  # died without a word (e.g. at import)
+                result.events.append(f"worker died in {steps[pos if current is None else current]}")
                 result.reruns += 1
                 return pos
             if current in kill_at and stripe_state.stats()["writes"] - base >= kill_at[current]:
                 os.killpg(proc.pid, signal.SIGKILL)  # the group this call created: the worker and nothing else
+                result.events.append(f"{steps[current]} killed after {stripe_state.stats()['writes'] - base} writes")
                 del kill_at[current]
                 result.kills += 1
                 result.reruns += 1
@@ -492,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         for note in r.notes[:20] if (args.verbose or r.failed) else []:
             print(f"        {note}")
         if args.verbose:
+            print(f"        events: {'; '.join(r.events)}")
             print(f"        faults: {r.faults}")
     dups, lost, failed = (sum(r.duplicates for r in results), sum(r.lost for r in results),
                           sum(r.failed for r in results))
