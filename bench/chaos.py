@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
 
 CARDIVO_KEY, STRIPE_KEY, TEAM = "cardivo_chaos_key", "sk_test_giftflow_chaos", "team@example.com"
 MAX_RERUNS = 8
+STEP_TIMEOUT_S = 180  # a step still running after this is taken as hung: killed and rerun like a failed one
 SYNC_NAME = "chaos_crm"
 JOBS = ("giftcard_sync", "stripe_workflows", f"sync_{SYNC_NAME}_job")
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -439,7 +440,7 @@ def _run_worker(steps, pos, attempts, kill_at, stripe_state, env, log, result) -
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] and None, daemon=True).start()
-    current, base = None, 0
+    current, base, since = None, 0, time.monotonic()
     try:
         while True:
             try:
@@ -450,7 +451,7 @@ def _run_worker(steps, pos, attempts, kill_at, stripe_state, env, log, result) -
                 kind, index, *rest = line.split()
                 index = int(index)
                 if kind == "START":
-                    current, base = index, stripe_state.stats()["writes"]
+                    current, base, since = index, stripe_state.stats()["writes"], time.monotonic()
                 elif kind == "END" and rest == ["ok"]:
                     pos, current = index + 1, None
                 elif kind == "END":
@@ -464,6 +465,13 @@ def _run_worker(steps, pos, attempts, kill_at, stripe_state, env, log, result) -
                 attempts[pos if current is None else current] += 1  # died without a word (e.g. at import)
                 result.events.append(f"worker died in {steps[pos if current is None else current]}")
                 result.reruns += 1
+                return pos
+            if time.monotonic() - since > STEP_TIMEOUT_S:
+                os.killpg(proc.pid, signal.SIGKILL)
+                step = pos if current is None else current
+                attempts[step] += 1
+                result.reruns += 1
+                result.events.append(f"{steps[step]} hung for {STEP_TIMEOUT_S} s: killed")
                 return pos
             if current in kill_at and stripe_state.stats()["writes"] - base >= kill_at[current]:
                 os.killpg(proc.pid, signal.SIGKILL)  # the group this call created: the worker and nothing else
