@@ -12,6 +12,7 @@ Admin endpoints (outside /v1, JSON bodies, not counted in the stats):
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import fnmatch
 import itertools
@@ -28,7 +29,7 @@ from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -61,6 +62,7 @@ API_VERSION = "2026-10-28.endive"  # the version stripe 16 pins; stamped on even
 _LIST_VALUED = {"preferred_locales", "expand", "types", "tax_id_data"}
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _ID_CHARS = string.ascii_letters + string.digits
+INJECTED = ("injected_429", "injected_5xx", "lost_answers", "slow_answers")  # create_app's fault counters
 
 
 class StripeError(Exception):
@@ -1001,8 +1003,13 @@ class StripeState:
             for counts in self._by_route.values():
                 totals.update(counts)
             return {**{k: totals.get(k, 0) for k in ("requests", "reads", "writes", "replays", "rate_limited",
-                                                     "errors", "injected")},
+                                                     "errors", "injected", *INJECTED)},
                     "by_route": {family: dict(counts) for family, counts in sorted(self._by_route.items())}}
+
+    def note(self, family: str, what: str) -> None:
+        """Count an injected fault (one of INJECTED) against a route family."""
+        with self.lock:
+            self._by_route[family][what] += 1
 
     def reset_stats(self) -> None:
         with self.lock:
@@ -1036,26 +1043,62 @@ class _RequestId:
         await self.app(scope, receive, send_with_id)
 
 
-def create_app(state: StripeState, *, api_key: str | None = None, rate_limit_per_s: float | None = None) -> Starlette:
+def create_app(state: StripeState, *, api_key: str | None = None, rate_limit_per_s: float | None = None,
+               rate_limit_rate: float = 0.0, error_rate: float = 0.0, lose_rate: float = 0.0,
+               slow_rate: float = 0.0, slow_s: float = 0.5, seed: int = 0) -> Starlette:
     """Stripe's endpoints over `state`, and the admin endpoints of the module docstring; `api_key` None accepts
-    any key."""
+    any key.
+
+    Injected faults on /v1 requests, drawn from a random stream seeded by `seed` so a failing run can be replayed:
+    `rate_limit_rate` of them get a 429 and `error_rate` a 500/503, both before anything is applied;
+    `lose_rate` of the writes that succeeded are applied and then answer 502, as if the answer was lost on the way
+    (a retry with the same Idempotency-Key gets the saved answer); `slow_rate` of the answers come `slow_s`
+    seconds late (after the request was applied). Counted in the stats as `injected_429`, `injected_5xx`,
+    `lost_answers` and `slow_answers`."""
     window = _Window(rate_limit_per_s) if rate_limit_per_s else None
+    rng, rng_lock = random.Random(seed), threading.Lock()
 
     def endpoint(family: str, action: Callable | None):
         async def run(request: Request) -> JSONResponse:
-            body = await request.body()
-            try:
-                pairs = [*request.query_params.multi_items(),
-                         *parse_qsl(body.decode("utf-8"), keep_blank_values=True)]
-            except UnicodeDecodeError:
-                pairs = None
-            status, payload, headers = state.serve(
-                family, action, method=request.method, path=request.url.path, path_params=request.path_params,
-                pairs=pairs, authorization=request.headers.get("authorization"),
-                idempotency_key=request.headers.get("idempotency-key"), api_key=api_key, window=window,
-                request_id=request.scope.get("state", {}).get("request_id"))
-            return JSONResponse(payload, status, headers=headers)
+            with rng_lock:
+                limited, failed, lost, slow = (rng.random() < rate_limit_rate, rng.random() < error_rate,
+                                               rng.random() < lose_rate, rng.random() < slow_rate)
+                status_5xx = rng.choice([500, 503])
+            if limited:
+                state.note(family, "injected_429")
+                error = StripeError(429, "Request rate limit exceeded (simulated).", type="rate_limit_error",
+                                    code="rate_limit").error
+                return JSONResponse({"error": error}, 429)
+            if failed:
+                state.note(family, "injected_5xx")
+                return JSONResponse({"error": {"type": "api_error", "message": "internal error (simulated)"}},
+                                    status_5xx)
+            response = await serve(request, family, action)
+            if lost and request.method in ("POST", "DELETE") and response.status_code == 200:
+                state.note(family, "lost_answers")
+                response = JSONResponse({"error": {"type": "api_error", "message": "response lost (simulated)"}}, 502)
+            if slow:
+                state.note(family, "slow_answers")
+                await asyncio.sleep(slow_s)
+            return response
         return run
+
+    async def serve(request: Request, family: str, action: Callable | None) -> JSONResponse:
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # the client went away mid-request (e.g. killed): nothing applied, nobody to answer
+            return JSONResponse({"error": {"type": "api_error", "message": "client disconnected"}}, 499)
+        try:
+            pairs = [*request.query_params.multi_items(),
+                     *parse_qsl(body.decode("utf-8"), keep_blank_values=True)]
+        except UnicodeDecodeError:
+            pairs = None
+        status, payload, headers = state.serve(
+            family, action, method=request.method, path=request.url.path, path_params=request.path_params,
+            pairs=pairs, authorization=request.headers.get("authorization"),
+            idempotency_key=request.headers.get("idempotency-key"), api_key=api_key, window=window,
+            request_id=request.scope.get("state", {}).get("request_id"))
+        return JSONResponse(payload, status, headers=headers)
 
     async def stats(request: Request) -> JSONResponse:
         return JSONResponse(state.stats())

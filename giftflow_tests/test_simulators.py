@@ -328,6 +328,22 @@ def test_stripe_sdk_retry_reuses_its_idempotency_key(stripe_api):
     assert (state.stats()["writes"], state.stats()["replays"]) == (1, 1)
 
 
+def test_stripe_injected_faults(stripe_api):
+    state, _, base = stripe_api(lose_rate=1.0)
+    headers = {"Authorization": f"Bearer {STRIPE_KEY}", "Idempotency-Key": "k-lost"}
+    lost = httpx.post(f"{base}/v1/customers", data={"email": "lost@example.com"}, headers=headers)
+    assert lost.status_code == 502 and len(state.customers()) == 1  # applied, the answer lost
+    assert httpx.get(f"{base}/v1/customers", headers=headers).status_code == 200  # reads are not lost
+    for rate, status in (("rate_limit_rate", {429}), ("error_rate", {500, 503})):
+        state, _, base = stripe_api(**{rate: 1.0})
+        answer = httpx.post(f"{base}/v1/customers", data={"email": "x@example.com"}, headers=headers)
+        assert answer.status_code in status and state.customers() == []  # refused before anything is applied
+    state, _, base = stripe_api(slow_rate=1.0, slow_s=0.2, seed=3)
+    answer = httpx.get(f"{base}/v1/customers", headers=headers)
+    assert answer.status_code == 200 and answer.elapsed.total_seconds() >= 0.2
+    assert state.stats()["slow_answers"] == 1
+
+
 def test_stripe_auth_rate_limit_and_request_ids(stripe_api):
     state, client, base = stripe_api(rate_limit_per_s=5)
     with pytest.raises(stripe.AuthenticationError):

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -364,6 +365,18 @@ def test_upstream_asset_and_store_sql_sources(world):
     assert result.success
     assert {c["email"]: c["name"] for c in world.state.customers()} == {"up@example.com": "Up",
                                                                        "sql@example.com": "Sql"}
+
+
+def test_a_daily_partitioned_sync_with_a_schedule_loads_and_runs_the_last_whole_day(tmp_path):
+    (tmp_path / "d.yaml").write_text(
+        "version: 1\nname: daily_crm\nsource: {csv: 'x/{partition}.csv'}\nmode: update\nidentifier: email\n"
+        "primary_key: ref\nschedule: '0 6 * * *'\npartitions: daily\nmapping: {email: email, name: name}\n")
+    defs = build_sync_definitions(tmp_path)
+    assert not [a for a in defs.assets if "does not load" in (a.descriptions_by_key.get(a.key) or "")]
+    schedule = next(s for s in defs.schedules if s.name == "sync_daily_crm_schedule")
+    tick = datetime(2026, 3, 10, 6, 0, tzinfo=timezone.utc)
+    request = schedule(dg.build_schedule_context(scheduled_execution_time=tick))
+    assert request.partition_key == "2026-03-09"
 
 
 @pytest.mark.e2e  # the `giftflow` command as subprocesses: ~3 s
