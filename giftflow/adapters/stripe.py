@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -12,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import sqlalchemy as sa
 import stripe
 from pydantic import BaseModel, ConfigDict, Field
 from pyrate_limiter import Duration, Limiter, Rate, SQLiteBucket
@@ -51,15 +53,50 @@ def client_rates(per_second: int) -> list[Rate]:
 
 
 @lru_cache(maxsize=16)
-def _limiter(per_second: int, shared_db: str | None) -> Limiter:
-    """One limiter per process, rate and bucket. With `shared_db`, the bucket is a SQLite file guarded by a
-    file lock, so every run on the host (a backfill runs many at once) draws from one budget."""
+def _limiter(per_second: int, shared_db: str | None) -> Limiter | PostgresBudget:
+    """One limiter per process, rate and bucket. `shared_db` is where every run draws from one budget: a
+    PostgreSQL URL (giftflow's database: every run on every host) or a SQLite file guarded by a file lock
+    (every run on this host)."""
     rates = client_rates(per_second)
     if not shared_db:
         return Limiter(rates)
+    if shared_db.startswith("postgresql"):
+        return PostgresBudget(shared_db, rates[0].limit)
     Path(shared_db).parent.mkdir(parents=True, exist_ok=True)
     bucket = SQLiteBucket.init_from_file(rates, table="stripe_calls", db_path=shared_db, use_file_lock=True)
     return Limiter(bucket)
+
+
+class PostgresBudget:
+    """A token bucket in one PostgreSQL row (GCRA: calls spaced 1/rate apart, no burst), shared by every run on
+    every host: each call takes the next slot in one atomic UPDATE, on PostgreSQL's clock, and waits for it.
+    One round trip a call and no lock held while waiting. pyrate-limiter's PostgresBucket (a log of calls under a
+    NOWAIT table lock) turns contention into refused attempts and retries; this spaces calls instead
+    (bench/shared_rate_limit.py: 4 hosts x 8 threads, 95-97 % of the limit)."""
+
+    _TABLE = "giftflow_stripe_budget"
+
+    def __init__(self, url: str, per_second: int, name: str = "stripe"):
+        self.interval, self.name = 1.0 / per_second, name
+        self.engine = sa.create_engine(url, pool_size=4, max_overflow=28, pool_pre_ping=True, hide_parameters=True)
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7263532)"))  # one creator among many hosts
+            conn.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {self._TABLE} "
+                                 "(name VARCHAR(64) PRIMARY KEY, next_slot DOUBLE PRECISION NOT NULL)"))
+            conn.execute(sa.text(f"INSERT INTO {self._TABLE} VALUES (:name, 0) ON CONFLICT DO NOTHING"),
+                         {"name": name})
+
+    def try_acquire(self, _item: str = "stripe") -> bool:
+        """Wait for this call's slot; True when it may go."""
+        now_sql = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
+        with self.engine.begin() as conn:
+            slot, now = conn.execute(sa.text(
+                f"UPDATE {self._TABLE} SET next_slot = GREATEST(next_slot, {now_sql}) + :interval "
+                f"WHERE name = :name RETURNING next_slot - :interval, {now_sql}"),
+                {"interval": self.interval, "name": self.name}).one()
+        if slot > now:
+            time.sleep(slot - now)
+        return True
 
 
 @lru_cache(maxsize=16)

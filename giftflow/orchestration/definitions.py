@@ -39,7 +39,10 @@ def _resources(settings: Settings) -> dict:
             api_base=settings.stripe_api_base,
             max_requests_per_second=settings.stripe_max_rps,
             max_concurrent_writes=settings.stripe_write_concurrency,
-            rate_limit_db=settings.stripe_rate_db_path,
+            # On PostgreSQL the budget lives in giftflow's database: one for every run on every host.
+            rate_limit_db=(settings.stripe_rate_db_path if settings.stripe_rate_db is not None
+                           or not settings.store_url.startswith("postgresql")
+                           else _secret(settings, "database_url")),
         ),
         # The URL may carry a password: given as its variable where set; the default SQLite path is plain.
         "store": StoreResource(database_url=_secret(settings, "database_url") or settings.store_url),
