@@ -111,7 +111,7 @@ def assert_v1_rows_readable(store: GiftflowStore) -> None:
     assert store.customers_refreshed_at() == T0
 
     [entry] = store.ledger_for_target("cus_old", "update_customer")
-    assert entry["params"] == {"metadata": {"giftcard_redeemed_total": "2500"}}
+    assert entry["params"] == '{"metadata": {"giftcard_redeemed_total": "2500"}}'  # JSON text, as it always was
     assert (entry["status"], entry["attempts"], entry["created_at"]) == ("sent", 2, T0)
     assert store.ledger_entries(["gf-upd-1"])["gf-upd-1"]["stripe_request_id"] == "req_1"
     assert list(store.ledger_frame()["params"]) == ['{"metadata": {"giftcard_redeemed_total": "2500"}}']
@@ -233,7 +233,7 @@ def test_json_columns_keep_what_senders_and_source_files_may_hold(new_url):
     assert store.record_webhook_event("cardivo", "evt_h", "redemption.created", {"id": "evt_h", "data": HOSTILE})
     assert store.webhook_events_since("cardivo", EPOCH)[0]["payload"]["data"] == HOSTILE
     store.record_planned("k1", "create_customer", "r1", {"name": HOSTILE["nul"], "metadata": HOSTILE}, None, "r")
-    assert store.ledger_entries(["k1"])["k1"]["params"] == {"name": HOSTILE["nul"], "metadata": HOSTILE}
+    assert json.loads(store.ledger_entries(["k1"])["k1"]["params"]) == {"name": HOSTILE["nul"], "metadata": HOSTILE}
     store.quarantine("cardivo", [{"record_key": "rdm_h", "reason": "bad", "payload": HOSTILE}], None, "r")
     assert json.loads(store.quarantined().loc[0, "payload"]) == HOSTILE
     store.record_sync_run("crm", "r", partition=None, status="success", dry_run=False, counts={"created": 0},
@@ -243,3 +243,15 @@ def test_json_columns_keep_what_senders_and_source_files_may_hold(new_url):
     # Values JSON has no type for are kept as their text, as the store always did.
     store.upsert_objects("charge", [{"id": "ch_1", "created": 1, "when": T0}])
     assert store.load_objects("charge")[0]["when"] == str(T0)
+
+
+def test_a_database_upgraded_by_a_newer_giftflow_is_refused_not_misread(tmp_path):
+    url = f"sqlite:///{tmp_path}/newer.sqlite"
+    GiftflowStore(database_url=url).get_state("x")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    from giftflow.adapters.store.db import SchemaTooNewError, migrate
+    with pytest.raises(SchemaTooNewError, match="revision 9999, which this giftflow does not know"):
+        migrate(sa.create_engine(url))

@@ -13,7 +13,9 @@ from giftflow.adapters.store.schema import ledger
 
 
 def _entry(row) -> dict:
-    return {**row, "created_at": aware(row["created_at"]), "updated_at": aware(row["updated_at"])}
+    # `params` as the JSON text (sorted keys) the ledger has always handed out: callers replay it as sent.
+    return {**row, "params": _json_dumps(row["params"]), "created_at": aware(row["created_at"]),
+            "updated_at": aware(row["updated_at"])}
 
 
 class Ledger(Repository):
