@@ -95,6 +95,7 @@ def test_ledger_lifecycle(store):
     assert list(entry) == ["k1"]
     assert (entry["k1"]["status"], entry["k1"]["attempts"], entry["k1"]["run_id"]) == ("sent", 2, "run-2")
     assert entry["k1"]["stripe_request_id"] == "req_1" and entry["k1"]["error"] is None
+    assert entry["k1"]["params"] == '{"metadata": {"a": "1"}}'  # JSON text: a create is replayed from it
 
 
 def test_quarantine_is_deduplicated_and_redacted(store):
