@@ -1,13 +1,16 @@
-"""`giftflow` command line: demo, dev, simulate."""
+"""giftflow: keep Stripe in step with Cardivo gift-card redemptions and your own data (README.md)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 
@@ -85,6 +88,7 @@ OUTCOMES = ("matched", "mailed", "tagged", "refunded", "escalated", "would_refun
 def _run_workflows(defs, instance, days: list[date], env: dict[str, str], outbox: str, label: str) -> int:
     job = defs.resolve_job_def("stripe_workflows")
     before_writes, before_mails = _stripe_writes(env), _count_files(outbox)
+    before_files = set(os.listdir(outbox)) if os.path.isdir(outbox) else set()
     totals: dict[str, dict[str, int]] = {}
     failed = []
     for day in days:
@@ -104,7 +108,25 @@ def _run_workflows(defs, instance, days: list[date], env: dict[str, str], outbox
     writes, mails = _stripe_writes(env) - before_writes, _count_files(outbox) - before_mails
     print(f"Stripe writes: {writes}, mails written to {outbox}: {mails}" +
           (f"  (failed days: {', '.join(failed)})" if failed else ""))
+    _list_mails(outbox, before_files)
     return writes + mails
+
+
+def _list_mails(outbox: str, before: set[str], shown: int = 10) -> None:
+    """Where each new mail went: recipient, subject and its .eml file in the outbox."""
+    from email import policy
+    from email.parser import BytesHeaderParser
+
+    def header(headers, name: str) -> str:
+        return " ".join(str(headers.get(name, "?")).split())  # unfolded, decoded
+
+    new = sorted(set(os.listdir(outbox)) - before) if os.path.isdir(outbox) else []
+    for name in new[:shown]:
+        with open(os.path.join(outbox, name), "rb") as f:
+            headers = BytesHeaderParser(policy=policy.default).parse(f)
+        print(f"  to {header(headers, 'To')}: {header(headers, 'Subject')}  ({name})")
+    if len(new) > shown:
+        print(f"  ... and {len(new) - shown} more in {outbox}")
 
 
 def _count_files(folder: str) -> int:
@@ -137,25 +159,64 @@ def _run_example_sync(defs, instance, env: dict[str, str], label: str) -> int:
 
 def syncs_report(args: argparse.Namespace) -> int:
     """Print a stored sync-run report: the latest run, or --run."""
+    import sqlalchemy as sa
+
     from giftflow.adapters.store import GiftflowStore
     from giftflow.services.sync_runner import format_report
 
-    store = GiftflowStore(database_url=args.database_url or Settings.from_env().store_url)
+    url = args.database_url or Settings.from_env().store_url
+    source = ("--database-url" if args.database_url else "GIFTFLOW_DATABASE_URL" if os.environ.get("GIFTFLOW_DATABASE_URL")
+              else "the default under DAGSTER_HOME")
+    store = GiftflowStore(database_url=url)
     runs = store.sync_runs(args.sync, args.run, limit=1)
     if not runs:
-        print(f"no report for sync {args.sync!r}" + (f" run {args.run}" if args.run else ""), file=sys.stderr)
+        shown = sa.make_url(url).render_as_string(hide_password=True)
+        print(f"no report for sync {args.sync!r}" + (f" run {args.run}" if args.run else "") +
+              f" in {shown} ({source}); a different database? use --database-url or GIFTFLOW_DATABASE_URL",
+              file=sys.stderr)
         return 1
     print(format_report(args.sync, runs[0]))
     return 0
 
 
-def demo(args: argparse.Namespace) -> int:
-    """Run giftcard_sync for the last few days against the simulators, then once more: 0 writes."""
-    import dagster as dg
+def check(args: argparse.Namespace) -> int:
+    """Every setting, the rules and sync files, Cardivo, Stripe and the databases: one line each, exit 1 on a problem."""
+    from giftflow.services.checks import failed, run_checks
 
+    checks = run_checks()
+    for c in checks:
+        print(c.line(), flush=True)
+    bad = sum(c.status == "problem" for c in checks)
+    print(f"\n{bad} problem(s): fix them before starting the daemon" if bad else "\nall checks passed")
+    return 1 if failed(checks) else 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Both jobs and the example sync for the last few days against the simulators, then once more: 0 writes."""
     today = datetime.now(timezone.utc).date()
     days = [today - timedelta(days=n) for n in range(args.days, 0, -1)]
-    with tempfile.TemporaryDirectory(prefix="giftflow-demo-") as home, simulators(days, args.seed) as env:
+    home = tempfile.mkdtemp(prefix="giftflow-demo-")
+    try:
+        return _demo(args, days, home)
+    finally:  # the outbox stays, so the mails the demo printed can be opened; the rest only with --keep
+        if not args.keep:
+            for entry in os.listdir(home):
+                if entry != "outbox":
+                    path = os.path.join(home, entry)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        outbox = os.path.join(home, "outbox")
+        if args.keep:
+            print(f"\nDAGSTER_HOME kept: {home} (mails in {outbox})")
+        elif os.path.isdir(outbox):
+            print(f"\nThe demo's mails are kept in {outbox} (the rest of {home} is removed; --keep keeps it)")
+        else:
+            os.rmdir(home)
+
+
+def _demo(args: argparse.Namespace, days: list[date], home: str) -> int:
+    import dagster as dg
+
+    with simulators(days, args.seed) as env:
         # The demo configures giftflow the way a deployment does: through the environment Settings reads.
         os.environ.update(env, DAGSTER_HOME=home, GIFTFLOW_SYNC_MODE=args.mode, GIFTFLOW_REFUNDS_ENABLED="true")
         os.environ.setdefault("GIFTFLOW_TEAM_EMAIL", "team@example.com")
@@ -184,21 +245,100 @@ def demo(args: argparse.Namespace) -> int:
     return 0 if again == 0 else 1
 
 
+DEV_INSTANCE = """\
+# The Dagster instance of `giftflow dev`: runs, events and schedules in SQLite files under this directory.
+# The repo's dagster.yaml (PostgreSQL, run queue limits) is the production instance and is not used here.
+"""
+
+
 def dev(args: argparse.Namespace) -> int:
-    """The simulators plus `dagster dev`, so the UI can be clicked through with no accounts."""
+    """The simulators, the Dagster webserver and the daemon, so the UI can be clicked through with no accounts."""
     today = datetime.now(timezone.utc).date()
     days = [today - timedelta(days=n) for n in range(args.days, 0, -1)]
     home = os.path.abspath(args.dagster_home)
     os.makedirs(home, exist_ok=True)
+    instance_file = os.path.join(home, "dagster.yaml")
+    if not os.path.exists(instance_file):
+        with open(instance_file, "w") as f:
+            f.write(DEV_INSTANCE)
     with simulators(days, args.seed) as env:
-        print(f"Cardivo simulator {env['CARDIVO_API_BASE']}, Stripe simulator {env['STRIPE_API_BASE']}")
         # Mails go to $DAGSTER_HOME/outbox unless an SMTP server is configured; a team address keeps the
         # workflows' mail_has_recipient check green out of the box.
         child_env = {"GIFTFLOW_TEAM_EMAIL": "team@example.com", **os.environ, **env, "DAGSTER_HOME": home}
-        cmd = [sys.executable, "-m", "dagster", "dev", "-m", "giftflow", "-p", str(args.port)]
-        with contextlib.suppress(KeyboardInterrupt):
-            return subprocess.call(cmd, env=child_env)
-    return 0
+        mails = (f"SMTP {child_env['GIFTFLOW_SMTP_HOST']}" if child_env.get("GIFTFLOW_SMTP_HOST")
+                 else f"{os.path.join(home, 'outbox')} (.eml files)")
+        print(f"giftflow dev\n  Cardivo simulator  {env['CARDIVO_API_BASE']}\n"
+              f"  Stripe simulator   {env['STRIPE_API_BASE']}\n"
+              f"  DAGSTER_HOME       {home}\n  instance           {instance_file} (SQLite under DAGSTER_HOME; the repo's "
+              f"production dagster.yaml is not used in dev)\n  team mails         {mails}\n"
+              f"  UI                 http://127.0.0.1:{args.port} (Ctrl-C stops everything)", flush=True)
+        webserver = [sys.executable, "-m", "dagster_webserver", "-m", "giftflow", "-h", "127.0.0.1",
+                     "-p", str(args.port)]
+        daemon = [_script("dagster-daemon"), "run", "-m", "giftflow"]
+        return run_process_group([webserver, daemon], env=child_env)
+
+
+def _script(name: str) -> str:
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    return beside if os.path.exists(beside) else (shutil.which(name) or name)
+
+
+def run_process_group(commands: list[list[str]], env: dict[str, str], stop_timeout_s: float = 20.0) -> int:
+    """Run `commands` in one new process group until one exits or SIGINT/SIGTERM arrives; then stop the whole
+    group (their code servers included): SIGTERM, and SIGKILL whatever is left after `stop_timeout_s`."""
+    received: list[int] = []
+
+    def on_signal(signum, _frame):
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs: list[subprocess.Popen] = []
+    try:
+        for cmd in commands:  # the first one leads the group; the others join it
+            procs.append(subprocess.Popen(cmd, env=env, process_group=procs[0].pid if procs else 0))
+        print(f"  processes          group {procs[0].pid}", flush=True)
+        while not received and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+        if not received:
+            exited = next(p for p in procs if p.poll() is not None)
+            print(f"giftflow dev: {exited.args!r} exited with {exited.returncode}; stopping the rest",
+                  file=sys.stderr, flush=True)
+    finally:
+        if procs:
+            _stop_group(procs[0].pid, procs, stop_timeout_s)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("giftflow dev: stopped (webserver, daemon, code servers and simulators)", flush=True)
+    return 0 if received else 1
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_group(pgid: int, procs: list[subprocess.Popen], timeout_s: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for p in procs:
+            p.poll()  # reap our children so the group can empty
+        if not _group_alive(pgid):
+            break
+        time.sleep(0.2)
+    else:
+        print(f"giftflow dev: still running after {timeout_s:g} s, killing process group {pgid}", file=sys.stderr)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(5)
 
 
 def simulate(args: argparse.Namespace) -> int:
@@ -239,20 +379,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="giftflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="run the gift-card sync once against local simulators")
+    p = sub.add_parser("check", help="check every setting, the rules and sync files, and reach Cardivo, Stripe "
+                                     "and the databases; exit 1 on a problem",
+                       description=check.__doc__)
+    p.set_defaults(func=check)
+
+    p = sub.add_parser("demo", help="run both jobs and the example sync for the last days against local simulators, "
+                                    "then again: 0 writes",
+                       description=demo.__doc__)
     p.add_argument("--days", type=int, default=3, help="how many past days to sync")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--mode", choices=["update", "upsert"], default="update")
+    p.add_argument("--keep", action="store_true", help="keep the demo's DAGSTER_HOME (the outbox is always kept)")
     p.set_defaults(func=demo)
 
-    p = sub.add_parser("dev", help="simulators plus `dagster dev`")
+    p = sub.add_parser("dev", help="the Dagster UI and daemon on the simulators, with a dev instance (Ctrl-C stops all)",
+                       description=dev.__doc__)
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--dagster-home", default=".dagster_home")
     p.set_defaults(func=dev)
 
-    p = sub.add_parser("simulate", help="serve one simulator")
+    p = sub.add_parser("simulate", help="serve the Cardivo or the Stripe simulator in the foreground",
+                       description=simulate.__doc__)
     p.add_argument("system", choices=["cardivo", "stripe"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--seed", type=int, default=7)
@@ -265,15 +415,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate-limit", type=float, default=None, help="Stripe: requests/s before 429s")
     p.set_defaults(func=simulate)
 
-    p = sub.add_parser("webhooks", help="serve the Cardivo/Stripe webhook receiver")
+    p = sub.add_parser("webhooks", help="serve the Cardivo and Stripe webhook receivers (stores events for the sensors)",
+                       description=webhooks.__doc__)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.set_defaults(func=webhooks)
 
-    p = sub.add_parser("syncs", help="reverse-ETL syncs to Stripe customers")
+    p = sub.add_parser("syncs", help="reports of reverse-ETL sync runs", description="Reverse-ETL syncs to Stripe.")
     syncs_sub = p.add_subparsers(dest="syncs_command", required=True)
-    r = syncs_sub.add_parser("report", help="print a sync-run report (default: the latest run)")
-    r.add_argument("sync", help="the sync's name (its file's `name`)")
+    r = syncs_sub.add_parser("report", help="print a sync run's stored report (default: the latest run)",
+                             description=syncs_report.__doc__)
+    r.add_argument("sync", help="the sync's name (its file's `name`; `giftcard` for the gift-card sync)")
     r.add_argument("--run", default=None, help="a Dagster run id")
     r.add_argument("--database-url", default=None, help="giftflow's store (default: GIFTFLOW_DATABASE_URL)")
     r.set_defaults(func=syncs_report)

@@ -201,6 +201,12 @@ class Settings(BaseSettings):
 # -- error messages ----------------------------------------------------------------------------------------
 
 
+def missing_variable(name: str, needed_by: str) -> str:
+    """The message for a variable a run needs and nobody set: which, why, and where it is documented."""
+    return (f"{name} is not set, and {needed_by} needs it.\nSet it in the environment of the code server and its "
+            "runs; README.md, Configuration, lists every variable (`giftflow check` checks them all).")
+
+
 def env_name(field: str) -> str:
     """The environment variable of a Settings field."""
     alias = Settings.model_fields[field].validation_alias

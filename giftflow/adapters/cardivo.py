@@ -49,6 +49,19 @@ class CardivoError(Exception):
         self.status, self.error_type = status, error_type
 
 
+class CardivoKeyRefused(CardivoError):
+    """Cardivo refused CARDIVO_API_KEY (401/403); the message names the variable and the base URL."""
+
+    def __init__(self, status: int, error_type: str, message: str):
+        Exception.__init__(self, message)
+        self.status, self.error_type = status, error_type
+
+
+def mask_secret(key: str) -> str:
+    """A key as it may be shown: its last 4 characters where it is long enough to keep the rest secret."""
+    return f"…{key[-4:]}" if len(key) >= 12 else "***"
+
+
 class _Retryable(Exception):
     def __init__(self, status: int, retry_after: float | None, detail: str):
         super().__init__(f"Cardivo API {status}: {detail}")
@@ -269,10 +282,17 @@ class CardivoClient(BaseModel):
             return CardivoError(status, "redirect", "redirects are not followed")
         try:
             err = json.loads(body)["error"]
-            return CardivoError(status, self._excerpt(str(err.get("type", "unknown")), 40),
-                                self._excerpt(str(err.get("message", ""))))
+            error = CardivoError(status, self._excerpt(str(err.get("type", "unknown")), 40),
+                                 self._excerpt(str(err.get("message", ""))))
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-            return CardivoError(status, "unknown", self._excerpt(body))
+            error = CardivoError(status, "unknown", self._excerpt(body))
+        if status in (401, 403):  # the key: say which variable, and where it was refused
+            said = str(error).removeprefix("Cardivo API ")
+            return CardivoKeyRefused(status, "authentication", (
+                f"CARDIVO_API_KEY ({mask_secret(self.api_key)}) was refused by {self.api_base.rstrip('/')} "
+                f"({said}). Set CARDIVO_API_KEY to a valid key for that CARDIVO_API_BASE; README, Configuration. "
+                "`giftflow check` tries it."))
+        return error
 
     @staticmethod
     def _read(response: httpx.Response) -> bytes:

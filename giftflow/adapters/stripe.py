@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -105,6 +106,50 @@ def _client(api_key: str, api_base: str | None, retries: int) -> stripe.StripeCl
                                max_network_retries=retries)
 
 
+STRIPE_API = "https://api.stripe.com"
+
+
+def mask_key(key: str) -> str:
+    """A key as it may be shown: its kind prefix and last 4 characters (`sk_test_…2e2e`), never more."""
+    if len(key) < 12:
+        return "…" + key[-2:] if key else "(empty)"
+    kind = key[:8] if re.match(r"^[a-z]{2}_(test|live)_", key) else key[:3]
+    return f"{kind}…{key[-4:]}"
+
+
+class _Named(stripe.StripeError):
+    def __str__(self) -> str:  # the message says it all; the request id stays in `request_id`
+        return self._message or ""
+
+
+class StripeKeyRefused(_Named, stripe.AuthenticationError):
+    """Stripe refused STRIPE_API_KEY (401): the message names the variable, the masked key and the base URL."""
+
+
+class StripeKeyNotPermitted(_Named, stripe.PermissionError):
+    """STRIPE_API_KEY is valid but may not do this (403, e.g. a restricted key without the permission)."""
+
+
+def _key_error(exc: stripe.StripeError, api_key: str, api_base: str | None) -> stripe.StripeError:
+    """An authentication or permission error that says what to fix, in two lines, keeping Stripe's status."""
+    base = (api_base or STRIPE_API).rstrip("/")
+    said = getattr(exc, "user_message", None) or str(exc)
+    cls: type[StripeKeyRefused] | type[StripeKeyNotPermitted]
+    if isinstance(exc, stripe.AuthenticationError):
+        cls, text = StripeKeyRefused, (
+            f"STRIPE_API_KEY ({mask_key(api_key)}) was refused by {base} (401: {said}). "
+            f"Set STRIPE_API_KEY to a secret or restricted key of that account"
+            f"{' (STRIPE_API_BASE points at a simulator or proxy: use the key it expects)' if api_base else ''}; "
+            "README, Configuration. `giftflow check` tries it.")
+    else:
+        cls, text = StripeKeyNotPermitted, (
+            f"STRIPE_API_KEY ({mask_key(api_key)}) may not do this at {base} (403: {said}). "
+            "A restricted key needs read and write access to customers, charges, payment intents, refunds, "
+            "promotion codes and Radar early fraud warnings; README, Configuration.")
+    return cls(text, http_body=exc.http_body, http_status=exc.http_status, json_body=exc.json_body,
+               headers=exc.headers, code=exc.code)
+
+
 MAX_RETRY_AFTER_S = 60
 _exponential = wait_exponential_jitter(0.5, max=8)
 
@@ -163,7 +208,17 @@ class StripeClient(BaseModel):
             _limiter(self.max_requests_per_second, self.rate_limit_db).try_acquire("stripe")
             return fn()
 
-        return paced()
+        try:
+            return paced()
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            if isinstance(exc, (StripeKeyRefused, StripeKeyNotPermitted)):
+                raise
+            raise _key_error(exc, self.api_key, self.api_base) from None
+
+    def check_key(self) -> str:
+        """One cheap authenticated call (list 1 customer): what was reached, or the key error."""
+        self._call(lambda: self.client.v1.customers.list(params={"limit": 1}))
+        return (self.api_base or STRIPE_API).rstrip("/")
 
     def _pages(self, lister: Callable[..., Any], params: dict[str, Any]) -> Iterator[tuple[list[dict], int]]:
         """Every object of a list endpoint, one page at a time, with the running call count."""

@@ -29,13 +29,12 @@ def _secret(settings: Settings, field: str) -> dg.EnvVar | None:
 
 
 def _resources(settings: Settings) -> dict:
-    # CARDIVO_* and STRIPE_API_KEY are required by the runs that call the APIs: unset, Dagster fails such a run
-    # naming the variable (EnvVar), while the rest of the code location (and the webhook receiver) work.
+    # CARDIVO_* and STRIPE_API_KEY are required by the steps that call the APIs: unset, such a step fails naming
+    # the variable and where it is documented, while the other steps, the code location and the receiver work.
     return {
-        "cardivo": CardivoResource(api_base=settings.cardivo_api_base or dg.EnvVar("CARDIVO_API_BASE"),
-                                   api_key=dg.EnvVar("CARDIVO_API_KEY")),
+        "cardivo": CardivoResource(api_base=settings.cardivo_api_base, api_key=_secret(settings, "cardivo_api_key")),
         "stripe_api": StripeResource(
-            api_key=dg.EnvVar("STRIPE_API_KEY"),
+            api_key=_secret(settings, "stripe_api_key"),
             api_base=settings.stripe_api_base,
             max_requests_per_second=settings.stripe_max_rps,
             max_concurrent_writes=settings.stripe_write_concurrency,

@@ -10,6 +10,7 @@ from giftflow.adapters.config_files import giftcard_sync_spec
 from giftflow.adapters.store import GiftflowStore
 from giftflow.domain.giftcard import summarize
 from giftflow.domain.redemptions import validate_redemptions
+from giftflow.orchestration.errors import failures_named
 from giftflow.orchestration.metadata import markdown_table
 from giftflow.orchestration.partitions import daily
 from giftflow.orchestration.resources import (
@@ -30,6 +31,7 @@ GROUP = "giftcard_sync"
     description="Cardivo redemptions of the day, validated against the API contract; bad records are "
                 "quarantined with their reason and the rest are upserted into giftflow's store.",
 )
+@failures_named
 def cardivo_redemptions(context: dg.AssetExecutionContext, cardivo: CardivoResource,
                         store: StoreResource) -> dg.MaterializeResult:
     cardivo_api, db = cardivo.get_client(), store.get_client()
@@ -58,6 +60,7 @@ def cardivo_redemptions(context: dg.AssetExecutionContext, cardivo: CardivoResou
                 "events sensor keeps it current (then a daily relisting is a safety net only). Stripe's e-mail "
                 "filter is case-sensitive, so matching by normalised e-mail needs the mirror.",
 )
+@failures_named
 def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResource, store: StoreResource,
                      settings: dg.ResourceParam[Settings]) -> dg.MaterializeResult:
     stripe_client, db = stripe_api.get_client(), store.get_client()
@@ -76,6 +79,19 @@ def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResour
                                           "reused_mirror": calls == 0})
 
 
+def _require_fetched(context: dg.AssetExecutionContext) -> None:
+    """A day whose redemptions were never fetched would plan 0 customers and look done: fail and say so."""
+    day = context.partition_key
+    fetched = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=cardivo_redemptions.key, asset_partitions=[day]), limit=1).records
+    if not fetched:
+        raise dg.Failure(
+            description=f"cardivo_redemptions has not been materialized for {day}, so there is nothing to plan "
+                        f"(the plan would show 0 customers). Materialize cardivo_redemptions (and "
+                        f"stripe_customers) for {day} first, or run the whole giftcard_sync job for the day.",
+            metadata={"missing_upstream": "cardivo_redemptions", "partition": day}, allow_retries=False)
+
+
 def _planner(window: dg.TimeWindow, db: GiftflowStore, settings: Settings):
     spec = giftcard_sync_spec(settings.sync_mode)
     return spec, lambda: plan_giftcard_day(db, window.start, window.end, spec)
@@ -90,6 +106,7 @@ def _planner(window: dg.TimeWindow, db: GiftflowStore, settings: Settings):
 )
 def giftcard_customer_plan(context: dg.AssetExecutionContext, store: StoreResource,
                            settings: dg.ResourceParam[Settings]) -> dg.Output[pd.DataFrame]:
+    _require_fetched(context)
     _, planner = _planner(context.partition_time_window, store.get_client(), settings)
     plan = planner().plan
     counts = summarize(plan)
@@ -110,6 +127,7 @@ def giftcard_customer_plan(context: dg.AssetExecutionContext, store: StoreResour
                 "out, and a retry resends only what failed. Each run's report is kept (`giftflow syncs report "
                 "giftcard`). GIFTFLOW_DRY_RUN=true writes nothing.",
 )
+@failures_named
 def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_customer_plan: pd.DataFrame,
                               stripe_api: StripeResource, store: StoreResource,
                               settings: dg.ResourceParam[Settings]) -> dg.MaterializeResult:

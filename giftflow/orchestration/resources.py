@@ -13,7 +13,7 @@ from giftflow.adapters.cardivo import CardivoClient
 from giftflow.adapters.mailer import Mailer
 from giftflow.adapters.store import GiftflowStore
 from giftflow.adapters.stripe import StripeClient
-from giftflow.settings import BOOL_ALLOWED, Settings, parse_bool
+from giftflow.settings import BOOL_ALLOWED, Settings, missing_variable, parse_bool
 
 DRY_RUN_TAG = "giftflow/dry_run"
 
@@ -21,18 +21,22 @@ DRY_RUN_TAG = "giftflow/dry_run"
 class CardivoResource(dg.ConfigurableResource):
     """The Cardivo API (CARDIVO_API_BASE, CARDIVO_API_KEY)."""
 
-    api_base: str
-    api_key: str
+    api_base: str | None = None
+    api_key: str | None = None
     page_size: int = 100
 
     def get_client(self) -> CardivoClient:
+        if not self.api_base or not self.api_key:
+            name = "CARDIVO_API_BASE" if not self.api_base else "CARDIVO_API_KEY"
+            raise dg.Failure(description=missing_variable(name, "this step (it calls Cardivo)"),
+                             metadata={"variable": name}, allow_retries=False)
         return CardivoClient(api_base=self.api_base, api_key=self.api_key, page_size=self.page_size)
 
 
 class StripeResource(dg.ConfigurableResource):
     """Stripe (STRIPE_API_KEY, STRIPE_API_BASE), paced to one budget shared by every run."""
 
-    api_key: str
+    api_key: str | None = None
     api_base: str | None = None
     max_requests_per_second: int = 20
     max_concurrent_writes: int = 8
@@ -40,6 +44,9 @@ class StripeResource(dg.ConfigurableResource):
     rate_limit_db: str | None = None
 
     def get_client(self) -> StripeClient:
+        if not self.api_key:
+            raise dg.Failure(description=missing_variable("STRIPE_API_KEY", "this step (it calls Stripe)"),
+                             metadata={"variable": "STRIPE_API_KEY"}, allow_retries=False)
         return StripeClient(api_key=self.api_key, api_base=self.api_base,
                             max_requests_per_second=self.max_requests_per_second,
                             max_concurrent_writes=self.max_concurrent_writes,

@@ -12,6 +12,7 @@ from giftflow.adapters.config_files import BrokenSync, scan_folder
 from giftflow.adapters.sync_sources import describe_source, read_source
 from giftflow.domain.sync_plan import describe_mapping
 from giftflow.domain.sync_spec import SyncSpec, SyncSpecError
+from giftflow.orchestration.errors import failures_named
 from giftflow.orchestration.metadata import markdown_table
 from giftflow.orchestration.partitions import daily
 from giftflow.orchestration.resources import StoreResource, StripeResource
@@ -48,6 +49,7 @@ def build_sync_asset(spec: SyncSpec, base: Path) -> dg.AssetsDefinition:
     """The asset that runs one sync file."""
     partitions = daily if spec.partitions == "daily" else None
 
+    @failures_named
     def body(context: dg.AssetExecutionContext, stripe_api: StripeResource, store: StoreResource,
              settings: dg.ResourceParam[Settings], frame: pd.DataFrame | None) -> dg.MaterializeResult:
         key = context.partition_key if partitions else None

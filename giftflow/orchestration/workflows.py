@@ -15,6 +15,7 @@ from giftflow.domain.rules import (
     payment_triggers,
     plan_violations,
 )
+from giftflow.orchestration.errors import failures_named
 from giftflow.orchestration.metadata import markdown_table
 from giftflow.orchestration.partitions import daily
 from giftflow.orchestration.resources import (
@@ -44,6 +45,7 @@ def _window(context: dg.AssetExecutionContext) -> dict[str, int]:
 
 @dg.asset(partitions_def=daily, group_name=GROUP, kinds={"stripe"},
           description="Payment intents created on the day (Stripe `created`, UTC), stored for the rules.")
+@failures_named
 def stripe_payment_intents(context: dg.AssetExecutionContext, stripe_api: StripeResource,
                            store: StoreResource) -> dg.MaterializeResult:
     stripe_client, db = stripe_api.get_client(), store.get_client()
@@ -55,6 +57,7 @@ def stripe_payment_intents(context: dg.AssetExecutionContext, stripe_api: Stripe
 
 @dg.asset(partitions_def=daily, group_name=GROUP, kinds={"stripe"},
           description="Charges created on the day, stored for reporting and lifetime figures.")
+@failures_named
 def stripe_charges(context: dg.AssetExecutionContext, stripe_api: StripeResource,
                    store: StoreResource) -> dg.MaterializeResult:
     stripe_client, db = stripe_api.get_client(), store.get_client()
@@ -66,6 +69,7 @@ def stripe_charges(context: dg.AssetExecutionContext, stripe_api: StripeResource
 @dg.asset(partitions_def=daily, group_name=GROUP, kinds={"stripe"},
           description="Radar early fraud warnings created on the day, each with its charge retrieved fresh "
                       "(refunded and disputed state as of now, whatever day the charge is from).")
+@failures_named
 def stripe_early_fraud_warnings(context: dg.AssetExecutionContext, stripe_api: StripeResource,
                                 store: StoreResource) -> dg.MaterializeResult:
     stripe_client, db = stripe_api.get_client(), store.get_client()
@@ -86,6 +90,7 @@ def stripe_early_fraud_warnings(context: dg.AssetExecutionContext, stripe_api: S
                 "refunds, with status planned / would_refund / done_already / not_applicable. Blocking "
                 "checks stop the apply step when the plan breaks an invariant.",
 )
+@failures_named
 def workflow_plan(context: dg.AssetExecutionContext, store: StoreResource, stripe_api: StripeResource,
                   settings: dg.ResourceParam[Settings]):
     stripe_client, db = stripe_api.get_client(), store.get_client()
@@ -137,6 +142,7 @@ def _lifetime_spend(store: GiftflowStore, customers: list[str]) -> dict[tuple[st
     description="Carries out the workflow plan exactly once per (rule, object): refunds (only with "
                 "GIFTFLOW_REFUNDS_ENABLED=true), customer metadata updates and team mails. Dry run does nothing.",
 )
+@failures_named
 def workflow_actions(context: dg.AssetExecutionContext, workflow_plan: pd.DataFrame, stripe_api: StripeResource,
                      store: StoreResource, notifier: MailerResource,
                      settings: dg.ResourceParam[Settings]) -> dg.MaterializeResult:
