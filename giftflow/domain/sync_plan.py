@@ -112,8 +112,9 @@ def wanted_frame(source: pd.DataFrame, spec: SyncSpec) -> tuple[pd.DataFrame, pd
     if "balance" in out:
         whole = out["balance"].str.fullmatch(r"[+-]?[0-9]{1,15}").fillna(False).astype(bool)
         problems.add(out["balance"].notna() & ~whole, "balance: not a whole amount in minor units (cents)")
+        # The integer's canonical text, as the mirror holds it: no "+", no leading zeros, "-0" is "0".
         out["balance"] = out["balance"].where(~whole, out["balance"].str.lstrip("+").str.replace(
-            r"^(-?)0+(?=[0-9])", r"\1", regex=True))
+            r"^(-?)0+(?=[0-9])", r"\1", regex=True).str.replace(r"^-0$", "0", regex=True))
     _tax_id(source, spec, out, problems)
     _metadata(source, spec, out, problems)
     shipping = [c for c in out.columns if c.startswith("shipping.address.")]
@@ -408,6 +409,9 @@ def _changes(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fields
             out[:, j] = ~w_none & np.array([w_none[i] or f"|{w[i]}|" not in c[i] for i in range(len(w))], bool)
         elif field == "source":
             out[:, j] = ~w_none & c_none  # a token is single-use: only where the customer has no default source
+        elif field == "balance":  # no balance is 0, and clearing one sets it to 0
+            c = np.where(c_none, "0", c)
+            out[:, j] = np.where(w_none, clear, True) & (np.where(w_none, "0", w) != c)
         else:
             if field == "email":  # Stripe keeps the case it was given; matching ignores it, so must the diff
                 w = np.array([v.lower() if isinstance(v, str) else v for v in w], dtype=object)
@@ -478,7 +482,7 @@ def request(spec: SyncSpec, row: dict) -> Request:
     for field in row["changed"].split():
         value = want[field]
         if field in SCALARS:
-            params[field] = "" if value is None else int(value) if field == "balance" else value
+            params[field] = int(value or 0) if field == "balance" else "" if value is None else value  # cleared: 0
             before[field] = was[field]
         elif field.startswith("metadata."):
             params.setdefault("metadata", {})[field[9:]] = value or ""
