@@ -229,19 +229,21 @@ def plan_sync(spec: SyncSpec, wanted: pd.DataFrame, invalid: pd.Series, current:
     """One row per source row: what to do at Stripe and why. `written_back`: row key -> customer id this
     sync created before (so a rerun updates instead of creating).
 
-    Four steps, each a pure function of what the ones before returned:
+    Steps, each a pure function of what the ones before returned:
       1. validate rows: `invalid` (from wanted_frame) holds the reasons of the rows that fail validation;
       2. match each row to a customer: the mapped id, else the id written back, else the newest with its e-mail;
-      3. decide per row: reject (and why), update the matched customer, or create one;
-      4. diff the matched rows' fields against the customer: `update` where any differs, else `none`.
+      3. target: reject the row (and why), or write the matched customer, or create one;
+      4. diff the fields of the rows that write a matched customer;
+      5. decide the action: reject, create, update where a field differs, else none.
     """
     current = current[~current.index.duplicated()] if not current.index.is_unique else current  # first copy wins
     problems = _validation_problems(invalid, len(wanted))
     found = _match_customers(spec, wanted, current, written_back or {})
     targets = _targets(spec, wanted, problems, found)
     fields = fields_of(wanted)
-    changes = _changes(spec, wanted, current, fields, targets.updates, found[targets.updates])
-    return _plan_frame(spec, wanted, current, fields, found, targets, changes)
+    changes = _diff_fields(spec, wanted, current, fields, targets.updates, found[targets.updates])
+    action = _decide_actions(targets, changes)
+    return _plan_frame(spec, wanted, current, fields, found, targets, changes, action)
 
 
 # -- step 1: validate -------------------------------------------------------------------------------------
@@ -259,14 +261,14 @@ def _match_customers(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame
     the mapped id, the id this sync's earlier create wrote back, the newest customer with the row's e-mail."""
     found = _by_id(current, wanted["given_id"])
     if written_back:
-        found = _or(found, lambda rows: _by_id(current, wanted["row_key"].iloc[rows].map(pd.Series(
+        found = _fill_unmatched(found, lambda rows: _by_id(current, wanted["row_key"].iloc[rows].map(pd.Series(
             written_back, dtype=object))))
     if spec.identifier == "email":
-        found = _or(found, lambda rows: _by_newest_email(current, wanted["email_norm"].iloc[rows]))
+        found = _fill_unmatched(found, lambda rows: _by_newest_email(current, wanted["email_norm"].iloc[rows]))
     return found
 
 
-def _or(found: np.ndarray, find) -> np.ndarray:
+def _fill_unmatched(found: np.ndarray, find) -> np.ndarray:
     """`found`, with the rows it has no customer for looked up by `find(rows)`."""
     rows = np.flatnonzero(found < 0)
     out = found.copy()
@@ -342,16 +344,76 @@ def _first_that_applies(rules: list[tuple[np.ndarray, Any]], n: int) -> np.ndarr
     return out
 
 
-# -- step 4: diff, and the plan ---------------------------------------------------------------------------
+# -- step 4: diff fields ----------------------------------------------------------------------------------
+def _diff_fields(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fields: list[str], rows: np.ndarray,
+                 pos: np.ndarray) -> np.ndarray:
+    """rows x fields: does the field need writing (row `rows[i]` against the customer at `pos[i]`). A create_only
+    field never does; the others follow the rule for their kind."""
+    out = np.zeros((len(rows), len(fields)), dtype=bool)
+    for j, field in enumerate(fields):
+        if _top(field) in spec.create_only:
+            continue
+        want = _gather(wanted[field], rows)
+        have = _gather(current[field], pos) if field in current else (np.full(len(rows), None, object),
+                                                                      np.ones(len(rows), dtype=bool))
+        if field in ("tax_id", "coupon"):
+            out[:, j] = _added_when_missing(want, have)
+        elif field == "source":
+            out[:, j] = _sent_while_none(want, have)
+        elif field == "balance":
+            out[:, j] = _balance_differs(want, have, clear=spec.empty_values == "clear")
+        else:
+            # The e-mail a sync matches on is never cleared: a row naming its customer by id may lack it.
+            out[:, j] = _value_differs(want, have, clear=spec.empty_values == "clear" and not (
+                field == "email" and spec.identifier == "email"), fold_case=field == "email")
+    return out
+
+
+_Gathered = tuple[np.ndarray, np.ndarray]  # values (None where missing), and where missing
+
+
+def _added_when_missing(want: _Gathered, have: _Gathered) -> np.ndarray:
+    """Tax ids and promotion codes: added when the customer lacks the wanted one, never removed ("|a|b|" lists)."""
+    (w, w_none), (c, _) = want, have
+    return ~w_none & np.array([w_none[i] or f"|{w[i]}|" not in c[i] for i in range(len(w))], bool)
+
+
+def _sent_while_none(want: _Gathered, have: _Gathered) -> np.ndarray:
+    """A payment source token is single-use: sent only while the customer has no default source."""
+    return ~want[1] & have[1]
+
+
+def _balance_differs(want: _Gathered, have: _Gathered, clear: bool) -> np.ndarray:
+    """No balance is 0, and clearing one sets it to 0 (both sides are canonical integer text)."""
+    (w, w_none), (c, c_none) = want, have
+    return np.where(w_none, clear, True) & (np.where(w_none, "0", w) != np.where(c_none, "0", c))
+
+
+def _value_differs(want: _Gathered, have: _Gathered, clear: bool, fold_case: bool) -> np.ndarray:
+    """A wanted value differs from what Stripe holds; an empty cell clears a held value only with `clear`.
+    `fold_case` for e-mails: Stripe keeps the case it was given, matching ignores it, so must the diff."""
+    (w, w_none), (c, c_none) = want, have
+    if fold_case:
+        w = np.array([v.lower() if isinstance(v, str) else v for v in w], dtype=object)
+        c = np.array([v.lower() if isinstance(v, str) else v for v in c], dtype=object)
+    return (~w_none & (c_none | (w != c))) | (clear & w_none & ~c_none)
+
+
+# -- step 5: decide the action, and the plan --------------------------------------------------------------
+def _decide_actions(targets: _Targets, changes: np.ndarray) -> np.ndarray:
+    """Per row: reject (it has a reason), create, update (a field differs), else none."""
+    action = np.where(targets.reason != "", Action.REJECT.value, Action.NONE.value).astype(object)
+    action[targets.updates[changes.any(axis=1)]] = Action.UPDATE.value
+    action[targets.creates] = Action.CREATE.value
+    return action
+
+
 def _plan_frame(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fields: list[str], found: np.ndarray,
-                targets: _Targets, changes: np.ndarray) -> pd.DataFrame:
+                targets: _Targets, changes: np.ndarray, action: np.ndarray) -> pd.DataFrame:
     """The plan: action, reason and changed fields per row, what a create is known by, and per field the value
     wanted and (matched rows) the value Stripe holds."""
     n = len(wanted)
     reason, updates, creates = targets
-    action = np.where(reason != "", Action.REJECT.value, Action.NONE.value).astype(object)
-    action[updates[changes.any(axis=1)]] = Action.UPDATE.value
-    action[creates] = Action.CREATE.value
     changed = np.full(n, "", dtype=object)
     changed[updates] = _names(changes, fields)
     if len(creates) and fields:  # a create sends every field with a value (address and shipping as a whole)
@@ -392,34 +454,6 @@ def _names(flags: np.ndarray, names: list[str]) -> np.ndarray:
         bits = np.unpackbits(patterns, axis=1, count=width).astype(bool)
     table = np.array([" ".join(dict.fromkeys(n for n, b in zip(names, row) if b)) for row in bits], dtype=object)
     return table[inverse.reshape(-1)]
-
-
-def _changes(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fields: list[str], rows: np.ndarray,
-             pos: np.ndarray) -> np.ndarray:
-    """rows x fields: does the field need writing."""
-    clear = spec.empty_values == "clear"
-    out = np.zeros((len(rows), len(fields)), dtype=bool)
-    for j, field in enumerate(fields):
-        if _top(field) in spec.create_only:
-            continue
-        w, w_none = _gather(wanted[field], rows)
-        c, c_none = _gather(current[field], pos) if field in current else (np.full(len(rows), None, object),
-                                                                           np.ones(len(rows), dtype=bool))
-        if field in ("tax_id", "coupon"):
-            out[:, j] = ~w_none & np.array([w_none[i] or f"|{w[i]}|" not in c[i] for i in range(len(w))], bool)
-        elif field == "source":
-            out[:, j] = ~w_none & c_none  # a token is single-use: only where the customer has no default source
-        elif field == "balance":  # no balance is 0, and clearing one sets it to 0
-            c = np.where(c_none, "0", c)
-            out[:, j] = np.where(w_none, clear, True) & (np.where(w_none, "0", w) != c)
-        else:
-            if field == "email":  # Stripe keeps the case it was given; matching ignores it, so must the diff
-                w = np.array([v.lower() if isinstance(v, str) else v for v in w], dtype=object)
-                c = np.array([v.lower() if isinstance(v, str) else v for v in c], dtype=object)
-            # The e-mail a sync matches on is never cleared: a row naming its customer by id may lack it.
-            clears = clear and not (field == "email" and spec.identifier == "email")
-            out[:, j] = (~w_none & (c_none | (w != c))) | (clears & w_none & ~c_none)
-    return out
 
 
 def _gather(column: pd.Series, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
