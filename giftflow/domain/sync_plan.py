@@ -23,8 +23,10 @@ from giftflow.domain.stripe_fields import (
     TAX_ID_TYPES,
 )
 from giftflow.domain.sync_spec import SyncSpec
+from giftflow.domain.vocabulary import Action, RejectReason, WriteKind
 
-CREATE, UPDATE, NONE, REJECT = "create", "update", "none", "reject"
+# The actions under their old names, for the modules that import them from here (giftflow.domain.vocabulary.Action).
+CREATE, UPDATE, NONE, REJECT = Action.CREATE, Action.UPDATE, Action.NONE, Action.REJECT
 SCALARS = ("email", "name", "phone", "description", "balance")
 # A plan has row_key, customer_id, email, action, reason, changed (field names) and identity (what a create is
 # known by), and per mapped field the value wanted and the value Stripe holds (matched rows):
@@ -110,8 +112,9 @@ def wanted_frame(source: pd.DataFrame, spec: SyncSpec) -> tuple[pd.DataFrame, pd
     if "balance" in out:
         whole = out["balance"].str.fullmatch(r"[+-]?[0-9]{1,15}").fillna(False).astype(bool)
         problems.add(out["balance"].notna() & ~whole, "balance: not a whole amount in minor units (cents)")
+        # The integer's canonical text, as the mirror holds it: no "+", no leading zeros, "-0" is "0".
         out["balance"] = out["balance"].where(~whole, out["balance"].str.lstrip("+").str.replace(
-            r"^(-?)0+(?=[0-9])", r"\1", regex=True))
+            r"^(-?)0+(?=[0-9])", r"\1", regex=True).str.replace(r"^-0$", "0", regex=True))
     _tax_id(source, spec, out, problems)
     _metadata(source, spec, out, problems)
     shipping = [c for c in out.columns if c.startswith("shipping.address.")]
@@ -224,78 +227,214 @@ def current_frame(customers: list[dict], fields: list[str]) -> pd.DataFrame:
 def plan_sync(spec: SyncSpec, wanted: pd.DataFrame, invalid: pd.Series, current: pd.DataFrame,
               written_back: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per source row: what to do at Stripe and why. `written_back`: row key -> customer id this
-    sync created before (so a rerun updates instead of creating)."""
-    n = len(wanted)
+    sync created before (so a rerun updates instead of creating).
+
+    Steps, each a pure function of what the ones before returned:
+      1. validate rows: `invalid` (from wanted_frame) holds the reasons of the rows that fail validation;
+      2. match each row to a customer: the mapped id, else the id written back, else the newest with its e-mail;
+      3. target: reject the row (and why), or write the matched customer, or create one;
+      4. diff the fields of the rows that write a matched customer;
+      5. decide the action: reject, create, update where a field differs, else none.
+    """
+    current = current[~current.index.duplicated()] if not current.index.is_unique else current  # first copy wins
+    problems = _validation_problems(invalid, len(wanted))
+    found = _match_customers(spec, wanted, current, written_back or {})
+    targets = _targets(spec, wanted, problems, found)
     fields = fields_of(wanted)
-    reason = np.full(n, "", dtype=object)
-    reason[invalid.index.to_numpy(dtype=np.intp)] = invalid.to_numpy(dtype=object)
-    valid = reason == ""
+    changes = _diff_fields(spec, wanted, current, fields, targets.updates, found[targets.updates])
+    action = _decide_actions(targets, changes)
+    return _plan_frame(spec, wanted, current, fields, found, targets, changes, action)
 
-    if not current.index.is_unique:  # (the check builds the hash table get_indexer then reuses)
-        current = current[~current.index.duplicated()]
-    known = current.index
-    given = wanted["given_id"].to_numpy(dtype=object, na_value=None)
-    at = known.get_indexer(given)  # each row's customer as a position in `current`, -1: none yet
+
+# -- step 1: validate -------------------------------------------------------------------------------------
+def _validation_problems(invalid: pd.Series, n: int) -> np.ndarray:
+    """Per row: its validation problems joined with '; ', or "" for a valid row."""
+    problems = np.full(n, "", dtype=object)
+    problems[invalid.index.to_numpy(dtype=np.intp)] = invalid.to_numpy(dtype=object)
+    return problems
+
+
+# -- step 2: match ----------------------------------------------------------------------------------------
+def _match_customers(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame,
+                     written_back: dict[str, str]) -> np.ndarray:
+    """Per row: the position in `current` of its customer, -1 for none. The first way that finds one wins:
+    the mapped id, the id this sync's earlier create wrote back, the newest customer with the row's e-mail."""
+    found = _by_id(current, wanted["given_id"])
     if written_back:
-        back = wanted["row_key"].map(pd.Series(written_back, dtype=object)).to_numpy(dtype=object, na_value=None)
-        at = np.where(at < 0, known.get_indexer(back), at)
+        found = _fill_unmatched(found, lambda rows: _by_id(current, wanted["row_key"].iloc[rows].map(pd.Series(
+            written_back, dtype=object))))
     if spec.identifier == "email":
-        need = np.flatnonzero(at < 0)
-        mails = wanted["email_norm"].iloc[need]
-        # Only the customers sharing a wanted e-mail need sorting: the newest created one wins.
-        cand = current[current["email_norm"].isin(mails.dropna()).to_numpy()]
-        newest = cand.reset_index().sort_values(["created", "customer_id"], kind="stable")
-        newest = newest.drop_duplicates("email_norm", keep="last").set_index("email_norm")["customer_id"]
-        at[need] = known.get_indexer(mails.map(newest).to_numpy(dtype=object, na_value=None))
-    cid = np.append(known.to_numpy(dtype=object), [None])[at]  # -1 picks the None
-    matched = valid & (cid != None)  # noqa: E711 (element-wise)
-    unmatched = valid & ~matched
-    if spec.mode == "update" or spec.identifier == "id":
-        # upsert by id creates only rows without an id: a given id Stripe does not have is a mistake
-        stray = unmatched & (given != None) if spec.mode == "upsert" else unmatched  # noqa: E711
-        what = "this id" if spec.identifier == "id" else "this e-mail"
-        reason[stray] = f"no Stripe customer with {what} (mode {spec.mode})" if spec.mode == "update" else \
-            "no Stripe customer with this id"
-        unmatched &= ~stray
-    if spec.identifier == "email":
-        lost = unmatched & wanted["email_norm"].isna().to_numpy()
-        reason[lost] = "no Stripe customer with this id, and no e-mail to match on or create with"
-        unmatched &= ~lost
-    twice = pd.Series(np.where(matched, at, -1)).duplicated(keep="first").to_numpy() & matched
-    reason[twice] = "another row of this sync already maps to the same Stripe customer"
-    matched &= ~twice
-    if spec.identifier == "email":
-        twice = wanted["email_norm"].where(unmatched).duplicated(keep="first").to_numpy() & unmatched
-        reason[twice] = "another row of this sync creates a customer with the same e-mail"
-        unmatched &= ~twice
+        found = _fill_unmatched(found, lambda rows: _by_newest_email(current, wanted["email_norm"].iloc[rows]))
+    return found
 
-    action = np.where(reason != "", REJECT, NONE).astype(object)
-    action[unmatched] = CREATE
+
+def _fill_unmatched(found: np.ndarray, find) -> np.ndarray:
+    """`found`, with the rows it has no customer for looked up by `find(rows)`."""
+    rows = np.flatnonzero(found < 0)
+    out = found.copy()
+    out[rows] = find(rows)
+    return out
+
+
+def _by_id(current: pd.DataFrame, ids: pd.Series) -> np.ndarray:
+    """Positions in `current` of the customers with these ids (-1: missing or no id)."""
+    return current.index.get_indexer(ids.to_numpy(dtype=object, na_value=None))
+
+
+def _by_newest_email(current: pd.DataFrame, emails: pd.Series) -> np.ndarray:
+    """Positions in `current` of the newest customer with each (normalised) e-mail: the latest `created`, a tie
+    to the greater id (-1: none, or no e-mail)."""
+    # Only the customers sharing a wanted e-mail need sorting.
+    sharing = current[current["email_norm"].isin(emails.dropna()).to_numpy()].reset_index()
+    newest = sharing.sort_values(["created", "customer_id"], kind="stable").drop_duplicates("email_norm", keep="last")
+    return current.index.get_indexer(emails.map(newest.set_index("email_norm")["customer_id"])
+                                     .to_numpy(dtype=object, na_value=None))
+
+
+# -- step 3: decide the target ----------------------------------------------------------------------------
+class _Targets(NamedTuple):
+    reason: np.ndarray  # per row: why it is rejected, "" when it is not
+    updates: np.ndarray  # rows (positions) to diff against their matched customer
+    creates: np.ndarray  # rows (positions) to create a customer for
+
+
+def _targets(spec: SyncSpec, wanted: pd.DataFrame, problems: np.ndarray, found: np.ndarray) -> _Targets:
+    """Reject the invalid rows, the rows without a customer that may not create one, and the later of two rows
+    that write the same customer (or create one with the same e-mail); diff the matched rest, create the others."""
+    valid, matched = problems == "", found >= 0
+    no_create = _why_no_create(spec, wanted)
+    may_update = valid & matched
+    may_create = valid & ~matched & (no_create == "")
+    same_customer = _later_repeats(found, may_update)
+    same_email = _later_repeats(wanted["email_norm"].to_numpy(dtype=object, na_value=None), may_create) \
+        if spec.identifier == "email" else np.zeros(len(found), dtype=bool)
+    reason = _first_that_applies([
+        (~valid, problems),
+        (valid & ~matched & ~may_create, no_create),
+        (same_customer, RejectReason.SAME_CUSTOMER.value),
+        (same_email, RejectReason.SAME_EMAIL_CREATE.value),
+    ], len(found))
+    return _Targets(reason, np.flatnonzero(may_update & ~same_customer), np.flatnonzero(may_create & ~same_email))
+
+
+def _why_no_create(spec: SyncSpec, wanted: pd.DataFrame) -> np.ndarray:
+    """Per row: why no customer may be created for it when none matches, "" when one may be."""
+    n = len(wanted)
+    if spec.mode == "update":
+        return np.full(n, (RejectReason.NO_CUSTOMER_WITH_ID_UPDATE if spec.identifier == "id"
+                           else RejectReason.NO_CUSTOMER_WITH_EMAIL_UPDATE).value, dtype=object)
+    out = np.full(n, "", dtype=object)
+    if spec.identifier == "id":  # upsert by id creates the rows without an id: a given id Stripe lacks is a mistake
+        out[wanted["given_id"].notna().to_numpy()] = RejectReason.NO_CUSTOMER_WITH_ID.value
+    else:
+        out[wanted["email_norm"].isna().to_numpy()] = RejectReason.NO_CUSTOMER_NO_EMAIL.value
+    return out
+
+
+def _later_repeats(values: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Rows of `among` whose value an earlier row of `among` has."""
+    return pd.Series(values).where(among).duplicated(keep="first").to_numpy() & among
+
+
+def _first_that_applies(rules: list[tuple[np.ndarray, Any]], n: int) -> np.ndarray:
+    """Per row: the value of the first (mask, value) rule whose mask holds, else ""."""
+    out = np.full(n, "", dtype=object)
+    for mask, value in reversed(rules):
+        out[mask] = value[mask] if isinstance(value, np.ndarray) else value
+    return out
+
+
+# -- step 4: diff fields ----------------------------------------------------------------------------------
+def _diff_fields(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fields: list[str], rows: np.ndarray,
+                 pos: np.ndarray) -> np.ndarray:
+    """rows x fields: does the field need writing (row `rows[i]` against the customer at `pos[i]`). A create_only
+    field never does; the others follow the rule for their kind."""
+    out = np.zeros((len(rows), len(fields)), dtype=bool)
+    for j, field in enumerate(fields):
+        if _top(field) in spec.create_only:
+            continue
+        want = _gather(wanted[field], rows)
+        have = _gather(current[field], pos) if field in current else (np.full(len(rows), None, object),
+                                                                      np.ones(len(rows), dtype=bool))
+        if field in ("tax_id", "coupon"):
+            out[:, j] = _added_when_missing(want, have)
+        elif field == "source":
+            out[:, j] = _sent_while_none(want, have)
+        elif field == "balance":
+            out[:, j] = _balance_differs(want, have, clear=spec.empty_values == "clear")
+        else:
+            # The e-mail a sync matches on is never cleared: a row naming its customer by id may lack it.
+            out[:, j] = _value_differs(want, have, clear=spec.empty_values == "clear" and not (
+                field == "email" and spec.identifier == "email"), fold_case=field == "email")
+    return out
+
+
+_Gathered = tuple[np.ndarray, np.ndarray]  # values (None where missing), and where missing
+
+
+def _added_when_missing(want: _Gathered, have: _Gathered) -> np.ndarray:
+    """Tax ids and promotion codes: added when the customer lacks the wanted one, never removed ("|a|b|" lists)."""
+    (w, w_none), (c, _) = want, have
+    return ~w_none & np.array([w_none[i] or f"|{w[i]}|" not in c[i] for i in range(len(w))], bool)
+
+
+def _sent_while_none(want: _Gathered, have: _Gathered) -> np.ndarray:
+    """A payment source token is single-use: sent only while the customer has no default source."""
+    return ~want[1] & have[1]
+
+
+def _balance_differs(want: _Gathered, have: _Gathered, clear: bool) -> np.ndarray:
+    """No balance is 0, and clearing one sets it to 0 (both sides are canonical integer text)."""
+    (w, w_none), (c, c_none) = want, have
+    return np.where(w_none, clear, True) & (np.where(w_none, "0", w) != np.where(c_none, "0", c))
+
+
+def _value_differs(want: _Gathered, have: _Gathered, clear: bool, fold_case: bool) -> np.ndarray:
+    """A wanted value differs from what Stripe holds; an empty cell clears a held value only with `clear`.
+    `fold_case` for e-mails: Stripe keeps the case it was given, matching ignores it, so must the diff."""
+    (w, w_none), (c, c_none) = want, have
+    if fold_case:
+        w = np.array([v.lower() if isinstance(v, str) else v for v in w], dtype=object)
+        c = np.array([v.lower() if isinstance(v, str) else v for v in c], dtype=object)
+    return (~w_none & (c_none | (w != c))) | (clear & w_none & ~c_none)
+
+
+# -- step 5: decide the action, and the plan --------------------------------------------------------------
+def _decide_actions(targets: _Targets, changes: np.ndarray) -> np.ndarray:
+    """Per row: reject (it has a reason), create, update (a field differs), else none."""
+    action = np.where(targets.reason != "", Action.REJECT.value, Action.NONE.value).astype(object)
+    action[targets.updates[changes.any(axis=1)]] = Action.UPDATE.value
+    action[targets.creates] = Action.CREATE.value
+    return action
+
+
+def _plan_frame(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fields: list[str], found: np.ndarray,
+                targets: _Targets, changes: np.ndarray, action: np.ndarray) -> pd.DataFrame:
+    """The plan: action, reason and changed fields per row, what a create is known by, and per field the value
+    wanted and (matched rows) the value Stripe holds."""
+    n = len(wanted)
+    reason, updates, creates = targets
     changed = np.full(n, "", dtype=object)
-    rows = np.flatnonzero(matched)
-    pos = at[rows]
-    if len(rows):
-        changes = _changes(spec, wanted, current, fields, rows, pos)
-        changed[rows] = _names(changes, fields)
-        action[rows[changes.any(axis=1)]] = UPDATE
-    creates = np.flatnonzero(unmatched)
-    if len(creates) and fields:
+    changed[updates] = _names(changes, fields)
+    if len(creates) and fields:  # a create sends every field with a value (address and shipping as a whole)
         has_value = np.column_stack([~_gather(wanted[f], creates)[1] for f in fields])
         changed[creates] = _names(has_value, [_group(f) or f for f in fields])
 
+    customer_id = np.append(current.index.to_numpy(dtype=object), np.array([None], dtype=object))[found]  # -1: None
     keys = wanted["row_key"].to_numpy(dtype=object, na_value=None)
     emails = wanted["email_norm"].to_numpy(dtype=object, na_value=None)
-    identity = np.where(matched, cid, np.array(None, dtype=object))
-    if len(creates):
-        identity[creates] = emails[creates] if spec.identifier == "email" else \
-            np.array([f"sync:{spec.name}:{k}" for k in keys[creates]], dtype=object)
-    columns = {"row_key": keys, "customer_id": cid, "email": emails, "action": action, "reason": reason,
+    identity = np.full(n, None, dtype=object)
+    identity[updates] = customer_id[updates]
+    identity[creates] = emails[creates] if spec.identifier == "email" else \
+        np.array([f"sync:{spec.name}:{k}" for k in keys[creates]], dtype=object)
+    columns = {"row_key": keys, "customer_id": customer_id, "email": emails, "action": action, "reason": reason,
                "changed": changed, "identity": identity}
+    pos = found[updates]
     for f in fields:
         columns[WANT + f] = wanted[f].to_numpy(dtype=object)  # request() reads NaN as None
         was = np.full(n, None, dtype=object)
-        if f in current and len(rows):
-            was[rows] = current[f].to_numpy(dtype=object)[pos]
+        if f in current and len(updates):
+            was[updates] = current[f].to_numpy(dtype=object)[pos]
         columns[WAS + f] = was
     return pd.DataFrame({k: pd.Series(v, dtype=object, copy=False) for k, v in columns.items()}, copy=False)
 
@@ -315,31 +454,6 @@ def _names(flags: np.ndarray, names: list[str]) -> np.ndarray:
         bits = np.unpackbits(patterns, axis=1, count=width).astype(bool)
     table = np.array([" ".join(dict.fromkeys(n for n, b in zip(names, row) if b)) for row in bits], dtype=object)
     return table[inverse.reshape(-1)]
-
-
-def _changes(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fields: list[str], rows: np.ndarray,
-             pos: np.ndarray) -> np.ndarray:
-    """rows x fields: does the field need writing."""
-    clear = spec.empty_values == "clear"
-    out = np.zeros((len(rows), len(fields)), dtype=bool)
-    for j, field in enumerate(fields):
-        if _top(field) in spec.create_only:
-            continue
-        w, w_none = _gather(wanted[field], rows)
-        c, c_none = _gather(current[field], pos) if field in current else (np.full(len(rows), None, object),
-                                                                           np.ones(len(rows), dtype=bool))
-        if field in ("tax_id", "coupon"):
-            out[:, j] = ~w_none & np.array([w_none[i] or f"|{w[i]}|" not in c[i] for i in range(len(w))], bool)
-        elif field == "source":
-            out[:, j] = ~w_none & c_none  # a token is single-use: only where the customer has no default source
-        else:
-            if field == "email":  # Stripe keeps the case it was given; matching ignores it, so must the diff
-                w = np.array([v.lower() if isinstance(v, str) else v for v in w], dtype=object)
-                c = np.array([v.lower() if isinstance(v, str) else v for v in c], dtype=object)
-            # The e-mail a sync matches on is never cleared: a row naming its customer by id may lack it.
-            clears = clear and not (field == "email" and spec.identifier == "email")
-            out[:, j] = (~w_none & (c_none | (w != c))) | (clears & w_none & ~c_none)
-    return out
 
 
 def _gather(column: pd.Series, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -392,7 +506,7 @@ def request(spec: SyncSpec, row: dict) -> Request:
     # A plan that went through pandas may hold NaN for None: the idempotency key must not see a difference;
     # an empty string is no value either (a create never sends name="").
     want = {k[len(WANT):]: None if pd.isna(v) or v == "" else v for k, v in row.items() if k.startswith(WANT)}
-    if row["action"] == CREATE:
+    if row["action"] == Action.CREATE:
         return _create_request(spec, want)
     was = {k[len(WAS):]: None if pd.isna(v) else v for k, v in row.items() if k.startswith(WAS)}
     params: dict = {}
@@ -402,7 +516,7 @@ def request(spec: SyncSpec, row: dict) -> Request:
     for field in row["changed"].split():
         value = want[field]
         if field in SCALARS:
-            params[field] = "" if value is None else int(value) if field == "balance" else value
+            params[field] = int(value or 0) if field == "balance" else "" if value is None else value  # cleared: 0
             before[field] = was[field]
         elif field.startswith("metadata."):
             params.setdefault("metadata", {})[field[9:]] = value or ""
@@ -412,9 +526,9 @@ def request(spec: SyncSpec, row: dict) -> Request:
         elif field == "tax_id":
             assert value is not None, "a tax id is only ever added, never cleared"
             type_, _, tax = value.partition(":")
-            follow.append({"kind": "create_tax_id", "params": {"type": type_, "value": tax}})
+            follow.append({"kind": WriteKind.CREATE_TAX_ID.value, "params": {"type": type_, "value": tax}})
         elif field == "coupon":
-            follow.append({"kind": "create_promotion_code", "params": {
+            follow.append({"kind": WriteKind.CREATE_PROMOTION_CODE.value, "params": {
                 "promotion": {"type": "coupon", "coupon": value}, "customer": row["customer_id"]}})
         else:
             group = _group(field)
@@ -452,7 +566,7 @@ def catch_up(spec: SyncSpec, row: dict, customer: dict) -> dict | None:
     plan = plan_sync(spec.model_copy(update={"mode": "update"}), wanted, pd.Series(dtype=object),
                      current_frame([customer], fields))
     update = plan.iloc[0].to_dict()
-    return update if update["action"] == UPDATE else None
+    return update if update["action"] == Action.UPDATE else None
 
 
 def _create_request(spec: SyncSpec, w: dict) -> Request:
@@ -476,7 +590,7 @@ def _create_request(spec: SyncSpec, w: dict) -> Request:
     if w.get("source"):
         params["source"] = w["source"]
     if w.get("coupon"):
-        follow.append({"kind": "create_promotion_code",
+        follow.append({"kind": WriteKind.CREATE_PROMOTION_CODE.value,
                        "params": {"promotion": {"type": "coupon", "coupon": w["coupon"]}}})
     return Request(params, {}, follow)
 

@@ -23,11 +23,13 @@ import stripe
 
 from giftflow.adapters.store import GiftflowStore
 from giftflow.adapters.stripe import StripeClient, WriteResult, idempotency_key
-from giftflow.domain.sync_plan import CREATE, NONE, REJECT, UPDATE, catch_up, request
+from giftflow.domain.sync_plan import catch_up, request
 from giftflow.domain.sync_spec import SyncSpec
+from giftflow.domain.vocabulary import Action, LedgerStatus, Outcome, RejectionStage, WriteKind
 
-CREATE_KIND, UPDATE_KIND = "create_customer", "update_customer"
-TAX_ID_KIND, PROMOTION_CODE_KIND = "create_tax_id", "create_promotion_code"
+# The ledger kinds under their old names, for importers (giftflow.domain.vocabulary.WriteKind).
+CREATE_KIND, UPDATE_KIND = WriteKind.CREATE_CUSTOMER, WriteKind.UPDATE_CUSTOMER
+TAX_ID_KIND, PROMOTION_CODE_KIND = WriteKind.CREATE_TAX_ID, WriteKind.CREATE_PROMOTION_CODE
 
 
 @dataclass
@@ -36,9 +38,13 @@ class ApplyReport:
     failures: list[dict] = field(default_factory=list)
     rejections: list[dict] = field(default_factory=list)  # rows refused, by validation or by Stripe
 
+    def add(self, outcome: Outcome, n: int = 1) -> None:
+        """Count `n` rows with this outcome, under its plain string: Dagster's metadata serialises no enums."""
+        self.counts[outcome.value] += n
+
     @property
     def writes(self) -> int:
-        return self.counts["created"] + self.counts["updated"]
+        return self.counts[Outcome.CREATED] + self.counts[Outcome.UPDATED]
 
 
 @dataclass
@@ -90,22 +96,23 @@ def apply_sync_plan(
     log = log or logging.getLogger(__name__)
     report = ApplyReport()
     ctx = _Ctx(stripe_api, store, partition, run_id, report)
-    report.counts["unchanged"] = int((plan["action"] == NONE).sum())
-    refused = plan[plan["action"] == REJECT]
-    report.counts["rejected"] = len(refused)
-    report.rejections += [{"row_key": r["row_key"], "customer_id": r["customer_id"], "stage": "validation",
-                           "reason": r["reason"]} for r in refused.to_dict("records")]
-    rows = plan[plan["action"].isin([CREATE, UPDATE])].to_dict("records")
+    report.add(Outcome.UNCHANGED, int((plan["action"] == Action.NONE).sum()))
+    refused = plan[plan["action"] == Action.REJECT]
+    report.add(Outcome.REJECTED, len(refused))
+    report.rejections += [{"row_key": r["row_key"], "customer_id": r["customer_id"],
+                           "stage": RejectionStage.VALIDATION.value, "reason": r["reason"]}
+                          for r in refused.to_dict("records")]
+    rows = plan[plan["action"].isin([Action.CREATE, Action.UPDATE])].to_dict("records")
 
     def write(ctx: _Ctx, row: dict) -> None:
         report = ctx.report
         if dry_run:
-            report.counts[f"would_{row['action']}"] += 1
+            report.add(Outcome.WOULD_CREATE if row["action"] == Action.CREATE else Outcome.WOULD_UPDATE)
             return
         customer_id, wrote = row["customer_id"], False
         try:
             params, before, follow_ups = request(spec, row)
-            if row["action"] == CREATE:
+            if row["action"] == Action.CREATE:
                 customer, wrote = create_customer_once(
                     ctx, row["identity"], params, lookup_email=row["email"] if "@" in row["identity"] else None)
                 customer_id = customer["id"]
@@ -119,24 +126,26 @@ def apply_sync_plan(
             for op in follow_ups:
                 wrote |= _follow_up(ctx, customer_id, op, before) is not None
         except RefusedBefore as exc:
-            report.counts["rejected"] += 1
-            report.rejections.append({"row_key": row["row_key"], "customer_id": customer_id, "stage": "stripe",
+            report.add(Outcome.REJECTED)
+            report.rejections.append({"row_key": row["row_key"], "customer_id": customer_id,
+                                      "stage": RejectionStage.STRIPE.value,
                                       "reason": f"{exc} (Stripe's answer to this same request before: not resent)"})
             return
         except stripe.StripeError as exc:
             message = _message(exc)
-            outcome = "rejected" if _refused(exc) else "failed"
-            report.counts[outcome] += 1
+            refused = _refused(exc)
+            outcome = Outcome.REJECTED if refused else Outcome.FAILED
+            report.add(outcome)
             entry = {"row_key": row["row_key"], "customer_id": customer_id,
-                     "stage": "stripe" if outcome == "rejected" else "stripe_error", "reason": message}
-            (report.rejections if outcome == "rejected" else report.failures).append(entry)
-            (log.info if outcome == "rejected" else log.warning)(
+                     "stage": (RejectionStage.STRIPE if refused else RejectionStage.STRIPE_ERROR).value, "reason": message}
+            (report.rejections if refused else report.failures).append(entry)
+            (log.info if refused else log.warning)(
                 "Stripe %s of row %s %s: %s", row["action"], row["row_key"], outcome, message)
             return
-        if row["action"] == CREATE:
-            report.counts["created" if wrote else "recovered"] += 1
+        if row["action"] == Action.CREATE:
+            report.add(Outcome.CREATED if wrote else Outcome.RECOVERED)
         else:
-            report.counts["updated" if wrote else "already_sent"] += 1
+            report.add(Outcome.UPDATED if wrote else Outcome.ALREADY_SENT)
 
     _write_rows(ctx, rows, write, target=lambda r: r["customer_id"] or r["identity"])
     return report
@@ -166,13 +175,13 @@ class RefusedBefore(Exception):
 # -- the one writer ----------------------------------------------------------------------------------
 def _send(ctx: _Ctx, kind: str, target: str, params: dict, key: str, call: Callable[[], WriteResult],
           mirror: Callable[[dict], None]) -> dict | None:
-    """Ledger 'planned' before the call, 'sent' / 'refused' (a 4xx) / 'failed' after: a crash in between is
+    """Ledger `planned` before the call, `sent` / `refused` (a 4xx) / `failed` after (LedgerStatus): a crash in between is
     detectable. The very request Stripe refused before is not sent again: same key, same answer."""
     store = ctx.store
     prior = store.ledger_entries([key]).get(key)
-    if prior and prior["status"] == "sent":
+    if prior and prior["status"] == LedgerStatus.SENT:
         return None
-    if prior and prior["status"] == "refused" and \
+    if prior and prior["status"] == LedgerStatus.REFUSED and \
             (datetime.now(timezone.utc) - prior["updated_at"]).total_seconds() < REFUSAL_MEMORY_S:
         raise RefusedBefore(prior["error"])
     store.record_planned(key, kind, target, params, ctx.partition, ctx.run_id)
@@ -180,10 +189,12 @@ def _send(ctx: _Ctx, kind: str, target: str, params: dict, key: str, call: Calla
         result = call()
     except stripe.StripeError as exc:
         refused = _refused(exc)
-        store.record_result(key, status="refused" if refused else "failed", request_id=getattr(exc, "request_id", None),
+        status = LedgerStatus.REFUSED if refused else LedgerStatus.FAILED
+        store.record_result(key, status=status.value, request_id=getattr(exc, "request_id", None),
                             error=(_message(exc) if refused else str(exc))[:1000])
         raise
-    store.record_result(key, status="sent", request_id=result.request_id, object_id=result.object.get("id"))
+    store.record_result(key, status=LedgerStatus.SENT.value, request_id=result.request_id,
+                        object_id=result.object.get("id"))
     mirror(result.object)
     return result.object
 
@@ -240,9 +251,9 @@ def _recover(ctx: _Ctx, identity: str, priors: list[dict]) -> dict | None:
     """The customer an earlier create of `identity` made, if any: sent ones from the ledger, unconfirmed
     ones by replaying them (same key, same parameters) — refused replays made nothing."""
     for prior in sorted(priors, key=lambda p: p["updated_at"], reverse=True):
-        if prior["status"] == "refused":  # made nothing
+        if prior["status"] == LedgerStatus.REFUSED:  # made nothing
             continue
-        if prior["status"] == "sent" and prior["stripe_object_id"]:
+        if prior["status"] == LedgerStatus.SENT and prior["stripe_object_id"]:
             customer = ctx.stripe_api.retrieve("customers", prior["stripe_object_id"])
             if not customer.get("deleted"):
                 return customer
@@ -253,7 +264,7 @@ def _recover(ctx: _Ctx, identity: str, priors: list[dict]) -> dict | None:
             if _refused(exc):
                 continue
             raise
-        ctx.store.record_result(prior["op_key"], status="sent", request_id=result.request_id,
+        ctx.store.record_result(prior["op_key"], status=LedgerStatus.SENT.value, request_id=result.request_id,
                                 object_id=result.object["id"])
         return result.object
     return None
