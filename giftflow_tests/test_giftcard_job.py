@@ -160,6 +160,15 @@ def test_dry_run_plans_everything_and_writes_nothing(sims):
     assert sims.writes() == 0
     mat = results[0].asset_materializations_for_node("giftcard_customer_updates")[0]
     assert mat.metadata["would_update"].value > 0 and mat.metadata["dry_run"].value is True
+    # What would be written shows as a table in the UI, the rows to write first, the counts beside it.
+    planned = results[0].asset_materializations_for_node("giftcard_customer_plan")[0].metadata
+    table = planned["plan"]
+    assert isinstance(table, dg.TableMetadataValue) and table.records
+    assert {c.name: c.type for c in table.schema.columns}["giftcard_redemptions"] in ("string", "int", "float")
+    actions = [rec.data["action"] for rec in table.records]
+    writes = sum(a in ("create", "update") for a in actions)
+    assert writes and set(actions[:writes]) <= {"create", "update"}
+    assert planned["customers"].value >= len(actions)
 
 
 def test_a_dry_run_is_chosen_per_run_by_tag_for_the_gift_card_sync_and_the_sync_files(sims):

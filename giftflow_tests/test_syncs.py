@@ -171,6 +171,9 @@ def test_every_field_round_trips_and_the_rerun_writes_nothing(world):
     assert result.success
     assert {k: metadata_of(result)[k] for k in ("read", "created", "rejected")} == {"read": 1, "created": 1,
                                                                                      "rejected": 0}
+    changes = metadata_of(result)["changes"]  # what was written, as a table the UI shows without "Show Markdown"
+    assert [c.name for c in changes.schema.columns] == ["row_key", "customer_id", "action", "changed"]
+    assert [(r.data["row_key"], r.data["action"]) for r in changes.records] == [("r1", "create")]
     ana = world.customers()["ana@example.com"]
     assert (ana["name"], ana["phone"], ana["description"], ana["balance"]) == (
         "Ana López", "+34612345678", "wholesale", -500)

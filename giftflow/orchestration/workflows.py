@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from giftflow.adapters.config_files import load_rules
+from giftflow.adapters.mailer import Mailer
 from giftflow.adapters.store import GiftflowStore
 from giftflow.domain.rules import (
     FRAUD_WARNING,
@@ -15,7 +16,7 @@ from giftflow.domain.rules import (
     payment_triggers,
     plan_violations,
 )
-from giftflow.orchestration.metadata import markdown_table
+from giftflow.orchestration.metadata import table
 from giftflow.orchestration.partitions import daily
 from giftflow.orchestration.resources import (
     MailerResource,
@@ -113,9 +114,10 @@ def workflow_plan(context: dg.AssetExecutionContext, store: StoreResource, strip
 
     per_rule = plan.groupby(["rule", "action", "status"]).size().reset_index(name="count")
     yield dg.Output(plan, metadata={
-        "actions": len(plan), "per_rule": markdown_table(per_rule, rows=30),
-        "plan": markdown_table(plan[["rule", "action", "status", "object_id", "customer_id", "amount", "currency",
-                          "refund_amount", "recipient", "reason"]], rows=30),
+        "actions": len(plan), **{f"status_{k}": int(v) for k, v in plan["status"].value_counts().sort_index().items()},
+        "per_rule": table(per_rule, rows=30),
+        "plan": table(plan[["rule", "action", "status", "object_id", "customer_id", "amount", "currency",
+                            "refund_amount", "recipient", "reason"]], rows=30),
     })
     for name, problems in plan_violations(plan, rules.limits).items():
         yield dg.AssetCheckResult(check_name=name, passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
@@ -144,14 +146,24 @@ def workflow_actions(context: dg.AssetExecutionContext, workflow_plan: pd.DataFr
     report = apply_workflow_plan(workflow_plan, stripe_client, db, mailer, dry_run=settings.dry_run,
                                  partition=context.partition_key, run_id=context.run_id, log=context.log)
     summary = pd.DataFrame([{"rule": r, **c} for r, c in report.per_rule().items()]).fillna(0)
+    summary = summary.astype({c: "int64" for c in summary.columns if c != "rule"})
+    mails = pd.DataFrame(report.mails, columns=["rule", "recipient", "subject", "object", "went_to"])
     metadata: dict[str, Any] = {"dry_run": settings.dry_run, "refunds_enabled": settings.refunds_enabled,
-                "per_rule": markdown_table(summary, rows=30), "per_rule_counts": dg.MetadataValue.json(report.per_rule()),
-                "failed": len(report.failures)}
+                "per_rule": table(summary, rows=30), "per_rule_counts": dg.MetadataValue.json(report.per_rule()),
+                "mails_sent": len(mails), "mails_went_to": _mail_destination(mailer),
+                "mails": table(mails, rows=MAILS_SHOWN), "failed": len(report.failures)}
     if report.failures:
         raise dg.Failure(description=f"{len(report.failures)} workflow action(s) failed; the others were done. "
                                      "Retry the step to redo only the failed ones.",
-                         metadata={**metadata, "failures": markdown_table(pd.DataFrame(report.failures), rows=30)})
+                         metadata={**metadata, "failures": table(pd.DataFrame(report.failures), rows=30)})
     return dg.MaterializeResult(metadata=metadata)
+
+
+MAILS_SHOWN = 200  # a day's mails are few; beyond this the count and the outbox/SMTP log tell the rest
+
+
+def _mail_destination(mailer: Mailer) -> str:
+    return f"SMTP {mailer.smtp_host}:{mailer.smtp_port}" if mailer.smtp_host else f"outbox {mailer.outbox}"
 
 
 stripe_workflows = dg.define_asset_job(

@@ -24,6 +24,8 @@ from giftflow.adapters.stripe import StripeClient, idempotency_key
 class WorkflowReport:
     counts: Counter = field(default_factory=Counter)  # (rule, outcome) -> n
     failures: list[dict] = field(default_factory=list)
+    # every mail this run sent: rule, recipient, subject, the Stripe object, where it went (SMTP host or .eml path)
+    mails: list[dict] = field(default_factory=list)
 
     def per_rule(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -72,7 +74,7 @@ def apply_workflow_plan(
             continue
         try:
             store.record_planned(key, row["action"], row["object_id"], _params(row), partition, run_id)
-            request_id, object_id = _carry_out(row, key, prior, stripe_api, store, notifier)
+            request_id, object_id = _carry_out(row, key, prior, stripe_api, store, notifier, report)
         # One action failing (a mail not built or not sent, a Stripe error) fails that action only: the rest of
         # the plan goes on, the step fails afterwards, and a rerun redoes what the ledger does not show as sent.
         except (stripe.StripeError, MailError, smtplib.SMTPException, OSError) as exc:
@@ -95,10 +97,12 @@ def _params(row: dict) -> dict:
     return {"to": row["recipient"], "subject": row["subject"]}
 
 
-def _carry_out(row, key, prior, stripe_api, store, notifier) -> tuple[str | None, str | None]:
+def _carry_out(row, key, prior, stripe_api, store, notifier, report) -> tuple[str | None, str | None]:
     """Do one action; returns the Stripe request id and object id where there are any."""
     if row["action"] == "email":
-        notifier.send(row["recipient"], row["subject"], row["body"], key)
+        went = notifier.send(row["recipient"], row["subject"], row["body"], key)
+        report.mails.append({"rule": row["rule"], "recipient": row["recipient"], "subject": row["subject"],
+                             "object": row["object_id"], "went_to": went})
         return None, None
     if row["action"] == "update_customer_metadata":
         params = {"metadata": row["metadata"]}
