@@ -147,8 +147,18 @@ def test_workflows_end_to_end_with_refunds_mails_and_tags(env):
         assert state.get(cid)["metadata"]["Tier"] == "VIP"
 
     writes, mails = state.stats()["writes"], len(inbox.messages)
-    assert all(r.success for r in run(DAYS, instance, GIFTFLOW_REFUNDS_ENABLED="true"))
+    again = run(DAYS, instance, GIFTFLOW_REFUNDS_ENABLED="true")
+    assert all(r.success for r in again)
     assert state.stats()["writes"] == writes and len(inbox.messages) == mails
+    # The rerun keeps each rule's row: what the first run did is done_before, not folded into "(no rule)".
+    counts: dict = {}
+    for r in again:
+        for rule, c in r.asset_materializations_for_node("workflow_actions")[0].metadata["per_rule_counts"].value.items():
+            for outcome, n in c.items():
+                counts[(rule, outcome)] = counts.get((rule, outcome), 0) + n
+    assert counts[("refund_small_fraud_warnings", "matched")] == counts[("refund_small_fraud_warnings", "done_before")] \
+        == len(refunds)
+    assert counts[("tag_vip_customers", "done_before")] == len(vip)
 
 
 def test_refunds_are_off_by_default_and_would_refund_sends_nothing(env):

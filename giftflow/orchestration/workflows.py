@@ -84,7 +84,7 @@ def stripe_early_fraud_warnings(context: dg.AssetExecutionContext, stripe_api: S
     check_specs=[dg.AssetCheckSpec(name, asset="workflow_plan", blocking=True, description=text)
                  for name, text in CHECKS.items()],
     description="Every action the rules file asks for on the day: mails, customer metadata updates and "
-                "refunds, with status planned / would_refund / done_already / not_applicable. Blocking "
+                "refunds, with status planned / would_refund / unchanged / done_before / not_applicable. Blocking "
                 "checks stop the apply step when the plan breaks an invariant.",
 )
 def workflow_plan(context: dg.AssetExecutionContext, store: StoreResource, stripe_api: StripeResource,
@@ -102,9 +102,15 @@ def workflow_plan(context: dg.AssetExecutionContext, store: StoreResource, strip
     lifetime = _lifetime_spend(db, customers)
     mirror = {c["id"]: c["metadata"] for c in db.load_customers(ids=customers)}
 
+    # What earlier runs carried out, from the ledger: a rerun shows each rule's actions as done_before (a refunded
+    # warning stays under its rule instead of becoming "(no rule) / charge fully refunded").
+    candidates = [f"{rule.name}:{o}:{i}" for rule in rules.rules for o in triggers[rule.trigger]["object_id"]
+                  for i in range(len(rule.actions))]
+    done = {k for k, e in db.ledger_entries(candidates).items() if e["status"] == "sent"}
+
     def evaluate(meta):
         return evaluate_rules(rules, triggers, customer_meta=meta, lifetime_spend=lifetime,
-                              team_email=settings.team_email, refunds_enabled=settings.refunds_enabled)
+                              team_email=settings.team_email, refunds_enabled=settings.refunds_enabled, done=done)
 
     plan = evaluate(mirror)
     # Metadata writes are decided on the customer as Stripe holds it now, not on a possibly stale mirror.

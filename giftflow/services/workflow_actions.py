@@ -18,6 +18,7 @@ import stripe
 from giftflow.adapters.mailer import Mailer, MailError
 from giftflow.adapters.store import GiftflowStore
 from giftflow.adapters.stripe import StripeClient, idempotency_key
+from giftflow.domain.rules import DONE_BEFORE, PLANNED
 
 
 @dataclass
@@ -34,7 +35,10 @@ class WorkflowReport:
         return out
 
 
+# Outcomes counted per rule: matched, mailed, tagged, refunded, escalated, failed, and the plan's statuses
+# (would_refund, unchanged, done_before, not_applicable; see giftflow/domain/rules.py) under the same names.
 OUTCOME = {"email": "mailed", "update_customer_metadata": "tagged", "refund": "refunded"}
+WOULD = {"mailed": "would_mail", "tagged": "would_tag", "refunded": "would_refund", "escalated": "would_escalate"}
 
 
 def _outcome(row: dict) -> str:
@@ -61,16 +65,16 @@ def apply_workflow_plan(
         report.counts[(rule, "matched")] = int(objects)
     for row in plan.to_dict("records"):
         rule = row["rule"]
-        if row["status"] != "planned":
+        if row["status"] != PLANNED:
             report.counts[(rule, row["status"])] += 1
             continue
-        if dry_run:
-            report.counts[(rule, "would_be_" + _outcome(row))] += 1
+        if dry_run:  # would_mail, would_tag, would_refund, would_escalate: as the syncs' would_update
+            report.counts[(rule, WOULD[_outcome(row)])] += 1
             continue
         key = row["ledger_key"]
         prior = store.ledger_entries([key]).get(key)
         if prior and prior["status"] == "sent":
-            report.counts[(rule, "done_before")] += 1
+            report.counts[(rule, DONE_BEFORE)] += 1
             continue
         try:
             store.record_planned(key, row["action"], row["object_id"], _params(row), partition, run_id)
