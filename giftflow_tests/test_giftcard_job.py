@@ -255,8 +255,8 @@ def test_a_customer_stripe_refuses_is_rejected_and_the_others_are_written(sims, 
     applied = job.execute_in_process(partition_key=partition, instance=instance,
                                      op_selection=["giftcard_customer_updates"])
     md = applied.asset_materializations_for_node("giftcard_customer_updates")[0].metadata
-    assert md["rejected"].value == 1 and victim in md["rejected_rows"].value and "No such customer" in \
-        md["rejected_rows"].value
+    [rejected] = [r.data for r in md["rejected_rows"].records]  # a table in the UI
+    assert md["rejected"].value == 1 and rejected["customer_id"] == victim and "No such customer" in rejected["reason"]
     assert md["updated"].value == sims.writes() - before > 0  # the other customers' writes went out
     [report] = GiftflowStore(database_url=os.environ["GIFTFLOW_DATABASE_URL"]).sync_runs("giftcard")
     assert report["partition"] == partition and report["counts"]["rejected"] == 1

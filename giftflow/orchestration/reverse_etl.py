@@ -66,6 +66,9 @@ def build_sync_asset(spec: SyncSpec, base: Path) -> dg.AssetsDefinition:
                     "dry_run": settings.dry_run, "mirror_api_calls": result.api_calls,
                     "diff_seconds": round(result.timings["diff_s"], 3), "rejected_rows": _rejected_table(result),
                     "changes": _changes_table(result.plan)}
+        if spec.mapping.promotion_code is not None:  # the codes customers were given, to pass on to them
+            metadata["promotion_codes"] = table(pd.DataFrame(result.promotion_codes, columns=[
+                "row_key", "customer_id", "coupon", "code", "promotion_code", "max_redemptions"]), rows=TABLE_ROWS)
         if not result.ok:
             raise dg.Failure(description=f"{len(result.failures)} Stripe write(s) failed; the others were sent. "
                                          "Retry the run to resend only the failed ones.", metadata=metadata)
