@@ -73,7 +73,7 @@ def main() -> None:
         store = GiftflowStore(database_url=f"sqlite:///{tmp}/bench.sqlite")
         t = time.perf_counter()
         calls = refresh_customer_mirror(api, store, with_tax_ids=SPEC.mapping.tax_id is not None,
-                                        with_coupons=SPEC.mapping.coupon is not None)
+                                        with_coupons=SPEC.mapping.promotion_code is not None)
         print(f"customer mirror: {calls:,} list calls in {time.perf_counter() - t:.1f} s")
 
         mirror = store.load_customers()

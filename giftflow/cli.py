@@ -56,8 +56,9 @@ def _metadata(result, asset: str) -> dict:
 def _run_days(defs, instance, days: list[date], env: dict[str, str], label: str) -> int:
     job = defs.resolve_job_def("giftcard_sync")
     print(f"\n{label}")
+    # "why left out" is last: a long reason cannot push the columns after it out of line
     print(f"{'day':<12}{'redemptions':>12}{'quarantined':>12}{'updated':>9}{'created':>9}{'unchanged':>10}"
-          f"{'left out':>9}  {'why left out':<34}{'Stripe writes':>14}")
+          f"{'left out':>9}{'Stripe writes':>14}  why left out")
     total = 0
     for day in days:
         before = _stripe_writes(env)
@@ -76,12 +77,13 @@ def _run_days(defs, instance, days: list[date], env: dict[str, str], label: str)
         print(f"{day.isoformat():<12}{fetched.get('valid', 0):>12}{fetched.get('quarantined', 0):>12}"
               f"{applied.get('updated', applied.get('would_update', 0)):>9}"
               f"{applied.get('created', applied.get('would_create', 0)):>9}"
-              f"{applied.get('unchanged', 0):>10}{applied.get('left_out', 0):>9}  {why:<34}{writes:>14}{status}")
+              f"{applied.get('unchanged', 0):>10}{applied.get('left_out', 0):>9}{writes:>14}  {why}{status}")
     print(f"Stripe writes in total: {total}")
     return total
 
 
-OUTCOMES = ("matched", "mailed", "tagged", "refunded", "escalated", "would_refund", "done_already", "done_before",
+# The README's vocabulary (giftflow/domain/rules.py, services/workflow_actions.py); others that occur are appended.
+OUTCOMES = ("matched", "mailed", "tagged", "refunded", "escalated", "would_refund", "unchanged", "done_before",
             "not_applicable")
 
 
@@ -102,9 +104,11 @@ def _run_workflows(defs, instance, days: list[date], env: dict[str, str], outbox
                 totals.setdefault(rule, {}).setdefault(outcome, 0)
                 totals[rule][outcome] += n
     print(f"\n{label}")
-    print(f"{'rule':<30}" + "".join(f"{o:>15}" for o in OUTCOMES))
+    outcomes = list(OUTCOMES) + sorted({o for c in totals.values() for o in c} - set(OUTCOMES))
+    width = max([len("rule"), *map(len, totals)]) + 2  # columns sized by their content: always aligned
+    print(f"{'rule':<{width}}" + "".join(f"{o:>{len(o) + 2}}" for o in outcomes))
     for rule, counts in totals.items():
-        print(f"{rule:<30}" + "".join(f"{counts.get(o, 0):>15}" for o in OUTCOMES))
+        print(f"{rule:<{width}}" + "".join(f"{counts.get(o, 0):>{len(o) + 2}}" for o in outcomes))
     writes, mails = _stripe_writes(env) - before_writes, _count_files(outbox) - before_mails
     print(f"Stripe writes: {writes}, mails written to {outbox}: {mails}" +
           (f"  (failed days: {', '.join(failed)})" if failed else ""))

@@ -59,6 +59,9 @@ PREFIXES = {"customer": "cus_", "payment_intent": "pi_", "charge": "ch_", "refun
             "radar.early_fraud_warning": "issfr_", "event": "evt_", "tax_id": "txi_", "card": "card_",
             "coupon": "", "promotion_code": "promo_"}
 API_VERSION = "2026-10-28.endive"  # the version stripe 16 pins; stamped on events
+# Stripe removed `coupon` (and `promotion_code`) from customer create/update in 2025-03-31.basil: a request naming an
+# earlier Stripe-Version may still send it, a newer (or no header: the account's, i.e. the pinned) one is refused.
+CUSTOMER_COUPON_REMOVED_IN = "2025-03-31"
 _LIST_VALUED = {"preferred_locales", "expand", "types", "tax_id_data"}
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _ID_CHARS = string.ascii_letters + string.digits
@@ -188,6 +191,7 @@ class StripeState:
         self._seq = 0
         self._idempotent: dict[str, tuple[tuple, int, dict]] = {}  # key -> (request fingerprint, status, body)
         self._request = {"id": None, "idempotency_key": None}  # the API request now running, for its events
+        self._version = API_VERSION  # the Stripe-Version of the request now running (header, else the pinned one)
         self._lose = 0
         self._faults: deque[tuple[str | None, int, dict]] = deque()  # (route family or None, status, headers)
         self.reset_stats()
@@ -517,7 +521,9 @@ class StripeState:
 
     # -- endpoints (called under the lock) ----------------------------------------------------------------------
     def _apply_fields(self, obj: dict, params: dict, creating: bool = False) -> None:
-        _known(params, CUSTOMER_PARAMS if creating else CUSTOMER_PARAMS - {"tax_id_data"})
+        coupon_ok = self._version < CUSTOMER_COUPON_REMOVED_IN  # dated versions compare as text
+        _known(params, (CUSTOMER_PARAMS if creating else CUSTOMER_PARAMS - {"tax_id_data"}) |
+               ({"coupon"} if coupon_ok else set()))
         tax_ids = [self._check_tax_id(t, f"tax_id_data[{i}]") for i, t in enumerate(self._list_param(
             params.get("tax_id_data", []), "tax_id_data"))]
         card = self._check_token(params["source"]) if params.get("source") else None
@@ -560,12 +566,21 @@ class StripeState:
                                      "name": value.get("name"), "phone": value.get("phone") or None}
         if "metadata" in params:
             changes["metadata"] = self._merge_metadata(obj["metadata"], params["metadata"])
+        if params.get("coupon"):  # (an empty value would remove the discount: not needed by giftflow)
+            changes["discount"] = self._discount(obj["id"], self._find("coupon", params["coupon"], "coupon"))
         obj.update(changes)
         # Everything is valid: now the objects the customer owns.
         for type_, value in tax_ids:
             self._new_tax_id(obj["id"], type_, value)
         if card is not None:
             obj["default_source"] = self._new_card(obj["id"], *card)["id"]
+
+    def _discount(self, customer_id: str, coupon: dict) -> dict:
+        """The customer's discount for `coupon`: the current shape (`source.coupon`) with the older one's
+        `coupon` object beside it, so a client of either version reads it."""
+        return {"id": "di_" + self._rand(24), "object": "discount", "customer": customer_id, "start": self._now(),
+                "end": None, "invoice": None, "invoice_item": None, "promotion_code": None, "subscription": None,
+                "source": {"coupon": coupon["id"], "type": "coupon"}, "coupon": copy.deepcopy(coupon)}
 
     @staticmethod
     def _list_param(value: Any, param: str) -> list:
@@ -753,10 +768,16 @@ class StripeState:
         code = params.get("code") or self._rand(8, string.ascii_uppercase + string.digits)
         if not re.fullmatch(r"[a-zA-Z0-9-]+", code):
             raise StripeError(400, f"Invalid code: {code}", param="code")
+        if any(r["obj"]["code"].lower() == code.lower() and r["obj"]["active"] and not r["deleted"]
+               for r in self._tables["promotion_code"].values()):
+            raise StripeError(400, f"An active promotion code with `code: {code}` already exists.", param="code")
+        limit = _int(params["max_redemptions"], "max_redemptions") if params.get("max_redemptions") else None
+        if limit is not None and limit < 1:
+            raise StripeError(400, "Invalid max_redemptions: must be at least 1", param="max_redemptions")
         obj = {"id": self._new_id("promotion_code"), "object": "promotion_code",
                "active": _bool(params.get("active", "true"), "active"), "code": code, "created": self._now(),
                "customer": customer, "customer_account": None, "expires_at": None, "livemode": False,
-               "max_redemptions": None, "metadata": {}, "promotion": {"coupon": coupon["id"], "type": "coupon"},
+               "max_redemptions": limit, "metadata": {}, "promotion": {"coupon": coupon["id"], "type": "coupon"},
                "restrictions": {"currency_options": {}, "first_time_transaction": False, "minimum_amount": None,
                                 "minimum_amount_currency": None}, "times_redeemed": 0}
         if "metadata" in params:
@@ -937,13 +958,15 @@ class StripeState:
     # -- one request, atomically: auth, rate limit, idempotency, the endpoint, counting ------------------------------
     def serve(self, family: str, action: Callable | None, *, method: str, path: str, path_params: dict,
               pairs: list[tuple[str, str]] | None, authorization: str | None, idempotency_key: str | None,
-              api_key: str | None, window: _Window | None, request_id: str | None = None
-              ) -> tuple[int, dict, dict]:
+              api_key: str | None, window: _Window | None, request_id: str | None = None,
+              stripe_version: str | None = None) -> tuple[int, dict, dict]:
         with self.lock:
             counts = self._by_route[family]
             counts["requests"] += 1
             self.request_log.append({"at": time.monotonic(), "family": family, "method": method, "path": path,
-                                     "idempotency_key": idempotency_key, "params": _decoded_or_none(pairs)})
+                                     "idempotency_key": idempotency_key, "stripe_version": stripe_version,
+                                     "params": _decoded_or_none(pairs)})
+            self._version = stripe_version or API_VERSION
             try:
                 if api_key is not None and authorization != f"Bearer {api_key}":
                     shown = (authorization or "").removeprefix("Bearer ")
@@ -1097,7 +1120,8 @@ def create_app(state: StripeState, *, api_key: str | None = None, rate_limit_per
             family, action, method=request.method, path=request.url.path, path_params=request.path_params,
             pairs=pairs, authorization=request.headers.get("authorization"),
             idempotency_key=request.headers.get("idempotency-key"), api_key=api_key, window=window,
-            request_id=request.scope.get("state", {}).get("request_id"))
+            request_id=request.scope.get("state", {}).get("request_id"),
+            stripe_version=request.headers.get("stripe-version"))
         return JSONResponse(payload, status, headers=headers)
 
     async def stats(request: Request) -> JSONResponse:

@@ -129,7 +129,9 @@ def _hostile_env(tmp_path) -> dict:
 def test_importing_every_module_reads_no_environment(tmp_path):
     """Every module of giftflow imports under settings that are all wrong: nothing is read at import."""
     code = ("import importlib, pkgutil, giftflow\n"
-            "names = [m.name for m in pkgutil.walk_packages(giftflow.__path__, 'giftflow.')]\n"
+            "names = [m.name for m in pkgutil.walk_packages(giftflow.__path__, 'giftflow.')\n"
+            # Alembic's env.py and revisions are scripts Alembic runs, not modules to import.
+            "         if '.migrations.' not in m.name]\n"
             "for name in names: importlib.import_module(name)\n"
             "assert 'defs' not in vars(giftflow), 'import giftflow built the Definitions'\n"
             "print(len(names))")

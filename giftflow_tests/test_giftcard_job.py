@@ -160,6 +160,15 @@ def test_dry_run_plans_everything_and_writes_nothing(sims):
     assert sims.writes() == 0
     mat = results[0].asset_materializations_for_node("giftcard_customer_updates")[0]
     assert mat.metadata["would_update"].value > 0 and mat.metadata["dry_run"].value is True
+    # What would be written shows as a table in the UI, the rows to write first, the counts beside it.
+    planned = results[0].asset_materializations_for_node("giftcard_customer_plan")[0].metadata
+    table = planned["plan"]
+    assert isinstance(table, dg.TableMetadataValue) and table.records
+    assert {c.name: c.type for c in table.schema.columns}["giftcard_redemptions"] in ("string", "int", "float")
+    actions = [rec.data["action"] for rec in table.records]
+    writes = sum(a in ("create", "update") for a in actions)
+    assert writes and set(actions[:writes]) <= {"create", "update"}
+    assert planned["customers"].value >= len(actions)
 
 
 def test_a_dry_run_is_chosen_per_run_by_tag_for_the_gift_card_sync_and_the_sync_files(sims):
@@ -246,8 +255,8 @@ def test_a_customer_stripe_refuses_is_rejected_and_the_others_are_written(sims, 
     applied = job.execute_in_process(partition_key=partition, instance=instance,
                                      op_selection=["giftcard_customer_updates"])
     md = applied.asset_materializations_for_node("giftcard_customer_updates")[0].metadata
-    assert md["rejected"].value == 1 and victim in md["rejected_rows"].value and "No such customer" in \
-        md["rejected_rows"].value
+    [rejected] = [r.data for r in md["rejected_rows"].records]  # a table in the UI
+    assert md["rejected"].value == 1 and rejected["customer_id"] == victim and "No such customer" in rejected["reason"]
     assert md["updated"].value == sims.writes() - before > 0  # the other customers' writes went out
     [report] = GiftflowStore(database_url=os.environ["GIFTFLOW_DATABASE_URL"]).sync_runs("giftcard")
     assert report["partition"] == partition and report["counts"]["rejected"] == 1
@@ -278,3 +287,54 @@ def _touches(world, cid, day):
     email = next(c["email"] for c in world.customers if c["id"] == cid).strip().lower()
     return any(r["redeemed_at"].startswith(day.isoformat()) and r["customer"]
                and (r["customer"].get("email") or "").strip().lower() == email for r in world.redemptions)
+
+
+@pytest.mark.e2e  # two days through dg.materialize: ~5 s
+def test_a_customer_written_then_multi_currency_is_listed_by_the_warning_check(sims, world):
+    """Written on one day, multi-currency after the next: the plan skips the customer while Stripe still shows
+    the first day's total, and the non-blocking check warns with the customer and the values Stripe holds."""
+    from giftflow.orchestration import giftcard
+    from giftflow.orchestration.definitions import _resources
+    from giftflow.orchestration.giftcard_checks import no_stale_giftcard_values
+    from giftflow.settings import Settings
+
+    assets = [giftcard.cardivo_redemptions, giftcard.stripe_customers, giftcard.giftcard_customer_plan,
+              giftcard.giftcard_customer_updates, no_stale_giftcard_values]
+    instance = dg.DagsterInstance.ephemeral()
+
+    def materialize(day):
+        return dg.materialize(assets, partition_key=day.isoformat(), instance=instance, raise_on_error=False,
+                              resources=_resources(Settings.from_env()))
+
+    def check_of(result):
+        [evaluation] = result.get_asset_check_evaluations()
+        return evaluation
+
+    day = DAYS[0]
+    expected = expected_metadata([r for r in world.redemptions if r["redeemed_at"].startswith(day.isoformat())],
+                                 world.customers)
+    cid = next(c for c, want in sorted(expected.items()) if want != "multi_currency" and want["giftcard_currency"])
+    first = materialize(day)
+    assert first.success and check_of(first).passed
+    held = stripe_metadata(sims)[cid]
+    assert held == expected[cid]
+
+    # The next day the same customer redeems a card in another currency.
+    mine = next(r for r in world.redemptions if r["status"] == "completed" and r["redeemed_at"].startswith(
+        day.isoformat()) and (r["stripe_customer_id"] == cid or (r["customer"] or {}).get("email")
+                              and _customer_of(r, world) == cid))
+    other = "usd" if held["giftcard_currency"] != "usd" else "eur"
+    later = day.replace(day=day.day + 1).isoformat() + "T12:00:00Z"
+    sims.cardivo_state.add({**mine, "id": "rdm_other_currency", "currency": other, "amount": 700,
+                            "gift_card": {**mine["gift_card"], "id": "gc_other", "code": "CRDV-OTHR-CURR-0042",
+                                          "currency": other},
+                            "redeemed_at": later, "updated_at": later})
+    second = materialize(DAYS[1])
+    assert second.success  # a warning, not a failure: the run goes on
+    evaluation = check_of(second)
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    rows = [r.data for r in evaluation.metadata["stale_customers"].records]
+    assert evaluation.metadata["stale"].value == len(rows) >= 1
+    [row] = [r for r in rows if r["customer_id"] == cid]
+    assert row["reason"] == "multi_currency" and row["giftcard_redeemed_total"] == held["giftcard_redeemed_total"]
+    assert stripe_metadata(sims)[cid] == held  # not written: still the first day's values

@@ -30,13 +30,13 @@ def pi_plan(*specs, meta=None):
                           team_email=TEAM)
 
 
-def efw_plan(*charges, refunds_enabled=True):
+def efw_plan(*charges, refunds_enabled=True, done=()):
     ch = pd.DataFrame([{"id": f"ch_{i}", "amount": a, "amount_refunded": r, "currency": cur, "customer": "cus_1",
                         "disputed": d, "refunded": a == r, "payment_intent": f"pi_c{i}"}
                        for i, (a, r, cur, d) in enumerate(charges)])
     warnings = pd.DataFrame([{"id": f"issfr_{i}", "charge": f"ch_{i}"} for i in range(len(charges))])
     return evaluate_rules(RULES, {FRAUD_WARNING: fraud_triggers(warnings, ch)}, team_email=TEAM,
-                          refunds_enabled=refunds_enabled)
+                          refunds_enabled=refunds_enabled, done=done)
 
 
 @pytest.mark.parametrize("amount,mailed", [(99_999, False), (100_000, False), (100_001, True)])
@@ -64,7 +64,7 @@ def test_vip_already_tagged_gets_no_write_and_payment_without_customer_is_not_ta
     plan = pi_plan((300_000, "usd", "cus_1", "succeeded"), (300_000, "usd", None, "succeeded"),
                    meta={"cus_1": {"Tier": "VIP", "other": "x"}})
     vip = plan[plan["rule"] == "tag_vip_customers"].set_index("object_id")
-    assert vip.loc["pi_0", "status"] == "done_already"
+    assert vip.loc["pi_0", "status"] == "unchanged"
     assert "pi_1" not in vip.index
 
 
@@ -94,6 +94,22 @@ def test_fully_refunded_is_reported_and_disputed_is_escalated():
     plan = efw_plan((1_000, 1_000, "usd", False), (1_000, 0, "usd", True)).set_index("object_id")
     assert (plan.loc["issfr_0", "status"], plan.loc["issfr_0", "reason"]) == ("not_applicable", "charge fully refunded")
     assert plan.loc["issfr_1", "action"] == "email"
+
+
+def test_a_warning_giftflow_refunded_before_stays_under_its_rule_as_done_before():
+    # The rerun after the refund: the charge is fully refunded now, yet the plan shows what happened to it.
+    plan = efw_plan((1_000, 1_000, "usd", False), (1_000, 1_000, "usd", False),
+                    done={"refund_small_fraud_warnings:issfr_0:0"}).set_index("object_id")
+    assert (plan.loc["issfr_0", "rule"], plan.loc["issfr_0", "status"]) == ("refund_small_fraud_warnings", "done_before")
+    assert (plan.loc["issfr_1", "rule"], plan.loc["issfr_1", "status"]) == ("(no rule)", "not_applicable")
+    assert len(plan) == 2  # and no escalation: the rule that acted still counts as matching
+
+
+def test_a_vip_tag_giftflow_wrote_before_is_done_before_not_unchanged():
+    plan = evaluate_rules(RULES, {PAYMENT_SUCCEEDED: payment_triggers(pis((300_000, "usd", "cus_1", "succeeded")))},
+                          customer_meta={"cus_1": {"Tier": "VIP"}}, team_email=TEAM,
+                          done={"tag_vip_customers:pi_0:0", "personalise_large_orders:pi_0:0"})
+    assert set(plan["status"]) == {"done_before"} and len(plan) == 2
 
 
 def test_small_warning_in_other_currency_is_escalated():

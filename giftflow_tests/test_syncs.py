@@ -171,6 +171,9 @@ def test_every_field_round_trips_and_the_rerun_writes_nothing(world):
     assert result.success
     assert {k: metadata_of(result)[k] for k in ("read", "created", "rejected")} == {"read": 1, "created": 1,
                                                                                      "rejected": 0}
+    changes = metadata_of(result)["changes"]  # what was written, as a table the UI shows without "Show Markdown"
+    assert [c.name for c in changes.schema.columns] == ["row_key", "customer_id", "action", "changed"]
+    assert [(r.data["row_key"], r.data["action"]) for r in changes.records] == [("r1", "create")]
     ana = world.customers()["ana@example.com"]
     assert (ana["name"], ana["phone"], ana["description"], ana["balance"]) == (
         "Ana López", "+34612345678", "wholesale", -500)
@@ -185,14 +188,70 @@ def test_every_field_round_trips_and_the_rerun_writes_nothing(world):
     assert [(t["type"], t["value"], t["customer"]) for t in tax_ids] == [("eu_vat", "ESB12345678", ana["id"])]
     card = httpx.get(f"{world.url}/v1/customers/{ana['id']}/sources", headers=auth).json()["data"][0]
     assert ana["default_source"] == card["id"] and card["last4"] == "4242"
+    # `coupon` is the customer's discount, applied under the last API version that takes a customer's coupon.
+    assert ana["discount"]["source"] == {"coupon": "WELCOME10", "type": "coupon"}
+    [applied] = [r for r in world.state.request_log if "coupon" in (r["params"] or {})]
+    assert (applied["method"], applied["path"], applied["stripe_version"], applied["params"]) == (
+        "POST", f"/v1/customers/{ana['id']}", "2025-02-24.acacia", {"coupon": "WELCOME10"})
+    assert {r["stripe_version"] for r in world.state.request_log if r is not applied and r["method"] == "POST"} \
+        == {stripe.api_version}  # every other write on the pinned version
     promo = httpx.get(f"{world.url}/v1/promotion_codes", params={"customer": ana["id"]}, headers=auth).json()
-    assert [p["promotion"]["coupon"] for p in promo["data"]] == ["WELCOME10"]
+    assert promo["data"] == []  # no promotion code unless the mapping asks for one
     assert world.store.sync_ids("crm") == {"r1": ana["id"]}
 
     before = world.writes()
     again = world.materialize(spec)
     assert again.success and world.writes() == before
     assert metadata_of(again)["unchanged"] == 1
+
+
+def test_the_simulator_takes_a_customer_coupon_only_under_an_older_stripe_version(world):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    cid = httpx.post(f"{world.url}/v1/customers", data={"email": "c@example.com"}, headers=auth).json()["id"]
+    refused = httpx.post(f"{world.url}/v1/customers/{cid}", data={"coupon": "WELCOME10"}, headers=auth)
+    newer = httpx.post(f"{world.url}/v1/customers/{cid}", data={"coupon": "WELCOME10"},
+                       headers={**auth, "Stripe-Version": "2025-03-31.basil"})
+    assert refused.status_code == newer.status_code == 400
+    assert refused.json()["error"]["message"] == "Received unknown parameter: coupon"
+    missing = httpx.post(f"{world.url}/v1/customers/{cid}", data={"coupon": "NOPE"},
+                         headers={**auth, "Stripe-Version": "2025-02-24.acacia"})
+    assert missing.status_code in (400, 404) and "No such coupon" in missing.json()["error"]["message"]
+    ok = httpx.post(f"{world.url}/v1/customers/{cid}", data={"coupon": "WELCOME10"},
+                    headers={**auth, "Stripe-Version": "2025-02-24.acacia"})
+    assert ok.status_code == 200 and ok.json()["discount"]["coupon"]["id"] == "WELCOME10"
+    assert world.state.get(cid)["discount"]["source"]["coupon"] == "WELCOME10"
+
+
+PROMO = """
+version: 1
+name: promo
+source: {csv: rows.csv}
+mode: upsert
+identifier: email
+primary_key: ref
+mapping:
+  email: email
+  promotion_code: {coupon: coupon, code: tax_value, max_redemptions: 1}
+"""
+
+
+def test_the_promotion_code_mapping_creates_one_code_per_customer_and_reports_it(world):
+    spec = world.write([row("r1", email="bo@example.com", coupon="WELCOME10", tax_value="BOWELCOME")], text=PROMO)
+    result = world.materialize(spec)
+    assert result.success
+    bo = world.customers()["bo@example.com"]
+    assert bo["discount"] is None  # a code to hand out, not a discount
+    auth = {"Authorization": f"Bearer {KEY}"}
+    [code] = httpx.get(f"{world.url}/v1/promotion_codes", params={"customer": bo["id"]}, headers=auth).json()["data"]
+    assert (code["code"], code["max_redemptions"], code["promotion"]["coupon"]) == ("BOWELCOME", 1, "WELCOME10")
+    metadata = metadata_of(result)
+    [shown] = [r.data for r in metadata["promotion_codes"].records]
+    assert shown == {"row_key": "r1", "customer_id": bo["id"], "coupon": "WELCOME10", "code": "BOWELCOME",
+                     "promotion_code": code["id"], "max_redemptions": 1}
+    assert metadata["promotion_codes_created"] == 1
+    before = world.writes()
+    again = world.materialize(spec)
+    assert again.success and world.writes() == before and metadata_of(again)["unchanged"] == 1
 
 
 def test_only_changed_fields_are_sent_and_empty_values_follow_the_policy(world):

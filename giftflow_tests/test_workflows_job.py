@@ -147,8 +147,18 @@ def test_workflows_end_to_end_with_refunds_mails_and_tags(env):
         assert state.get(cid)["metadata"]["Tier"] == "VIP"
 
     writes, mails = state.stats()["writes"], len(inbox.messages)
-    assert all(r.success for r in run(DAYS, instance, GIFTFLOW_REFUNDS_ENABLED="true"))
+    again = run(DAYS, instance, GIFTFLOW_REFUNDS_ENABLED="true")
+    assert all(r.success for r in again)
     assert state.stats()["writes"] == writes and len(inbox.messages) == mails
+    # The rerun keeps each rule's row: what the first run did is done_before, not folded into "(no rule)".
+    counts: dict = {}
+    for r in again:
+        for rule, c in r.asset_materializations_for_node("workflow_actions")[0].metadata["per_rule_counts"].value.items():
+            for outcome, n in c.items():
+                counts[(rule, outcome)] = counts.get((rule, outcome), 0) + n
+    assert counts[("refund_small_fraud_warnings", "matched")] == counts[("refund_small_fraud_warnings", "done_before")] \
+        == len(refunds)
+    assert counts[("tag_vip_customers", "done_before")] == len(vip)
 
 
 def test_refunds_are_off_by_default_and_would_refund_sends_nothing(env):
@@ -160,6 +170,39 @@ def test_refunds_are_off_by_default_and_would_refund_sends_nothing(env):
     assert len(inbox.messages) == len(mail_about)  # no mail for a refund that would have been made
     plans = [r.output_for_node("workflow_plan") for r in results]
     assert sum((p["status"] == "would_refund").sum() for p in plans) == len(refunds)
+
+
+def test_the_plan_and_every_mail_are_tables_in_the_ui(env):
+    """The plan shows as a real table (no "Show Markdown"), counts beside it; each mail says where it went."""
+    inbox = env["inbox"]
+    results = run(DAYS, dg.DagsterInstance.ephemeral())
+    assert all(r.success for r in results)
+    listed = []
+    for r in results:
+        plan_md = r.asset_materializations_for_node("workflow_plan")[0].metadata
+        plan = plan_md["plan"]
+        assert isinstance(plan, dg.TableMetadataValue)
+        assert [c.name for c in plan.schema.columns][:4] == ["rule", "action", "status", "object_id"]
+        assert len(plan.records) == min(30, plan_md["actions"].value)
+        assert sum(v.value for k, v in plan_md.items() if k.startswith("status_")) == plan_md["actions"].value
+        actions = r.asset_materializations_for_node("workflow_actions")[0].metadata
+        assert isinstance(actions["mails"], dg.TableMetadataValue)
+        assert actions["mails_went_to"].value == f"SMTP 127.0.0.1:{env['values']['GIFTFLOW_SMTP_PORT']}"
+        listed += [rec.data for rec in actions["mails"].records]
+    assert len(listed) == len(inbox.messages) > 0
+    sent = {m["X-Giftflow-Key"].split(":")[1]: " ".join(m["Subject"].split()) for _, m in inbox.messages}  # unfolded
+    for mail in listed:
+        assert mail["recipient"] == TEAM and mail["went_to"] == f"smtp://127.0.0.1:{env['values']['GIFTFLOW_SMTP_PORT']}"
+        assert sent[mail["object"]] == mail["subject"]
+
+
+def test_mails_without_smtp_list_their_eml_file(env, monkeypatch, tmp_path):
+    monkeypatch.delenv("GIFTFLOW_SMTP_HOST")
+    results = run(DAYS[:2], dg.DagsterInstance.ephemeral())
+    mails = [rec.data for r in results for rec in
+             r.asset_materializations_for_node("workflow_actions")[0].metadata["mails"].records]
+    assert mails and all(m["went_to"].startswith(str(tmp_path / "outbox")) and m["went_to"].endswith(".eml")
+                         and os.path.exists(m["went_to"]) for m in mails)
 
 
 def test_dry_run_sends_and_writes_nothing(env):

@@ -29,6 +29,10 @@ if TYPE_CHECKING:  # the SDK's TypedDicts; giftflow builds params from sync file
         RefundCreateParams,
     )
 
+# The last Stripe API version whose customer create/update takes `coupon` (2025-03-31.basil removed it): named by the
+# one request that applies a coupon to a customer (apply_customer_coupon).
+COUPON_API_VERSION = "2025-02-24.acacia"
+
 # Every write's Stripe idempotency key is derived from the operation itself, so replaying the
 # same operation (a retried step, a rerun after a crash) is a no-op at Stripe.
 KEY_PREFIX = "giftflow"
@@ -281,6 +285,16 @@ class StripeClient(BaseModel):
     def update_customer(self, customer_id: str, params: dict, key: str) -> WriteResult:
         obj = self._call(lambda: self.client.v1.customers.update(
             customer_id, params=cast("CustomerUpdateParams", params), options={"idempotency_key": key}))
+        return WriteResult(obj.to_dict(), _request_id(obj))
+
+    def apply_customer_coupon(self, customer_id: str, coupon: str, key: str) -> WriteResult:
+        """Apply `coupon` to the customer as its discount. The pinned API (2026-10-28) has no customer `coupon` (removed
+        in 2025-03-31.basil, with no customer-level replacement: discounts moved to subscriptions, invoices and
+        checkout), so this one request names the last version that has it (COUPON_API_VERSION) in its
+        Stripe-Version header; every other request stays on the pinned version."""
+        obj = self._call(lambda: self.client.v1.customers.update(
+            customer_id, params=cast("CustomerUpdateParams", {"coupon": coupon}),
+            options={"idempotency_key": key, "stripe_version": COUPON_API_VERSION}))
         return WriteResult(obj.to_dict(), _request_id(obj))
 
     def iter_customer_objects(self, *, with_tax_ids: bool = False, page_size: int = 100

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -195,8 +196,14 @@ PLAN_COLUMNS = [
     "amount", "currency", "unrefunded", "refund_amount", "charge_disputed", "recipient", "subject", "body",
     "metadata", "refund_reason",
 ]
-# status: planned (will be carried out), would_refund (refunds disabled), done_already (no write needed),
-# not_applicable (reported, nothing to do).
+# status, one name per idea (the README lists them; workflow_actions counts them under the same names):
+#   planned         will be carried out by this run
+#   would_refund    a refund the rules ask for, not made: refunds are disabled (GIFTFLOW_REFUNDS_ENABLED)
+#   unchanged       Stripe already holds what the action would write (as in the sync reports): no write
+#   done_before     giftflow's ledger shows an earlier run carried this action out: not done again
+#   not_applicable  reported only, nothing to do (no customer, charge fully refunded, no rule matched)
+PLANNED, WOULD_REFUND, UNCHANGED, DONE_BEFORE, NOT_APPLICABLE = (
+    "planned", "would_refund", "unchanged", "done_before", "not_applicable")
 
 
 def payment_triggers(payment_intents: pd.DataFrame) -> pd.DataFrame:
@@ -285,9 +292,14 @@ def evaluate_rules(
     lifetime_spend: dict[tuple[str, str], int] | None = None,
     team_email: str | None = None,
     refunds_enabled: bool = False,
+    done: Collection[str] = (),
 ) -> pd.DataFrame:
-    """Every action the rules ask for on the given trigger rows: one plan row per (rule, object, action)."""
+    """Every action the rules ask for on the given trigger rows: one plan row per (rule, object, action).
+    `done`: the ledger keys of actions an earlier run carried out. Their rule still counts as matching its object
+    although its own action may have changed what the conditions see (a refunded charge is now fully refunded),
+    and those actions are `done_before`."""
     customer_meta = customer_meta or {}
+    done = frozenset(done)
     rows: list[dict] = []
     matched: dict[str, np.ndarray] = {}
     for rule in rules.rules:
@@ -297,10 +309,16 @@ def evaluate_rules(
         mask = _mask(rule.conditions, t, rules, customer_meta, lifetime_spend or {})
         if rule.unless:
             mask &= ~matched[rule.unless]
+        if done:
+            mask |= np.array([any(f"{rule.name}:{o}:{i}" in done for i in range(len(rule.actions)))
+                              for o in t["object_id"]], dtype=bool)
         matched[rule.name] = mask
         for row in t[mask].to_dict("records"):
             for index, action in enumerate(rule.actions):
-                rows.append(_plan_row(rule, index, action, row, customer_meta, team_email, refunds_enabled))
+                out = _plan_row(rule, index, action, row, customer_meta, team_email, refunds_enabled)
+                if out["ledger_key"] in done:
+                    out["status"], out["reason"] = DONE_BEFORE, "carried out by an earlier run (giftflow's ledger)"
+                rows.append(out)
     # Fraud warnings no rule acted on are reported, so nobody wonders whether they were seen.
     warnings = triggers.get(FRAUD_WARNING)
     if warnings is not None and len(warnings):
@@ -310,7 +328,7 @@ def evaluate_rules(
                 acted |= matched[rule.name]
         for row in warnings[~acted].to_dict("records"):
             reason = "charge fully refunded" if row["charge_fully_refunded"] else "no rule matched"
-            rows.append({**_base("(no rule)", "none", row, 0), "status": "not_applicable", "reason": reason})
+            rows.append({**_base("(no rule)", "none", row, 0), "status": NOT_APPLICABLE, "reason": reason})
     plan = pd.DataFrame(rows, columns=PLAN_COLUMNS)
     return plan.astype({"amount": "int64", "unrefunded": "int64", "refund_amount": "int64"})
 
@@ -318,7 +336,7 @@ def evaluate_rules(
 def _base(rule_name: str, action: str, row: dict, index: int) -> dict:
     return {
         "ledger_key": f"{rule_name}:{row['object_id']}:{index}", "rule": rule_name, "action": action,
-        "status": "planned", "reason": "", "trigger": "", "object_id": row["object_id"],
+        "status": PLANNED, "reason": "", "trigger": "", "object_id": row["object_id"],
         "customer_id": row.get("customer_id") if isinstance(row.get("customer_id"), str) else None,
         "charge_id": row.get("charge_id") if isinstance(row.get("charge_id"), str) else None,
         "amount": int(row["amount"]), "currency": row["currency"], "unrefunded": int(row["unrefunded"]),
@@ -343,16 +361,16 @@ def _plan_row(rule: Rule, index: int, action, row: dict, customer_meta: dict, te
         out["metadata"] = dict(action.metadata)
         current = customer_meta.get(out["customer_id"] or "", {})
         if out["customer_id"] is None:
-            out["status"], out["reason"] = "not_applicable", "payment has no customer"
+            out["status"], out["reason"] = NOT_APPLICABLE, "payment has no customer"
         elif all(current.get(k) == v for k, v in action.metadata.items()):
-            out["status"], out["reason"] = "done_already", "customer already has these values"
+            out["status"], out["reason"] = UNCHANGED, "customer already has these values"
     else:
         out["refund_amount"] = int(row["unrefunded"])
         out["refund_reason"] = action.reason
         if row["charge_fully_refunded"] or row["unrefunded"] <= 0:
-            out["status"], out["reason"], out["refund_amount"] = "not_applicable", "charge fully refunded", 0
+            out["status"], out["reason"], out["refund_amount"] = NOT_APPLICABLE, "charge fully refunded", 0
         elif not refunds_enabled:
-            out["status"], out["reason"] = "would_refund", "refunds disabled (GIFTFLOW_REFUNDS_ENABLED)"
+            out["status"], out["reason"] = WOULD_REFUND, "refunds disabled (GIFTFLOW_REFUNDS_ENABLED)"
     return out
 
 
@@ -360,9 +378,9 @@ def _plan_row(rule: Rule, index: int, action, row: dict, customer_meta: dict, te
 
 def plan_violations(plan: pd.DataFrame, limits: Limits) -> dict[str, list[str]]:
     """Each invariant's violations (empty lists = the plan may be applied)."""
-    refunds = plan[(plan["action"] == "refund") & plan["status"].isin(["planned"])]
+    refunds = plan[(plan["action"] == "refund") & (plan["status"] == PLANNED)]
     totals = refunds.groupby("currency")["refund_amount"].sum()
-    mails = plan[(plan["action"] == "email") & (plan["status"] == "planned")]
+    mails = plan[(plan["action"] == "email") & (plan["status"] == PLANNED)]
     return {
         "refund_within_unrefunded_amount": [
             f"{r.ledger_key}: refund {r.refund_amount} > unrefunded {r.unrefunded}"

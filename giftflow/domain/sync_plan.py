@@ -87,7 +87,7 @@ def wanted_frame(source: pd.DataFrame, spec: SyncSpec) -> tuple[pd.DataFrame, pd
     problems.add(dup, f"duplicate {spec.key_column!r}: an earlier row has the same value")
 
     for field, column in columns.items():
-        if field != "metadata.*" and field != "tax_id.value":
+        if field != "metadata.*" and field != "tax_id.value" and not field.startswith("promotion_code."):
             out[field] = _text(source[column]).reset_index(drop=True)
     out["given_id"] = out.pop("id") if "id" in out else pd.Series(pd.NA, index=out.index, dtype="string")
 
@@ -116,6 +116,7 @@ def wanted_frame(source: pd.DataFrame, spec: SyncSpec) -> tuple[pd.DataFrame, pd
         out["balance"] = out["balance"].where(~whole, out["balance"].str.lstrip("+").str.replace(
             r"^(-?)0+(?=[0-9])", r"\1", regex=True).str.replace(r"^-0$", "0", regex=True))
     _tax_id(source, spec, out, problems)
+    _promotion_code(source, spec, out, problems)
     _metadata(source, spec, out, problems)
     shipping = [c for c in out.columns if c.startswith("shipping.address.")]
     if any(c.startswith("shipping.") for c in out.columns):
@@ -140,6 +141,19 @@ def _tax_id(source: pd.DataFrame, spec: SyncSpec, out: pd.DataFrame, problems: _
     problems.add(value.notna() & type_.notna() & ~type_.isin(TAX_ID_TYPES),
                  "tax_id: type is not one of Stripe's tax-id types")
     out["tax_id"] = (type_ + ":" + value).where(value.notna())
+
+
+def _promotion_code(source: pd.DataFrame, spec: SyncSpec, out: pd.DataFrame, problems: _Problems) -> None:
+    """`promotion_code` as one field "COUPON:CODE" (as the mirror lists the customer's codes), or NA."""
+    mapping = spec.mapping.promotion_code
+    if mapping is None:
+        return
+    coupon = _text(source[mapping.coupon]).reset_index(drop=True)
+    code = _text(source[mapping.code]).reset_index(drop=True)
+    problems.add(coupon.notna() != code.notna(), "promotion_code: a coupon and a code go together")
+    problems.add(code.notna() & ~code.str.fullmatch(r"[A-Za-z0-9]{3,500}").fillna(False).astype(bool),
+                 "promotion_code: a code is 3 or more letters and digits")
+    out["promotion_code"] = (coupon + ":" + code).where(coupon.notna() & code.notna())
 
 
 def _metadata(source: pd.DataFrame, spec: SyncSpec, out: pd.DataFrame, problems: _Problems) -> None:
@@ -217,7 +231,9 @@ def current_frame(customers: list[dict], fields: list[str]) -> pd.DataFrame:
             data[field] = [(c.get("shipping") or {}).get(field.split(".")[1]) or None for c in customers]
         elif field == "tax_id":
             data[field] = ["|" + "|".join(c.get("_tax_ids") or []) + "|" for c in customers]
-        elif field == "coupon":
+        elif field == "coupon":  # the coupon of the customer's discount
+            data[field] = ["|" + (discount_coupon(c) or "") + "|" for c in customers]
+        elif field == "promotion_code":  # "COUPON:CODE" of each promotion code restricted to the customer
             data[field] = ["|" + "|".join(c.get("_coupons") or []) + "|" for c in customers]
         elif field == "source":
             data[field] = [c.get("default_source") or None for c in customers]
@@ -356,7 +372,7 @@ def _diff_fields(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fi
         want = _gather(wanted[field], rows)
         have = _gather(current[field], pos) if field in current else (np.full(len(rows), None, object),
                                                                       np.ones(len(rows), dtype=bool))
-        if field in ("tax_id", "coupon"):
+        if field in ("tax_id", "coupon", "promotion_code"):
             out[:, j] = _added_when_missing(want, have)
         elif field == "source":
             out[:, j] = _sent_while_none(want, have)
@@ -527,9 +543,9 @@ def request(spec: SyncSpec, row: dict) -> Request:
             assert value is not None, "a tax id is only ever added, never cleared"
             type_, _, tax = value.partition(":")
             follow.append({"kind": WriteKind.CREATE_TAX_ID.value, "params": {"type": type_, "value": tax}})
-        elif field == "coupon":
-            follow.append({"kind": WriteKind.CREATE_PROMOTION_CODE.value, "params": {
-                "promotion": {"type": "coupon", "coupon": value}, "customer": row["customer_id"]}})
+        elif field in ("coupon", "promotion_code"):
+            assert value is not None, "a coupon is only ever applied, never removed"
+            follow.append(_coupon_request(spec, field, value))
         else:
             group = _group(field)
             assert group is not None, f"{field} is neither a scalar, metadata nor a nested field"
@@ -560,7 +576,8 @@ def catch_up(spec: SyncSpec, row: dict, customer: dict) -> dict | None:
     """For a create row whose customer turned out to exist already: the update row that brings `customer` to
     what the row wants, or None when it is there. Tax ids, coupons and payment sources are not on the customer
     object; they are left to the next run's diff against the refreshed mirror."""
-    fields = [k[len(WANT):] for k in row if k.startswith(WANT) and k[len(WANT):] not in ("tax_id", "coupon", "source")]
+    later = ("tax_id", "coupon", "promotion_code", "source")
+    fields = [k[len(WANT):] for k in row if k.startswith(WANT) and k[len(WANT):] not in later]
     wanted = pd.DataFrame({"row_key": [row["row_key"]], "given_id": [customer["id"]], "email_norm": [row["email"]],
                            **{f: [row[WANT + f]] for f in fields}}, dtype=object)
     plan = plan_sync(spec.model_copy(update={"mode": "update"}), wanted, pd.Series(dtype=object),
@@ -589,10 +606,30 @@ def _create_request(spec: SyncSpec, w: dict) -> Request:
         params["tax_id_data"] = [{"type": type_, "value": value}]
     if w.get("source"):
         params["source"] = w["source"]
-    if w.get("coupon"):
-        follow.append({"kind": WriteKind.CREATE_PROMOTION_CODE.value,
-                       "params": {"promotion": {"type": "coupon", "coupon": w["coupon"]}}})
+    for field in ("coupon", "promotion_code"):
+        if w.get(field):  # after the create, on the customer it made
+            follow.append(_coupon_request(spec, field, w[field]))
     return Request(params, {}, follow)
+
+
+def discount_coupon(customer: dict) -> str | None:
+    """The coupon of a Stripe customer's discount: `discount.source.coupon` (API 2025-03-31 on), or the
+    `discount.coupon` object of earlier versions."""
+    discount = customer.get("discount") or {}
+    coupon = (discount.get("source") or {}).get("coupon") or discount.get("coupon")
+    return coupon.get("id") if isinstance(coupon, dict) else coupon
+
+
+def _coupon_request(spec: SyncSpec, field: str, value: str) -> dict:
+    """`coupon`: apply the coupon to the customer as its discount (`apply_coupon`, sent under an API version
+    that still has a customer's `coupon`); `promotion_code`: a code for the coupon restricted to the customer."""
+    if field == "coupon":
+        return {"kind": "apply_coupon", "params": {"coupon": value}}
+    assert spec.mapping.promotion_code is not None
+    coupon, _, code = value.partition(":")
+    return {"kind": "create_promotion_code", "params": {
+        "promotion": {"type": "coupon", "coupon": coupon}, "code": code,
+        "max_redemptions": spec.mapping.promotion_code.max_redemptions}}
 
 
 def _prune(value: dict) -> dict:
@@ -607,5 +644,7 @@ def describe_mapping(spec: SyncSpec) -> str:
         lines.append(f"| `{shown}` | `{column}` |")
     if spec.mapping.tax_id and spec.mapping.tax_id.type:
         lines.append(f"| `tax_id.type` | `{spec.mapping.tax_id.type}` (fixed) |")
+    if spec.mapping.promotion_code:
+        lines.append(f"| `promotion_code.max_redemptions` | `{spec.mapping.promotion_code.max_redemptions}` (fixed) |")
     return "\n".join(lines)
 

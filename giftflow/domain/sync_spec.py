@@ -138,6 +138,15 @@ class TaxIdMap(_Model):
         return self
 
 
+class PromotionCodeMap(_Model):
+    """A promotion code restricted to the customer: the coupon and the code to create come from columns, each code
+    redeemable `max_redemptions` times (explicit: `coupon:` alone applies the coupon as the customer's discount)."""
+
+    coupon: str
+    code: str
+    max_redemptions: int = Field(default=1, ge=1)
+
+
 class MetadataMap(_Model):
     """`columns`: Stripe metadata key -> source column; `json`: a column holding a JSON object spread into keys."""
 
@@ -165,7 +174,8 @@ class Mapping(_Model):
     balance: str | None = None
     tax_id: TaxIdMap | None = None
     source: str | None = None
-    coupon: str | None = None
+    coupon: str | None = None  # applied to the customer as its discount (see adapters/stripe.py)
+    promotion_code: PromotionCodeMap | None = None
     address: AddressMap | None = None
     shipping: ShippingMap | None = None
     metadata: MetadataMap | None = None
@@ -180,6 +190,9 @@ class Mapping(_Model):
             dump = self.shipping.model_dump()
             out |= {f"shipping.{k}": dump.pop(k) for k in ("name", "phone") if dump.get(k)}
             out |= {f"shipping.address.{k}": v for k, v in dump.items() if v}
+        if self.promotion_code:
+            out["promotion_code.coupon"] = self.promotion_code.coupon
+            out["promotion_code.code"] = self.promotion_code.code
         if self.tax_id:
             out["tax_id.value"] = self.tax_id.value
             if self.tax_id.type_column:

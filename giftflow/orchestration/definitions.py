@@ -9,7 +9,7 @@ import logging
 
 import dagster as dg
 
-from giftflow.orchestration import giftcard, sensors, workflows
+from giftflow.orchestration import giftcard, giftcard_checks, sensors, workflows
 from giftflow.orchestration.resources import (
     CardivoResource,
     MailerResource,
@@ -78,6 +78,7 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
 def _core_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules([giftcard, workflows]),
+        asset_checks=dg.load_asset_checks_from_modules([giftcard_checks]),
         jobs=[giftcard.giftcard_sync, workflows.stripe_workflows],
         sensors=sensors.build_sensors(settings.sensor_interval_s, settings.cardivo_lookback_s, settings.rerun_days,
                                       settings.backfill_hour_utc),
@@ -115,5 +116,6 @@ def _failing_resource(message: str) -> dg.ResourceDefinition:
 def _broken(defs: dg.Definitions, problems: list[str]) -> dg.Definitions:
     message = settings_failure(problems)
     assets = [_failing_asset(a, message) if isinstance(a, dg.AssetsDefinition) else a for a in defs.assets or []]
-    return dg.Definitions(assets=assets, jobs=defs.jobs, schedules=defs.schedules, sensors=defs.sensors,
+    return dg.Definitions(assets=assets, asset_checks=defs.asset_checks, jobs=defs.jobs, schedules=defs.schedules,
+                          sensors=defs.sensors,
                           resources={key: _failing_resource(message) for key in (defs.resources or {})})

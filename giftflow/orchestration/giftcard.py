@@ -11,7 +11,7 @@ from giftflow.adapters.store import GiftflowStore
 from giftflow.domain.giftcard import summarize
 from giftflow.domain.redemptions import validate_redemptions
 from giftflow.orchestration.errors import failures_named
-from giftflow.orchestration.metadata import markdown_table
+from giftflow.orchestration.metadata import table
 from giftflow.orchestration.partitions import daily
 from giftflow.orchestration.resources import (
     CardivoResource,
@@ -49,8 +49,8 @@ def cardivo_redemptions(context: dg.AssetExecutionContext, cardivo: CardivoResou
     preview = valid[["redemption_id", "status", "amount", "currency", "card_last4", "email_norm", "redeemed_at"]]
     return dg.MaterializeResult(metadata={
         "fetched": len(fetched.records), "valid": len(valid), "quarantined": len(bad),
-        "api_calls": fetched.calls, "preview": markdown_table(preview),
-        "quarantine_reasons": markdown_table(pd.DataFrame(bad, columns=["record_key", "reason"])),
+        "api_calls": fetched.calls, "preview": table(preview),
+        "quarantine_reasons": table(pd.DataFrame(bad, columns=["record_key", "reason"])),
     })
 
 
@@ -114,7 +114,9 @@ def giftcard_customer_plan(context: dg.AssetExecutionContext, store: StoreResour
                   "giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions"]].assign(
         changed_keys=plan["changed_keys"].str.replace("metadata.", "", regex=False))
     return dg.Output(plan, metadata={
-        "customers": len(plan), "mode": settings.sync_mode, **counts, "plan": markdown_table(shown),
+        "customers": len(plan), "mode": settings.sync_mode, **counts,
+        # the rows that will be written first (create, update), then the rest: a table the UI shows as is
+        "plan": table(shown.sort_values("action", key=lambda a: ~a.isin(["create", "update"]), kind="stable")),
     })
 
 
@@ -141,12 +143,12 @@ def giftcard_customer_updates(context: dg.AssetExecutionContext, giftcard_custom
                 **result.counts,
                 "rows_changed_since_plan": len(_row_set(result.plan) - _row_set(giftcard_customer_plan))}
     if result.rejections:
-        metadata["rejected_rows"] = markdown_table(pd.DataFrame(result.rejections))
+        metadata["rejected_rows"] = table(pd.DataFrame(result.rejections))
     if result.failures:
         raise dg.Failure(
             description=f"{len(result.failures)} Stripe write(s) failed; the others were sent. "
                         "Retry the step to resend only the failed ones.",
-            metadata={**metadata, "failures": markdown_table(pd.DataFrame(result.failures))},
+            metadata={**metadata, "failures": table(pd.DataFrame(result.failures))},
         )
     return dg.MaterializeResult(metadata=metadata)
 

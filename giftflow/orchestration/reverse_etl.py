@@ -13,7 +13,7 @@ from giftflow.adapters.sync_sources import describe_source, read_source
 from giftflow.domain.sync_plan import describe_mapping
 from giftflow.domain.sync_spec import SyncSpec, SyncSpecError
 from giftflow.orchestration.errors import failures_named
-from giftflow.orchestration.metadata import markdown_table
+from giftflow.orchestration.metadata import table
 from giftflow.orchestration.partitions import daily
 from giftflow.orchestration.resources import StoreResource, StripeResource
 from giftflow.services.sync_runner import REPORT_COUNTS, SyncResult, run_sync
@@ -32,9 +32,9 @@ def _rejected_table(result: SyncResult) -> dg.MetadataValue:
                                        ("row_key", "customer_id", "stage", "reason")]))
 
 
-def _changes_md(plan: pd.DataFrame) -> dg.MetadataValue:
-    shown = plan.loc[plan["action"].isin(["create", "update"]), ["row_key", "customer_id", "action", "changed"]]
-    return markdown_table(shown, empty="_nothing to write_")
+def _changes_table(plan: pd.DataFrame) -> dg.MetadataValue:
+    """The first rows that will be (or were) written: what each changes."""
+    return table(plan.loc[plan["action"].isin(["create", "update"]), ["row_key", "customer_id", "action", "changed"]])
 
 
 def _description(spec: SyncSpec) -> str:
@@ -67,7 +67,10 @@ def build_sync_asset(spec: SyncSpec, base: Path) -> dg.AssetsDefinition:
                     **{k: v for k, v in result.counts.items() if k not in REPORT_COUNTS},
                     "dry_run": settings.dry_run, "mirror_api_calls": result.api_calls,
                     "diff_seconds": round(result.timings["diff_s"], 3), "rejected_rows": _rejected_table(result),
-                    "changes": _changes_md(result.plan)}
+                    "changes": _changes_table(result.plan)}
+        if spec.mapping.promotion_code is not None:  # the codes customers were given, to pass on to them
+            metadata["promotion_codes"] = table(pd.DataFrame(result.promotion_codes, columns=[
+                "row_key", "customer_id", "coupon", "code", "promotion_code", "max_redemptions"]), rows=TABLE_ROWS)
         if not result.ok:
             raise dg.Failure(description=f"{len(result.failures)} Stripe write(s) failed; the others were sent. "
                                          "Retry the run to resend only the failed ones.", metadata=metadata)

@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from giftflow.adapters.config_files import load_rules
+from giftflow.adapters.mailer import Mailer
 from giftflow.adapters.store import GiftflowStore
 from giftflow.domain.rules import (
     FRAUD_WARNING,
@@ -16,7 +17,7 @@ from giftflow.domain.rules import (
     plan_violations,
 )
 from giftflow.orchestration.errors import failures_named
-from giftflow.orchestration.metadata import markdown_table
+from giftflow.orchestration.metadata import table
 from giftflow.orchestration.partitions import daily
 from giftflow.orchestration.resources import (
     MailerResource,
@@ -87,7 +88,7 @@ def stripe_early_fraud_warnings(context: dg.AssetExecutionContext, stripe_api: S
     check_specs=[dg.AssetCheckSpec(name, asset="workflow_plan", blocking=True, description=text)
                  for name, text in CHECKS.items()],
     description="Every action the rules file asks for on the day: mails, customer metadata updates and "
-                "refunds, with status planned / would_refund / done_already / not_applicable. Blocking "
+                "refunds, with status planned / would_refund / unchanged / done_before / not_applicable. Blocking "
                 "checks stop the apply step when the plan breaks an invariant.",
 )
 @failures_named
@@ -106,9 +107,15 @@ def workflow_plan(context: dg.AssetExecutionContext, store: StoreResource, strip
     lifetime = _lifetime_spend(db, customers)
     mirror = {c["id"]: c["metadata"] for c in db.load_customers(ids=customers)}
 
+    # What earlier runs carried out, from the ledger: a rerun shows each rule's actions as done_before (a refunded
+    # warning stays under its rule instead of becoming "(no rule) / charge fully refunded").
+    candidates = [f"{rule.name}:{o}:{i}" for rule in rules.rules for o in triggers[rule.trigger]["object_id"]
+                  for i in range(len(rule.actions))]
+    done = {k for k, e in db.ledger_entries(candidates).items() if e["status"] == "sent"}
+
     def evaluate(meta):
         return evaluate_rules(rules, triggers, customer_meta=meta, lifetime_spend=lifetime,
-                              team_email=settings.team_email, refunds_enabled=settings.refunds_enabled)
+                              team_email=settings.team_email, refunds_enabled=settings.refunds_enabled, done=done)
 
     plan = evaluate(mirror)
     # Metadata writes are decided on the customer as Stripe holds it now, not on a possibly stale mirror.
@@ -118,9 +125,10 @@ def workflow_plan(context: dg.AssetExecutionContext, store: StoreResource, strip
 
     per_rule = plan.groupby(["rule", "action", "status"]).size().reset_index(name="count")
     yield dg.Output(plan, metadata={
-        "actions": len(plan), "per_rule": markdown_table(per_rule, rows=30),
-        "plan": markdown_table(plan[["rule", "action", "status", "object_id", "customer_id", "amount", "currency",
-                          "refund_amount", "recipient", "reason"]], rows=30),
+        "actions": len(plan), **{f"status_{k}": int(v) for k, v in plan["status"].value_counts().sort_index().items()},
+        "per_rule": table(per_rule, rows=30),
+        "plan": table(plan[["rule", "action", "status", "object_id", "customer_id", "amount", "currency",
+                            "refund_amount", "recipient", "reason"]], rows=30),
     })
     for name, problems in plan_violations(plan, rules.limits).items():
         yield dg.AssetCheckResult(check_name=name, passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
@@ -150,14 +158,24 @@ def workflow_actions(context: dg.AssetExecutionContext, workflow_plan: pd.DataFr
     report = apply_workflow_plan(workflow_plan, stripe_client, db, mailer, dry_run=settings.dry_run,
                                  partition=context.partition_key, run_id=context.run_id, log=context.log)
     summary = pd.DataFrame([{"rule": r, **c} for r, c in report.per_rule().items()]).fillna(0)
+    summary = summary.astype({c: "int64" for c in summary.columns if c != "rule"})
+    mails = pd.DataFrame(report.mails, columns=["rule", "recipient", "subject", "object", "went_to"])
     metadata: dict[str, Any] = {"dry_run": settings.dry_run, "refunds_enabled": settings.refunds_enabled,
-                "per_rule": markdown_table(summary, rows=30), "per_rule_counts": dg.MetadataValue.json(report.per_rule()),
-                "failed": len(report.failures)}
+                "per_rule": table(summary, rows=30), "per_rule_counts": dg.MetadataValue.json(report.per_rule()),
+                "mails_sent": len(mails), "mails_went_to": _mail_destination(mailer),
+                "mails": table(mails, rows=MAILS_SHOWN), "failed": len(report.failures)}
     if report.failures:
         raise dg.Failure(description=f"{len(report.failures)} workflow action(s) failed; the others were done. "
                                      "Retry the step to redo only the failed ones.",
-                         metadata={**metadata, "failures": markdown_table(pd.DataFrame(report.failures), rows=30)})
+                         metadata={**metadata, "failures": table(pd.DataFrame(report.failures), rows=30)})
     return dg.MaterializeResult(metadata=metadata)
+
+
+MAILS_SHOWN = 200  # a day's mails are few; beyond this the count and the outbox/SMTP log tell the rest
+
+
+def _mail_destination(mailer: Mailer) -> str:
+    return f"SMTP {mailer.smtp_host}:{mailer.smtp_port}" if mailer.smtp_host else f"outbox {mailer.outbox}"
 
 
 stripe_workflows = dg.define_asset_job(

@@ -32,10 +32,10 @@ def refresh_customer_mirror(stripe_api: StripeClient, store: GiftflowStore, *, w
     if with_coupons:
         codes, more = stripe_api.list_promotion_codes(active=True)
         calls += more
-        coupons: dict[str, list[str | None]] = defaultdict(list)
+        coupons: dict[str, list[str]] = defaultdict(list)  # customer -> "COUPON:CODE" of its promotion codes
         for code in codes:
             if code.get("customer"):
-                coupons[code["customer"]].append((code.get("promotion") or {}).get("coupon"))
+                coupons[code["customer"]].append(f"{(code.get('promotion') or {}).get('coupon')}:{code.get('code')}")
         for row in rows:
             row["_coupons"] = coupons.get(row["id"], [])
     # A fuller listing is also a fresh plain one.

@@ -30,6 +30,7 @@ from giftflow.domain.vocabulary import Action, LedgerStatus, Outcome, RejectionS
 # The ledger kinds under their old names, for importers (giftflow.domain.vocabulary.WriteKind).
 CREATE_KIND, UPDATE_KIND = WriteKind.CREATE_CUSTOMER, WriteKind.UPDATE_CUSTOMER
 TAX_ID_KIND, PROMOTION_CODE_KIND = WriteKind.CREATE_TAX_ID, WriteKind.CREATE_PROMOTION_CODE
+APPLY_COUPON_KIND = "apply_coupon"  # a coupon as the customer's discount (adapters/stripe.py: apply_customer_coupon)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class ApplyReport:
     counts: Counter = field(default_factory=Counter)
     failures: list[dict] = field(default_factory=list)
     rejections: list[dict] = field(default_factory=list)  # rows refused, by validation or by Stripe
+    promotion_codes: list[dict] = field(default_factory=list)  # created by this run: row, customer, coupon, code, id
 
     def add(self, outcome: Outcome, n: int = 1) -> None:
         """Count `n` rows with this outcome, under its plain string: Dagster's metadata serialises no enums."""
@@ -78,6 +80,7 @@ def _write_rows(ctx: _Ctx, rows: list[dict], write: Callable[[_Ctx, dict], None]
             ctx.report.counts.update(sub.counts)
             ctx.report.failures += sub.failures
             ctx.report.rejections += sub.rejections
+            ctx.report.promotion_codes += sub.promotion_codes
 
 
 def apply_sync_plan(
@@ -124,7 +127,16 @@ def apply_sync_plan(
             elif params:
                 wrote = update_customer(ctx, customer_id, params, before) is not None
             for op in follow_ups:
-                wrote |= _follow_up(ctx, customer_id, op, before) is not None
+                made = _follow_up(ctx, customer_id, op, before)
+                wrote |= made is not None
+                if made is not None and op["kind"] == PROMOTION_CODE_KIND:  # the code is what the customer is given
+                    report.promotion_codes.append({"row_key": row["row_key"], "customer_id": customer_id,
+                                                   "coupon": op["params"]["promotion"]["coupon"],
+                                                   "code": made.get("code"), "promotion_code": made.get("id"),
+                                                   "max_redemptions": made.get("max_redemptions")})
+                    report.counts["promotion_codes_created"] += 1
+                    log.info("promotion code %s (coupon %s) created for %s", made.get("code"),
+                             op["params"]["promotion"]["coupon"], customer_id)
         except RefusedBefore as exc:
             report.add(Outcome.REJECTED)
             report.rejections.append({"row_key": row["row_key"], "customer_id": customer_id,
@@ -271,7 +283,13 @@ def _recover(ctx: _Ctx, identity: str, priors: list[dict]) -> dict | None:
 
 
 def _follow_up(ctx: _Ctx, customer_id: str, op: dict, before) -> dict | None:
-    """What Stripe keeps as its own objects: a tax id on the customer, a promotion code for a coupon."""
+    """What is written after the customer itself: a tax id on the customer, the coupon as its discount, a promotion
+    code for a coupon restricted to the customer."""
+    if op["kind"] == APPLY_COUPON_KIND:
+        coupon = op["params"]["coupon"]
+        key = idempotency_key(APPLY_COUPON_KIND, customer_id, {**op["params"], "before": before})
+        return _send(ctx, APPLY_COUPON_KIND, customer_id, op["params"], key,
+                     lambda: ctx.stripe_api.apply_customer_coupon(customer_id, coupon, key), _mirror_customer(ctx.store))
     if op["kind"] == TAX_ID_KIND:
         params = op["params"]
         key = idempotency_key(TAX_ID_KIND, customer_id, {**params, "before": before})
@@ -285,7 +303,8 @@ def _follow_up(ctx: _Ctx, customer_id: str, op: dict, before) -> dict | None:
     return _send(ctx, PROMOTION_CODE_KIND, customer_id, params, key,
                  lambda: ctx.stripe_api.create_promotion_code(params, key),
                  lambda _obj: ctx.store.upsert_customers(
-                     [_known_customer(ctx, customer_id)], add_coupons=[params["promotion"]["coupon"]]))
+                     [_known_customer(ctx, customer_id)],
+                     add_coupons=[f"{params['promotion']['coupon']}:{params['code']}"]))
 
 
 def _known_customer(ctx: _Ctx, customer_id: str) -> dict:

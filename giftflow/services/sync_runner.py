@@ -33,6 +33,7 @@ class SyncResult:
     plan: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
     api_calls: int = 0
+    promotion_codes: list[dict] = field(default_factory=list)  # created by the run (mapping promotion_code)
 
     @property
     def ok(self) -> bool:
@@ -67,7 +68,7 @@ def run_planned(spec: SyncSpec, planner: Callable[[], Planned], stripe_api: Stri
     counts = keep_report(spec, store, report, read=planned.read, run_id=run_id, partition=partition,
                          dry_run=dry_run, started_at=started, **extra)
     return SyncResult(counts, report.rejections, report.failures, planned.plan,
-                      {"diff_s": t2 - t1, "write_s": t3 - t2}, mirror_calls)
+                      {"diff_s": t2 - t1, "write_s": t3 - t2}, mirror_calls, report.promotion_codes)
 
 
 def plan_frame_sync(spec: SyncSpec, frame: pd.DataFrame, store: GiftflowStore) -> Planned:
@@ -85,7 +86,7 @@ def run_sync(spec: SyncSpec, frame: pd.DataFrame, stripe_api: StripeClient, stor
     check_columns(spec, frame)  # before anything is fetched, and with a message naming the sync file's line
     t0 = time.perf_counter()
     calls = refresh_customer_mirror(stripe_api, store, with_tax_ids=spec.mapping.tax_id is not None,
-                                    with_coupons=spec.mapping.coupon is not None, max_age_s=mirror_max_age_s)
+                                    with_coupons=spec.mapping.promotion_code is not None, max_age_s=mirror_max_age_s)
     mirror_s = time.perf_counter() - t0
     result = run_planned(spec, lambda: plan_frame_sync(spec, frame, store), stripe_api, store, dry_run=dry_run,
                          run_id=run_id, partition=partition, mirror_calls=calls, log=log)

@@ -18,12 +18,15 @@ import stripe
 from giftflow.adapters.mailer import Mailer, MailError
 from giftflow.adapters.store import GiftflowStore
 from giftflow.adapters.stripe import StripeClient, idempotency_key
+from giftflow.domain.rules import DONE_BEFORE, PLANNED
 
 
 @dataclass
 class WorkflowReport:
     counts: Counter = field(default_factory=Counter)  # (rule, outcome) -> n
     failures: list[dict] = field(default_factory=list)
+    # every mail this run sent: rule, recipient, subject, the Stripe object, where it went (SMTP host or .eml path)
+    mails: list[dict] = field(default_factory=list)
 
     def per_rule(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -32,7 +35,10 @@ class WorkflowReport:
         return out
 
 
+# Outcomes counted per rule: matched, mailed, tagged, refunded, escalated, failed, and the plan's statuses
+# (would_refund, unchanged, done_before, not_applicable; see giftflow/domain/rules.py) under the same names.
 OUTCOME = {"email": "mailed", "update_customer_metadata": "tagged", "refund": "refunded"}
+WOULD = {"mailed": "would_mail", "tagged": "would_tag", "refunded": "would_refund", "escalated": "would_escalate"}
 
 
 def _outcome(row: dict) -> str:
@@ -59,20 +65,20 @@ def apply_workflow_plan(
         report.counts[(rule, "matched")] = int(objects)
     for row in plan.to_dict("records"):
         rule = row["rule"]
-        if row["status"] != "planned":
+        if row["status"] != PLANNED:
             report.counts[(rule, row["status"])] += 1
             continue
-        if dry_run:
-            report.counts[(rule, "would_be_" + _outcome(row))] += 1
+        if dry_run:  # would_mail, would_tag, would_refund, would_escalate: as the syncs' would_update
+            report.counts[(rule, WOULD[_outcome(row)])] += 1
             continue
         key = row["ledger_key"]
         prior = store.ledger_entries([key]).get(key)
         if prior and prior["status"] == "sent":
-            report.counts[(rule, "done_before")] += 1
+            report.counts[(rule, DONE_BEFORE)] += 1
             continue
         try:
             store.record_planned(key, row["action"], row["object_id"], _params(row), partition, run_id)
-            request_id, object_id = _carry_out(row, key, prior, stripe_api, store, notifier)
+            request_id, object_id = _carry_out(row, key, prior, stripe_api, store, notifier, report)
         # One action failing (a mail not built or not sent, a Stripe error) fails that action only: the rest of
         # the plan goes on, the step fails afterwards, and a rerun redoes what the ledger does not show as sent.
         except (stripe.StripeError, MailError, smtplib.SMTPException, OSError) as exc:
@@ -95,10 +101,12 @@ def _params(row: dict) -> dict:
     return {"to": row["recipient"], "subject": row["subject"]}
 
 
-def _carry_out(row, key, prior, stripe_api, store, notifier) -> tuple[str | None, str | None]:
+def _carry_out(row, key, prior, stripe_api, store, notifier, report) -> tuple[str | None, str | None]:
     """Do one action; returns the Stripe request id and object id where there are any."""
     if row["action"] == "email":
-        notifier.send(row["recipient"], row["subject"], row["body"], key)
+        went = notifier.send(row["recipient"], row["subject"], row["body"], key)
+        report.mails.append({"rule": row["rule"], "recipient": row["recipient"], "subject": row["subject"],
+                             "object": row["object_id"], "went_to": went})
         return None, None
     if row["action"] == "update_customer_metadata":
         params = {"metadata": row["metadata"]}
