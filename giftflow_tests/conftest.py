@@ -37,12 +37,19 @@ def localstripe():
             proc.wait(10)
 
 
+HEAVY_MODULES = {"test_production_e2e", "test_live_traffic", "test_chaos", "test_cli", "test_cli_dev"}
+
+
 def pytest_collection_modifyitems(items):
     """A test that needs the throwaway PostgreSQL cluster (initdb and a server: seconds) is an e2e test, so
     `pytest -m "not e2e"` stays a fast loop; plain `pytest` (CI) runs it like any other."""
     for item in items:
         if "postgres_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
+        # The tests that run whole Dagster stacks (daemon, webserver, runs in subprocesses) take a core or more
+        # each: with `-n 2` they share one worker, one after another, while the other worker runs the rest.
+        if item.module.__name__.rsplit(".", 1)[-1] in HEAVY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("stack"))
 
 
 @pytest.fixture(scope="session")
