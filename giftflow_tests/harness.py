@@ -276,8 +276,9 @@ with dg.DagsterInstance.get() as instance:
                 events.setdefault(kind, entry.timestamp)
             elif kind in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE") and entry.step_key:
                 steps.setdefault(entry.step_key, {})[kind] = entry.timestamp
+        origin = run.remote_job_origin.repository_origin.code_location_origin if run.remote_job_origin else None
         out.append({"run_id": run.run_id, "status": run.status.value, "tags": dict(run.tags), "events": events,
-                    "steps": steps})
+                    "steps": steps, "origin": type(origin).__name__, "origin_port": getattr(origin, "port", None)})
 print(json.dumps(out))
 """
 
