@@ -357,3 +357,56 @@ def test_paging_that_cycles_across_ticks_stops_with_a_clear_error(store, world):
     with _hostile_cardivo(cycling) as srv:
         with pytest.raises(CardivoError, match="paging does not end"):
             cardivo_tick(srv.base_url, store, None)
+
+
+def _pushed(store, day, updated_at: datetime, event_id="evt_w1", rid="rdm_pushed_w") -> dict:
+    redemption = {"id": rid, "status": "completed", "amount": 100, "currency": "usd", "redeemed_at": f"{day}T10:00:00Z",
+                  "updated_at": updated_at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    store.record_webhook_event("cardivo", event_id, "redemption.created", {"id": event_id, "data": redemption})
+    return redemption
+
+
+def _started_run(instance, day: str) -> None:
+    """A giftcard_sync run of `day` that has started now (its RUN_START stored)."""
+    from dagster._core.events import DagsterEvent, DagsterEventType
+    from dagster._core.test_utils import create_run_for_test
+
+    run = create_run_for_test(instance, job_name="giftcard_sync", tags={"dagster/partition": day})
+    instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_START.value, job_name="giftcard_sync"),
+                                  run_id=run.run_id)
+
+
+def test_the_webhook_sensor_requests_pushed_days_without_calling_cardivo(store):
+    now = datetime.now(timezone.utc)
+    _pushed(store, DAYS[1], now)
+    ctx = dg.build_sensor_context(resources=as_resources(store=store), instance=dg.DagsterInstance.ephemeral())
+    result = sensors.cardivo_webhook_sensor(ctx)  # no Cardivo resource at all: the store only
+    assert [r.partition_key for r in result.run_requests] == [DAYS[1].isoformat()]
+    assert result.run_requests[0].tags["giftflow/trigger"] == "cardivo_webhook_sensor"
+    again = sensors.cardivo_webhook_sensor(dg.build_sensor_context(
+        cursor=result.cursor, resources=as_resources(store=store), instance=dg.DagsterInstance.ephemeral()))
+    assert again.run_requests == []
+    assert sensors.cardivo_webhook_sensor.minimum_interval_seconds == sensors.WEBHOOK_INTERVAL_S
+
+
+def test_a_pushed_change_taken_in_by_a_run_started_after_it_is_not_requested_again_by_polling(cardivo_sim, store):
+    state, url = cardivo_sim
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    redemption = _pushed(store, DAYS[1], now)
+    httpx.post(f"{url}/_sim/redemptions", json={**redemption, "balance_after": 0, "stripe_customer_id": None,
+                                                "location": "online", "customer": {"email": "w@example.com"},
+                                                "gift_card": {"id": "gc_w", "code": "CRDV-AAAA-BBBB-1234",
+                                                              "initial_value": 500, "currency": "usd"}})
+    cursor = _edge_cursor(now - timedelta(seconds=5))
+    cardivo = CardivoClient(api_base=url, api_key="k", page_size=10)
+    # No run yet: the polling sensor requests the day itself (the webhook sensor may be stopped).
+    alone, _ = tick(sensors.cardivo_redemptions_sensor, cursor, store=store, cardivo=cardivo)
+    assert [r.partition_key for r in alone.run_requests] == [DAYS[1].isoformat()]
+    # A run of that day started after the delivery arrived (the webhook sensor's): polling requests nothing more.
+    instance = dg.DagsterInstance.ephemeral()
+    _started_run(instance, DAYS[1].isoformat())
+    ctx = dg.build_sensor_context(cursor=cursor, resources=as_resources(store=store, cardivo=cardivo),
+                                  instance=instance)
+    taken = sensors.cardivo_redemptions_sensor(ctx)
+    assert taken.run_requests == []
+    assert json.loads(taken.cursor)["requested"]  # remembered, not looked up again

@@ -28,6 +28,9 @@ from giftflow.orchestration.workflows import stripe_workflows
 # Defaults of GIFTFLOW_SENSOR_INTERVAL_S, GIFTFLOW_CARDIVO_LOOKBACK_S, GIFTFLOW_RERUN_DAYS and
 # GIFTFLOW_BACKFILL_HOUR_UTC: the Definitions build the sensors with Settings' values (`build_sensors`).
 INTERVAL_S = 15
+# The pushed-deliveries sensor reads only giftflow's own store (one indexed query, no API call), so it can tick as
+# often as dagster-daemon evaluates sensors at all (its loop runs every 5 s at most).
+WEBHOOK_INTERVAL_S = 2
 # Stay well inside Dagster's 60 s sensor budget; the rest is picked up on the next tick.
 TICK_BUDGET_S = 20.0
 MAX_PAGES_PER_TICK = 20
@@ -96,17 +99,45 @@ def build_cardivo_sensor(interval_s: int = INTERVAL_S, lookback_s: int = LOOKBAC
     return cardivo_redemptions_sensor
 
 
-def _cardivo_tick(context: dg.SensorEvaluationContext, cardivo: CardivoResource, store: StoreResource,
+def build_cardivo_webhook_sensor(interval_s: int = WEBHOOK_INTERVAL_S,
+                                 lookback_s: int = LOOKBACK_S) -> dg.SensorDefinition:
+    @dg.sensor(job=giftcard_sync, minimum_interval_seconds=interval_s, default_status=dg.DefaultSensorStatus.STOPPED,
+               description="Requests giftcard_sync for the days of Cardivo webhook deliveries the receiver stored, "
+                           "within seconds; reads only giftflow's store (cardivo_redemptions_sensor polls the API).")
+    def cardivo_webhook_sensor(context: dg.SensorEvaluationContext, store: StoreResource) -> dg.SensorResult:
+        return _cardivo_tick(context, None, store, lookback_s)
+    return cardivo_webhook_sensor
+
+
+def _taken_in_after_push(instance: dg.DagsterInstance, pushed_days: dict[str, dict[str, float]]) -> set[str]:
+    """The pushed versions (day -> version -> receipt epoch) that a giftcard_sync run of their day started at or
+    after their receipt has taken in (as `cardivo_webhook_sensor` requests one for each): it fetched Cardivo after
+    the delivery, as a run requested on the delivery by this sensor would have."""
+    taken: set[str] = set()
+    for day, versions in pushed_days.items():
+        runs = instance.get_run_records(filters=dg.RunsFilter(job_name="giftcard_sync",
+                                                              tags={"dagster/partition": day}), limit=20)
+        starts = [r.start_time for r in runs if r.start_time is not None]
+        if starts:
+            taken |= {v for v, received in versions.items() if max(starts) >= received}
+    return taken
+
+
+def _cardivo_tick(context: dg.SensorEvaluationContext, cardivo: CardivoResource | None, store: StoreResource,
                   lookback_s: int) -> dg.SensorResult:
     """Every change Cardivo shows leads to a run of its day that starts after the change was seen: a run already
-    running may have fetched before it, so only a run still queued counts as taking it in.
+    running may have fetched before it, so only a run still queued counts as taking it in. A pushed change is
+    also taken in by a run of its day that started after its delivery arrived (`cardivo_webhook_sensor` requests
+    one within seconds), so polling the same change later requests no second run.
+
+    Without `cardivo` this is `cardivo_webhook_sensor`: the pushed deliveries only, no call to Cardivo.
 
     The tick writes nothing: all it knows lives in its cursor (the edge, the versions requested in the last
     LOOKBACK_S, the receipt time of the last pushed delivery read), which Dagster stores with the tick's run
     requests. A tick that dies before that commit leaves the cursor where it was, and the next tick sees the
     same changes and requests the same runs (same run keys). Bad records are quarantined by their day's run.
     """
-    cardivo_api, db = cardivo.get_client(), store.get_client()
+    db = store.get_client()
     state = json.loads(context.cursor) if context.cursor else {}
     if "edge" not in state:  # first tick, or a cursor of an older giftflow: start from its edge, paging anew
         state = {"edge": state.get("updated_after")}
@@ -121,12 +152,15 @@ def _cardivo_tick(context: dg.SensorEvaluationContext, cardivo: CardivoResource,
     pushed_edge = _utc(state["pushed_edge"]) if state.get("pushed_edge") else now - lookback
     pushed = db.webhook_events_since("cardivo", pushed_edge - lookback)
     records = [e["payload"].get("data") if isinstance(e["payload"], dict) else None for e in pushed]
+    receipts = {_version(r): e["received_at"].timestamp() for e, r in zip(pushed, records)}
 
     # Mid-paging the query must stay as it was; the edge moves only once the window is paged whole.
     page_cursor = state.get("page_cursor")
     query_from = _utc(state["query_from"]) if page_cursor else edge - lookback
     pages, polled, cursors = 0, [], set(state.get("cursors", []))
-    while pages < MAX_PAGES_PER_TICK and time.monotonic() - started < TICK_BUDGET_S:
+    poll = cardivo is not None
+    cardivo_api = cardivo.get_client() if cardivo is not None else None
+    while cardivo_api and pages < MAX_PAGES_PER_TICK and time.monotonic() - started < TICK_BUDGET_S:
         try:
             fetched = cardivo_api.list_redemptions(updated_after=query_from, max_pages=1, cursor=page_cursor,
                                                deadline=started + TICK_BUDGET_S)
@@ -160,11 +194,14 @@ def _cardivo_tick(context: dg.SensorEvaluationContext, cardivo: CardivoResource,
                                 "its day's run or the daily backfill quarantines it")
             continue
         by_day[day].add(version)
+    pushed_days = {day: {v: receipts[v] for v in versions if v in receipts} for day, versions in by_day.items()}
+    taken = _taken_in_after_push(context.instance, {d: v for d, v in pushed_days.items() if v}) if poll else set()
+    by_day = defaultdict(set, {day: versions - taken for day, versions in by_day.items() if versions - taken})
     days = _day_keys(set(by_day))
     waiting = _waiting_days(context.instance) if days else set()
+    sensor_name = "cardivo_redemptions_sensor" if poll else "cardivo_webhook_sensor"
     requests = [dg.RunRequest(partition_key=day, run_key=_run_key("cardivo", day, sorted(by_day[day])),
-                              tags={"giftflow/trigger": "cardivo_redemptions_sensor",
-                                    "giftflow/changes": str(len(by_day[day]))})
+                              tags={"giftflow/trigger": sensor_name, "giftflow/changes": str(len(by_day[day]))})
                 for day in days if day not in waiting]
 
     stamp = now.timestamp()
@@ -188,12 +225,14 @@ def _cardivo_tick(context: dg.SensorEvaluationContext, cardivo: CardivoResource,
     skipped = [d for d in days if d in waiting]
     context.log.info(f"{len(records)} records ({len(pushed)} pushed) in {pages} page(s), {len(seen_now)} new, "
                      f"{len(bad)} bad; runs for {[r.partition_key for r in requests] or 'no day'}"
-                     + (f"; taken in by queued runs: {skipped}" if skipped else ""))
+                     + (f"; taken in by queued runs: {skipped}" if skipped else "")
+                     + (f"; {len(taken)} pushed, taken in by runs started after their delivery" if taken else ""))
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_state),
                            skip_reason=None if requests else dg.SkipReason("no new Cardivo changes"))
 
 
 cardivo_redemptions_sensor = build_cardivo_sensor()
+cardivo_webhook_sensor = build_cardivo_webhook_sensor()
 
 
 def _updated_epoch(record) -> float | None:
@@ -364,6 +403,7 @@ def backfill_request(context: dg.SensorEvaluationContext, today, rerun_days: int
 
 def build_sensors(interval_s: int = INTERVAL_S, lookback_s: int = LOOKBACK_S, rerun_days: int = RERUN_DAYS,
                   backfill_hour_utc: int = BACKFILL_HOUR_UTC) -> list[dg.SensorDefinition]:
-    """The three sensors with the given intervals (the Definitions pass Settings' values)."""
-    return [build_cardivo_sensor(interval_s, lookback_s), build_stripe_sensor(interval_s),
-            build_late_data_backfill(rerun_days, backfill_hour_utc)]
+    """The sensors with the given intervals (the Definitions pass Settings' values): the contract's three and
+    `cardivo_webhook_sensor`, the frequent tick on pushed Cardivo deliveries."""
+    return [build_cardivo_sensor(interval_s, lookback_s), build_cardivo_webhook_sensor(lookback_s=lookback_s),
+            build_stripe_sensor(interval_s), build_late_data_backfill(rerun_days, backfill_hour_utc)]
