@@ -116,6 +116,8 @@ def _failing_resource(message: str) -> dg.ResourceDefinition:
 def _broken(defs: dg.Definitions, problems: list[str]) -> dg.Definitions:
     message = settings_failure(problems)
     assets = [_failing_asset(a, message) if isinstance(a, dg.AssetsDefinition) else a for a in defs.assets or []]
-    return dg.Definitions(assets=assets, asset_checks=defs.asset_checks, jobs=defs.jobs, schedules=defs.schedules,
+    # The checks read the store and the settings: they would fail the run at resource start, before any step
+    # could say why. Without them each asset fails at once, naming every bad variable.
+    return dg.Definitions(assets=assets, jobs=defs.jobs, schedules=defs.schedules,
                           sensors=defs.sensors,
                           resources={key: _failing_resource(message) for key in (defs.resources or {})})
