@@ -307,3 +307,29 @@ def test_a_range_is_one_run_one_cardivo_fetch_one_write_per_customer_and_every_d
     # A day of the range run again on its own: nothing left to write.
     before = sims.writes()
     assert all(r.success for r in run([DAYS[1]], instance)) and sims.writes() == before
+
+
+def _mirror_step(result) -> dict:
+    return {k: v.value for k, v in result.asset_materializations_for_node("stripe_customers")[0].metadata.items()}
+
+
+def test_a_daily_run_without_the_events_sensor_looks_up_only_what_the_mirror_lacks(sims, world):
+    """The first run lists every customer; the next day's run, with the mirror younger than a day, lists no
+    customers but asks Stripe only for the day's e-mails the mirror lacks (a customer created since is found)."""
+    instance = dg.DagsterInstance.ephemeral()
+    [first] = run([DAYS[0]], instance)
+    assert first.success and _mirror_step(first)["refresh"] == "relist"
+    day = [r for r in world.redemptions if r["redeemed_at"].startswith(DAYS[1].isoformat())]
+    walk_in = next(r for r in day if r["customer"] and r["customer"]["email"] and _customer_of(r, world) is None
+                   and r["stripe_customer_id"] is None and r["status"] == "completed")
+    sims.stripe_state.load([{"id": "cus_joined_today", "email": walk_in["customer"]["email"].strip(),
+                             "created": int(datetime(2026, 11, 19, tzinfo=timezone.utc).timestamp())}])
+    sims.stripe_state.reset_stats()
+    [second] = run([DAYS[1]], instance)
+    assert second.success
+    step = _mirror_step(second)
+    lists = sims.stripe_state.requests_to("GET /v1/customers")
+    assert step["refresh"] == "lookup" and lists and all("email" in r["params"] for r in lists)
+    assert step["api_calls"] == len(lists) + len(sims.stripe_state.requests_to("GET /v1/customers/{id}"))
+    assert step["found"] >= 1
+    assert sims.stripe_state.get("cus_joined_today")["metadata"].get("giftcard_redemptions")

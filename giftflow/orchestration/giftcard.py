@@ -1,6 +1,5 @@
 """The gift-card sync: Cardivo redemptions -> reconcile with Stripe customers -> Stripe writes."""
 
-from datetime import datetime, timezone
 from typing import Any
 
 import dagster as dg
@@ -17,8 +16,7 @@ from giftflow.orchestration.resources import (
     StoreResource,
     StripeResource,
 )
-from giftflow.services.customer_mirror import refresh_customer_mirror
-from giftflow.services.giftcard_sync import look_up_range_customers, plan_giftcard_day
+from giftflow.services.giftcard_sync import plan_giftcard_day, refresh_mirror_for_range
 from giftflow.services.sync_runner import run_planned
 from giftflow.settings import Settings
 
@@ -28,9 +26,6 @@ GROUP = "giftcard_sync"
 # final values; Dagster still records a materialization for every day of the range. A sensor's run of one day
 # is a range of one day.
 BACKFILL = dg.BackfillPolicy.single_run()
-# The mirror is relisted whole once its last full listing is older than this; younger, a run looks up only the
-# customers its range can match and the mirror lacks.
-MIRROR_RELIST_AFTER_S = 86_400
 
 
 def partition_label(context: dg.AssetExecutionContext) -> str:
@@ -80,29 +75,17 @@ def cardivo_redemptions(context: dg.AssetExecutionContext, cardivo: CardivoResou
 )
 def stripe_customers(context: dg.AssetExecutionContext, stripe_api: StripeResource, store: StoreResource,
                      settings: dg.ResourceParam[Settings]) -> dg.MaterializeResult:
-    stripe_client, db = stripe_api.get_client(), store.get_client()
-    refreshed = db.customers_refreshed_at()
-    events_synced = db.get_state("customers_events_synced_at")
-    now = datetime.now(timezone.utc)
-    age = (now - refreshed).total_seconds() if refreshed else None
-    young = age is not None and age < MIRROR_RELIST_AFTER_S
-    kept_fresh = bool(events_synced and young and
-                      (now - datetime.fromisoformat(events_synced)).total_seconds() < 120)
-    if kept_fresh:
-        context.log.info(f"customer mirror reused (relisted {age:.0f} s ago, kept fresh by events)")
-        return dg.MaterializeResult(metadata={"customers": db.count_customers(), "api_calls": 0,
-                                              "reused_mirror": True, "refresh": "events"})
-    if young and age is not None and age >= settings.customer_mirror_max_age_s:
-        window = context.partition_time_window
-        looked = look_up_range_customers(stripe_client, db, window.start, window.end)
-        context.log.info(f"customer mirror relisted {age:.0f} s ago: looked up {looked.emails} e-mail(s) and "
-                         f"{looked.ids} linked id(s) it lacks, {looked.found} customer(s) found")
-        return dg.MaterializeResult(metadata={"customers": db.count_customers(), "api_calls": looked.calls,
-                                              "reused_mirror": True, "refresh": "lookup",
-                                              "looked_up_emails": looked.emails, "looked_up_ids": looked.ids})
-    calls = refresh_customer_mirror(stripe_client, db, max_age_s=settings.customer_mirror_max_age_s)
-    return dg.MaterializeResult(metadata={"customers": db.count_customers(), "api_calls": calls,
-                                          "reused_mirror": calls == 0, "refresh": "relist" if calls else "reused"})
+    db, window = store.get_client(), context.partition_time_window
+    done = refresh_mirror_for_range(stripe_api.get_client(), db, window.start, window.end,
+                                    max_age_s=settings.customer_mirror_max_age_s)
+    age = "never" if done.age_s is None else f"{done.age_s:.0f} s ago"
+    metadata: dict[str, Any] = {"customers": db.count_customers(), "api_calls": done.calls,
+                                "reused_mirror": done.how != "relist", "refresh": done.how}
+    if done.looked_up:
+        metadata |= {"looked_up_emails": done.looked_up.emails, "looked_up_ids": done.looked_up.ids,
+                     "found": done.looked_up.found}
+    context.log.info(f"customer mirror (relisted {age}): {done.how}, {done.calls} Stripe call(s)")
+    return dg.MaterializeResult(metadata=metadata)
 
 
 def _planner(window: dg.TimeWindow, db: GiftflowStore, settings: Settings):

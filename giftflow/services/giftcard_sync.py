@@ -24,9 +24,48 @@ from giftflow.domain.giftcard import (
 )
 from giftflow.domain.sync_plan import CREATE, NONE, REJECT, UPDATE, plan_sync
 from giftflow.domain.sync_spec import SyncSpec
+from giftflow.services.customer_mirror import refresh_customer_mirror
 from giftflow.services.sync_runner import Planned
 
 _PREFIXED = {k: f"metadata.{k}" for k in METADATA_KEYS}
+
+
+# The mirror is relisted whole once its last full listing is older than this; younger, a run looks up only the
+# customers its range can match and the mirror lacks.
+MIRROR_RELIST_AFTER_S = 86_400
+# The events sensor keeps the mirror current while its last tick that applied customer events is this recent.
+EVENTS_FRESH_S = 120
+
+
+@dataclass
+class MirrorRefresh:
+    """How a run brought the mirror up to date for its range: `events` (kept current by the events sensor),
+    `reused` (younger than GIFTFLOW_CUSTOMER_MIRROR_MAX_AGE_S), `lookup` or `relist`; the Stripe calls it took."""
+
+    how: str
+    calls: int
+    age_s: float | None
+    looked_up: LookedUp | None = None
+
+
+def refresh_mirror_for_range(stripe_api: StripeClient, store: GiftflowStore, start: datetime, end: datetime, *,
+                             max_age_s: float = 0, now: datetime | None = None) -> MirrorRefresh:
+    """The gift-card sync's mirror for the redemptions in [start, end) (already in the store): nothing while the
+    events sensor keeps it current; a whole relisting only when it was never filled or is a day old; otherwise
+    a look-up of the customers the range can match and the mirror lacks (`look_up_range_customers`)."""
+    now = now or datetime.now(timezone.utc)
+    refreshed = store.customers_refreshed_at()
+    events_synced = store.get_state("customers_events_synced_at")
+    age = (now - refreshed).total_seconds() if refreshed else None
+    young = age is not None and age < MIRROR_RELIST_AFTER_S
+    if young and events_synced and (now - datetime.fromisoformat(events_synced)).total_seconds() < EVENTS_FRESH_S:
+        return MirrorRefresh("events", 0, age)
+    if age is not None and age < max_age_s:
+        return MirrorRefresh("reused", 0, age)
+    if young:
+        looked = look_up_range_customers(stripe_api, store, start, end)
+        return MirrorRefresh("lookup", looked.calls, age, looked)
+    return MirrorRefresh("relist", refresh_customer_mirror(stripe_api, store), age)
 
 
 @dataclass
