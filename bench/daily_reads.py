@@ -47,10 +47,10 @@ def customers(n: int) -> list[dict]:
 def redemptions(n_customers: int, n: int, rng: random.Random) -> pd.DataFrame:
     """A day: most redeemers are known customers (their e-mail typed in any case, with spaces), some linked by
     id, a few are new to the mirror (created in Stripe since it was listed), a few have no Stripe customer."""
-    rows = []
+    rows, pick = [], random.Random(n_customers)  # the same day (kinds, spellings) at every account size
     for i in range(n):
         kind = rng.random()
-        who = rng.randrange(n_customers)
+        who = pick.randrange(n_customers)
         email = f"user{who}@example.com"
         linked = None
         if kind < 0.05:
@@ -75,7 +75,7 @@ def new_customers(day: pd.DataFrame) -> list[dict]:
 
 
 def one(n: int, n_redemptions: int, relist_up_to: int, workdir: Path) -> dict[str, str]:
-    rng = random.Random(n)
+    rng = random.Random(0)
     day = redemptions(n, n_redemptions, rng)
     account = customers(n)
     state = stripe_sim.StripeState([*account, *new_customers(day)])
