@@ -6,8 +6,9 @@ wall <= 1.2 x (Stripe calls / limit) + 60 s.
 
 The backfill is launched as the UI's *Materialize* of the gift-card assets over the date range does (an asset
 backfill, which follows the assets' BackfillPolicy: one run); `--job` launches the job's partition-set backfill
-instead (one run per day, as before the policy). `wall_s` ends when the backfill is marked done (the backfill
-daemon looks every 30 s), `runs_done_s` when its last run ended (every day materialized).
+instead (one run per day, as before the policy). `wall_s` runs from the launch to the backfill's end as Dagster
+records it (the backfill daemon looks every 30 s, both to start the backfill and to mark it done), `runs_done_s` to
+its last run's end (every day materialized).
 """
 
 import json
@@ -46,13 +47,17 @@ def launch_asset_backfill(stack: Stack, assets: tuple[str, ...], partitions: lis
     return launched["backfillId"]
 
 
-def materialized_days(stack: Stack, asset: str) -> int:
-    code = ("import sys, dagster as dg\n"
+def backfill_facts(stack: Stack, backfill_id: str, asset: str) -> dict:
+    """From the instance: when the backfill was created and marked done (Dagster's own timestamps, so the
+    bench's polling adds nothing to the wall time), and how many days of `asset` are materialized."""
+    code = ("import json, sys, dagster as dg\n"
             "with dg.DagsterInstance.get() as i:\n"
-            "    print(len(i.get_materialized_partitions(dg.AssetKey(sys.argv[1]))))")
-    out = subprocess.run([sys.executable, "-c", code, asset], env=stack.env, capture_output=True, text=True,
-                         timeout=120, check=True)
-    return int(json.loads(out.stdout))
+            "    b = i.get_backfill(sys.argv[1])\n"
+            "    print(json.dumps({'created': b.backfill_timestamp, 'ended': b.backfill_end_timestamp,\n"
+            "                      'days': len(i.get_materialized_partitions(dg.AssetKey(sys.argv[2])))}))")
+    out = subprocess.run([sys.executable, "-c", code, backfill_id, asset], env=stack.env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    return json.loads(out.stdout)
 
 
 def main() -> None:
@@ -72,11 +77,13 @@ def main() -> None:
             backfill_id = launch_backfill(stack, "giftcard_sync", keys) if as_job else \
                 launch_asset_backfill(stack, GIFTCARD_ASSETS, keys)
             status, runs = wait_for_backfill(stack, backfill_id, days_n if as_job else 1, timeout=6 * 3600)
-            wall = time.monotonic() - began
+            polled = time.monotonic() - began
             stats = stack.stripe.stats()
             cardivo_calls = stack.cardivo.stats()["total"]
-            days_done = materialized_days(stack, "giftcard_customer_updates")
+            facts = backfill_facts(stack, backfill_id, "giftcard_customer_updates")
     ok = sum(r["status"] == "SUCCESS" for r in runs)  # retried runs count once per attempt
+    days_done = facts["days"]
+    wall = (facts["ended"] or began_at + polled) - began_at  # launch -> the backfill marked done
     runs_done = max((r["end"] or 0 for r in runs), default=began_at) - began_at
     bound = 1.2 * stats["requests"] / limit + 60
     print(f"logs: {tmp}")
@@ -85,7 +92,7 @@ def main() -> None:
     print(f"stripe_calls={stats['requests']} writes={stats['writes']} calls_per_s={stats['requests'] / wall:.2f} "
           f"limit_per_s={limit} rate_limited={stats['rate_limited']}")
     print(f"wall_s={wall:.0f} runs_done_s={runs_done:.0f} bound_s={bound:.0f} (1.2 x calls/limit + 60) "
-          f"{'OK' if wall <= bound else 'OVER'}")
+          f"{'OK' if wall <= bound else 'OVER'}  (seen done by the bench's polling after {polled:.0f} s)")
 
 
 if __name__ == "__main__":
