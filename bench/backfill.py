@@ -2,13 +2,14 @@
 webserver, simulators): wall time, runs, Stripe calls/s against the configured limit, and the target
 wall <= 1.2 x (Stripe calls / limit) + 60 s.
 
-    python bench/backfill.py [DAYS] [STRIPE_LIMIT_PER_S] [--job]
+    python bench/backfill.py [DAYS] [STRIPE_LIMIT_PER_S] [--job] [--event-batch=N]
 
 The backfill is launched as the UI's *Materialize* of the gift-card assets over the date range does (an asset
 backfill, which follows the assets' BackfillPolicy: one run); `--job` launches the job's partition-set backfill
 instead (one run per day, as before the policy). `wall_s` runs from the launch to the backfill's end as Dagster
 records it (the backfill daemon looks every 30 s, both to start the backfill and to mark it done), `runs_done_s` to
-its last run's end (every day materialized).
+its last run's end (every day materialized). `--event-batch=N` sets DAGSTER_EVENT_BATCH_SIZE=N for Dagster's
+processes: a range run reports one materialization per day and asset, written one by one unless batched.
 """
 
 import json
@@ -63,13 +64,15 @@ def backfill_facts(stack: Stack, backfill_id: str, asset: str) -> dict:
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     as_job = "--job" in sys.argv
+    batch = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--event-batch=")), None)
     days_n = int(args[0]) if args else 365
     limit = int(args[1]) if len(args) > 1 else 10
     today = datetime.now(timezone.utc).date()
     days = [today - timedelta(days=n) for n in range(days_n, 0, -1)]
     tmp = tempfile.mkdtemp(prefix="giftflow-backfill-")  # kept: daemon.log and webserver.log for a failed run
     with throwaway_postgres() as pg:
-        with production_stack(pg, Path(tmp), days, stripe_limit=limit, redemptions_per_day=20, customers=300) as stack:
+        with production_stack(pg, Path(tmp), days, stripe_limit=limit, redemptions_per_day=20, customers=300,
+                              extra_env={"DAGSTER_EVENT_BATCH_SIZE": batch} if batch else None) as stack:
             stack.stripe.reset_stats()
             began = time.monotonic()
             began_at = time.time()
@@ -87,7 +90,8 @@ def main() -> None:
     runs_done = max((r["end"] or 0 for r in runs), default=began_at) - began_at
     bound = 1.2 * stats["requests"] / limit + 60
     print(f"logs: {tmp}")
-    print(f"days={days_n} launched_as={'job' if as_job else 'assets'} status={status} runs_ok={ok}/{len(runs)} "
+    print(f"days={days_n} launched_as={'job' if as_job else 'assets'} event_batch={batch or 0} status={status} "
+          f"runs_ok={ok}/{len(runs)} "
           f"most_runs_at_once={most_at_once(runs)} days_materialized={days_done}/{days_n} cardivo_calls={cardivo_calls}")
     print(f"stripe_calls={stats['requests']} writes={stats['writes']} calls_per_s={stats['requests'] / wall:.2f} "
           f"limit_per_s={limit} rate_limited={stats['rate_limited']}")
