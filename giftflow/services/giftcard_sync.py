@@ -4,12 +4,15 @@ from the one customer writer, through the one runner (services/sync_runner.py)."
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
+import stripe
 
 from giftflow.adapters.store import GiftflowStore
+from giftflow.adapters.stripe import StripeClient
 from giftflow.domain.giftcard import (
     METADATA_KEYS,
     PLAN_COLUMNS,
@@ -21,9 +24,101 @@ from giftflow.domain.giftcard import (
 )
 from giftflow.domain.sync_plan import CREATE, NONE, REJECT, UPDATE, plan_sync
 from giftflow.domain.sync_spec import SyncSpec
+from giftflow.services.customer_mirror import refresh_customer_mirror
 from giftflow.services.sync_runner import Planned
 
 _PREFIXED = {k: f"metadata.{k}" for k in METADATA_KEYS}
+
+
+# The mirror is relisted whole once its last full listing is older than this; younger, a run looks up only the
+# customers its range can match and the mirror lacks.
+MIRROR_RELIST_AFTER_S = 86_400
+# The events sensor keeps the mirror current while its last tick that applied customer events is this recent.
+EVENTS_FRESH_S = 120
+
+
+@dataclass
+class MirrorRefresh:
+    """How a run brought the mirror up to date for its range: `events` (kept current by the events sensor),
+    `reused` (younger than GIFTFLOW_CUSTOMER_MIRROR_MAX_AGE_S), `lookup` or `relist`; the Stripe calls it took."""
+
+    how: str
+    calls: int
+    age_s: float | None
+    looked_up: LookedUp | None = None
+
+
+def refresh_mirror_for_range(stripe_api: StripeClient, store: GiftflowStore, start: datetime, end: datetime, *,
+                             max_age_s: float = 0, now: datetime | None = None) -> MirrorRefresh:
+    """The gift-card sync's mirror for the redemptions in [start, end) (already in the store): nothing while the
+    events sensor keeps it current; a whole relisting only when it was never filled or is a day old; otherwise
+    a look-up of the customers the range can match and the mirror lacks (`look_up_range_customers`)."""
+    now = now or datetime.now(timezone.utc)
+    refreshed = store.customers_refreshed_at()
+    events_synced = store.get_state("customers_events_synced_at")
+    age = (now - refreshed).total_seconds() if refreshed else None
+    young = age is not None and age < MIRROR_RELIST_AFTER_S
+    if young and events_synced and (now - datetime.fromisoformat(events_synced)).total_seconds() < EVENTS_FRESH_S:
+        return MirrorRefresh("events", 0, age)
+    if age is not None and age < max_age_s:
+        return MirrorRefresh("reused", 0, age)
+    if young:
+        looked = look_up_range_customers(stripe_api, store, start, end)
+        return MirrorRefresh("lookup", looked.calls, age, looked)
+    return MirrorRefresh("relist", refresh_customer_mirror(stripe_api, store), age)
+
+
+@dataclass
+class LookedUp:
+    """What `look_up_range_customers` asked Stripe: e-mails listed, linked ids retrieved, customers mirrored."""
+
+    emails: int = 0
+    ids: int = 0
+    found: int = 0
+
+    @property
+    def calls(self) -> int:
+        return self.emails + self.ids
+
+
+def look_up_range_customers(stripe_api: StripeClient, store: GiftflowStore, start: datetime, end: datetime
+                            ) -> LookedUp:
+    """Bring into the mirror the Stripe customers that redemptions in [start, end) can match and the mirror does
+    not hold: one `customers.list(email=...)` per distinct e-mail not mirrored (as typed, trimmed, and
+    lower-cased: Stripe's filter is case-sensitive) and one retrieve per linked `stripe_customer_id` not
+    mirrored. Its cost grows with the range's unknown customers, not with the account: customers already
+    mirrored are kept fresh by giftflow's own writes (and the events sensor where it runs), and the whole mirror
+    is relisted once it is a day old (the caller's choice)."""
+    found_at = datetime.now(timezone.utc)
+    day = store.load_redemptions(start=start, end=end)
+    out, rows, gone = LookedUp(), [], []  # type: tuple[LookedUp, list[dict], list[str]]
+    ids = set(day["stripe_customer_id"].dropna())
+    known = store.load_customers(ids, emails=day["email_norm"].dropna().unique())
+    known_ids, known_emails = {c["id"] for c in known}, {(c.get("email") or "").strip().lower() for c in known}
+    spellings: dict[str, set[str]] = {}
+    for norm, raw in zip(day["email_norm"], day["email"], strict=True):
+        if isinstance(norm, str) and norm and norm not in known_emails:
+            spellings.setdefault(norm, {norm}).update({raw.strip()} if isinstance(raw, str) and raw.strip() else ())
+    for norm in sorted(spellings):
+        for email in sorted(spellings[norm]):
+            rows += stripe_api.list_customers_by_email(email)
+            out.emails += 1
+    for customer_id in sorted(ids - known_ids):
+        out.ids += 1
+        try:
+            obj = stripe_api.retrieve("customers", customer_id)
+        except stripe.InvalidRequestError:  # no such customer: matching falls back to the e-mail
+            continue
+        if obj.get("deleted"):
+            gone.append(customer_id)
+        else:
+            rows.append(obj)
+    # Never taken back by an older copy: a write or event mirrored after `found_at` wins.
+    store.upsert_customers(list({r["id"]: r for r in rows}.values()), as_of=found_at)
+    if gone:
+        store.delete_customers(gone)
+    out.found = len({r["id"] for r in rows})
+    return out
 
 
 def plan_giftcard_day(store: GiftflowStore, day_start: datetime, day_end: datetime, spec: SyncSpec) -> Planned:
