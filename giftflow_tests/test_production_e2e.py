@@ -56,7 +56,7 @@ def test_sensor_then_backfill_on_the_production_instance(postgres_url, tmp_path)
         print(f"\nsensor path: redemption -> Stripe customer updated in {time.monotonic() - created:.1f} s")
         stack.dagster("sensor", "stop", "cardivo_redemptions_sensor")
 
-        # 2. A 30-day backfill through the webserver's GraphQL API.
+        # 2. A 12-day backfill through the webserver's GraphQL API.
         stack.stripe.reset_stats()
         began = time.monotonic()
         backfill_id = launch_backfill(stack, "giftcard_sync", [d.isoformat() for d in days])
