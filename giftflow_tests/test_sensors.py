@@ -368,11 +368,11 @@ def _pushed(store, day, updated_at: datetime, event_id="evt_w1", rid="rdm_pushed
 
 def _started_run(instance, day: str) -> None:
     """A giftcard_sync run of `day` that has started now (its RUN_START stored)."""
-    from dagster._core.events import DagsterEvent, DagsterEventType
-    from dagster._core.test_utils import create_run_for_test
+    import uuid
 
-    run = create_run_for_test(instance, job_name="giftcard_sync", tags={"dagster/partition": day})
-    instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_START.value, job_name="giftcard_sync"),
+    run = instance.add_run(dg.DagsterRun(job_name="giftcard_sync", run_id=str(uuid.uuid4()),
+                                         status=dg.DagsterRunStatus.NOT_STARTED, tags={"dagster/partition": day}))
+    instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name="giftcard_sync"),
                                   run_id=run.run_id)
 
 
