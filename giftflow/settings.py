@@ -166,6 +166,15 @@ class Settings(BaseSettings):
         settings._notices = tuple(unknown_variable_notices(os.environ))
         return settings, problems
 
+    @classmethod
+    def of(cls, **values: Any) -> Settings:
+        """Settings from `values` alone, every other field at its default: no environment is read (tests and
+        programs that embed giftflow). Field names, not variable names: `Settings.of(dry_run=True)`."""
+        try:
+            return _GivenSettings(**values)
+        except ValidationError as exc:
+            raise SettingsError(describe_errors(exc)) from None
+
     @property
     def notices(self) -> tuple[str, ...]:
         """Warnings found while reading (misspelt variable names)."""
@@ -196,6 +205,15 @@ class Settings(BaseSettings):
     @property
     def outbox_dir(self) -> str:
         return str(self.home / "outbox")
+
+
+class _GivenSettings(Settings):
+    """`Settings.of`: the constructor's values are the only source."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings,)
 
 
 # -- error messages ----------------------------------------------------------------------------------------

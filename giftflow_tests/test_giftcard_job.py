@@ -4,7 +4,6 @@ Expected Stripe state comes from an independent, loop-by-loop reading of the con
 not from giftflow's own reconcile code.
 """
 
-import os
 from datetime import date, datetime, timezone
 
 import dagster as dg
@@ -12,60 +11,16 @@ import httpx
 import pytest
 
 from giftflow.adapters.store import GiftflowStore
-from giftflow.orchestration.definitions import build_defs
-from giftflow_simulators import cardivo, dataset, stripe
-from giftflow_simulators.server import BackgroundServer
+from giftflow.orchestration.definitions import resources_for
 
 DAYS = [date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 21)]
 KEYS = ("giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions", "giftcard_last_redeemed_at",
         "giftcard_last4")
 
 
-class Sims:
-    def __init__(self, world, stripe_rps=None):
-        self.cardivo_state = cardivo.CardivoState.from_world(world)
-        self.stripe_state = stripe.StripeState(world.customers)
-        self._servers = [BackgroundServer(cardivo.create_app(self.cardivo_state, "ck")),
-                         BackgroundServer(stripe.create_app(self.stripe_state, api_key="sk_test_x",
-                                                            rate_limit_per_s=stripe_rps))]
-
-    def __enter__(self):
-        self.cardivo_url, self.stripe_url = (s.start() for s in self._servers)
-        return self
-
-    def __exit__(self, *exc):
-        for s in self._servers:
-            s.stop()
-
-    def writes(self) -> int:
-        return self.stripe_state.stats()["writes"]
-
-
 @pytest.fixture
-def world():
-    return dataset.build_world(11, DAYS)
-
-
-@pytest.fixture
-def sims(world, monkeypatch, tmp_path):
-    with Sims(world) as s:
-        env = {"CARDIVO_API_BASE": s.cardivo_url, "CARDIVO_API_KEY": "ck", "STRIPE_API_BASE": s.stripe_url,
-               "STRIPE_API_KEY": "sk_test_x", "GIFTFLOW_DATABASE_URL": f"sqlite:///{tmp_path}/giftflow.sqlite",
-               "DAGSTER_HOME": str(tmp_path)}
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.delenv("GIFTFLOW_DRY_RUN", raising=False)
-        monkeypatch.delenv("GIFTFLOW_SYNC_MODE", raising=False)
-        yield s
-
-
-def run(days, instance, **env):
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        job = build_defs().resolve_job_def("giftcard_sync")
-        return [job.execute_in_process(partition_key=d.isoformat(), instance=instance, raise_on_error=False)
-                for d in days]
+def world_days():
+    return DAYS
 
 
 def expected_metadata(redemptions, customers):
@@ -104,9 +59,9 @@ def stripe_metadata(sims):
 
 
 @pytest.mark.e2e  # many in-process runs: ~7 s
-def test_partitions_out_of_order_reach_the_contract_state_and_rerun_writes_nothing(sims, world):
+def test_partitions_out_of_order_reach_the_contract_state_and_rerun_writes_nothing(sims, world, giftflow):
     instance = dg.DagsterInstance.ephemeral()
-    results = run([DAYS[2], DAYS[0], DAYS[3], DAYS[1]], instance)
+    results = giftflow.run("giftcard_sync", [DAYS[2], DAYS[0], DAYS[3], DAYS[1]], instance)
     assert all(r.success for r in results)
     assert sims.writes() > 0
     known = {c["id"] for c in world.customers}
@@ -128,14 +83,14 @@ def test_partitions_out_of_order_reach_the_contract_state_and_rerun_writes_nothi
     assert untouched and all(actual[c] == {k: None for k in KEYS} for c in untouched)
 
     before = sims.writes()
-    assert all(r.success for r in run(DAYS, instance))
+    assert all(r.success for r in giftflow.run("giftcard_sync", DAYS, instance))
     assert sims.writes() == before  # counted at the server
 
 
 @pytest.mark.e2e  # several in-process runs: ~6 s
-def test_a_late_void_changes_an_old_day(sims, world):
+def test_a_late_void_changes_an_old_day(sims, world, giftflow):
     instance = dg.DagsterInstance.ephemeral()
-    run(DAYS, instance)
+    giftflow.run("giftcard_sync", DAYS, instance)
     victim = next(r for r in world.redemptions if r["status"] == "completed" and r["stripe_customer_id"] is None
                   and r["customer"] and r["customer"]["email"]
                   and expected_metadata(world.redemptions, world.customers).get(
@@ -143,7 +98,7 @@ def test_a_late_void_changes_an_old_day(sims, world):
     cid = _customer_of(victim, world)
     sims.cardivo_state.void(victim["id"], datetime(2026, 11, 24, tzinfo=timezone.utc))
     day = date.fromisoformat(victim["redeemed_at"][:10])
-    assert run([day], instance)[0].success
+    assert giftflow.run("giftcard_sync", [day], instance)[0].success
     voided = [r if r["id"] != victim["id"] else {**r, "status": "voided"} for r in world.redemptions]
     assert stripe_metadata(sims)[cid] == expected_metadata(voided, world.customers)[cid]
 
@@ -155,8 +110,8 @@ def _customer_of(redemption, world):
     return matches[-1]["id"] if matches else None
 
 
-def test_dry_run_plans_everything_and_writes_nothing(sims):
-    results = run(DAYS[:2], dg.DagsterInstance.ephemeral(), GIFTFLOW_DRY_RUN="true")
+def test_dry_run_plans_everything_and_writes_nothing(sims, giftflow):
+    results = giftflow.but(dry_run=True).run("giftcard_sync", DAYS[:2], dg.DagsterInstance.ephemeral())
     assert all(r.success for r in results)
     assert sims.writes() == 0
     mat = results[0].asset_materializations_for_node("giftcard_customer_updates")[0]
@@ -172,9 +127,9 @@ def test_dry_run_plans_everything_and_writes_nothing(sims):
     assert planned["customers"].value >= len(actions)
 
 
-def test_a_dry_run_is_chosen_per_run_by_tag_for_the_gift_card_sync_and_the_sync_files(sims):
+def test_a_dry_run_is_chosen_per_run_by_tag_for_the_gift_card_sync_and_the_sync_files(sims, giftflow):
     """GIFTFLOW_DRY_RUN is off; the launchpad's tag giftflow/dry_run=true makes this one run a dry run."""
-    defs, instance = build_defs(), dg.DagsterInstance.ephemeral()
+    defs, instance = giftflow.defs(), dg.DagsterInstance.ephemeral()
     tags = {"giftflow/dry_run": "true"}
     result = defs.resolve_job_def("giftcard_sync").execute_in_process(
         partition_key=DAYS[0].isoformat(), instance=instance, tags=tags)
@@ -192,8 +147,8 @@ def test_a_dry_run_is_chosen_per_run_by_tag_for_the_gift_card_sync_and_the_sync_
     assert sims.writes() > 0
 
 
-def test_a_bad_dry_run_tag_fails_the_run_naming_it(sims):
-    job = build_defs().resolve_job_def("giftcard_sync")
+def test_a_bad_dry_run_tag_fails_the_run_naming_it(sims, giftflow):
+    job = giftflow.job("giftcard_sync")
     with pytest.raises(dg.DagsterResourceFunctionError) as raised:  # the settings resource refuses the tag
         job.execute_in_process(partition_key=DAYS[0].isoformat(), instance=dg.DagsterInstance.ephemeral(),
                                tags={"giftflow/dry_run": "maybe"})
@@ -204,26 +159,24 @@ def test_a_bad_dry_run_tag_fails_the_run_naming_it(sims):
 
 
 @pytest.mark.e2e  # many in-process runs: ~8 s
-def test_upsert_creates_each_missing_customer_once_across_reruns(sims, world):
-    instance = dg.DagsterInstance.ephemeral()
-    run(DAYS, instance, GIFTFLOW_SYNC_MODE="upsert")
+def test_upsert_creates_each_missing_customer_once_across_reruns(sims, world, giftflow):
+    instance, upsert = dg.DagsterInstance.ephemeral(), giftflow.but(sync_mode="upsert")
+    upsert.run("giftcard_sync", DAYS, instance)
     created = [c for c in sims.stripe_state.customers() if c["id"] not in {w["id"] for w in world.customers}]
     assert created
     emails = [c["email"] for c in created]
     assert len(emails) == len(set(emails))
     before = sims.writes()
-    run(list(reversed(DAYS)), instance, GIFTFLOW_SYNC_MODE="upsert")
+    upsert.run("giftcard_sync", list(reversed(DAYS)), instance)
     assert sims.writes() == before
     assert len(sims.stripe_state.customers()) == len(world.customers) + len(created)
 
 
-def test_crash_between_create_and_ledger_does_not_create_twice(sims, world, tmp_path):
+def test_crash_between_create_and_ledger_does_not_create_twice(sims, world, giftflow):
     """A create that reached Stripe but never got recorded as sent is found, not repeated."""
-    from giftflow.adapters.store import GiftflowStore
-
-    instance = dg.DagsterInstance.ephemeral()
-    run(DAYS[:1], instance, GIFTFLOW_SYNC_MODE="upsert")
-    store = GiftflowStore(database_url=f"sqlite:///{tmp_path}/giftflow.sqlite")
+    instance, upsert = dg.DagsterInstance.ephemeral(), giftflow.but(sync_mode="upsert")
+    upsert.run("giftcard_sync", DAYS[:1], instance)
+    store = GiftflowStore(database_url=giftflow.settings.store_url)
     ledger = store.ledger_frame()
     creates = ledger[ledger["kind"] == "create_customer"]
     assert len(creates)
@@ -232,21 +185,19 @@ def test_crash_between_create_and_ledger_does_not_create_twice(sims, world, tmp_
         store.record_result(key, status="planned")
     store.delete_customers(list(creates["stripe_object_id"]))
     customers_before = len(sims.stripe_state.customers())
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GIFTFLOW_SYNC_MODE", "upsert")
-        mp.setenv("GIFTFLOW_CUSTOMER_MIRROR_MAX_AGE_S", "3600")  # keep the stale mirror: the worst case
-        job = build_defs().resolve_job_def("giftcard_sync")
-        assert job.execute_in_process(partition_key=DAYS[0].isoformat(), instance=instance).success
+    stale_mirror = upsert.but(customer_mirror_max_age_s=3600)  # keep the stale mirror: the worst case
+    assert stale_mirror.job("giftcard_sync").execute_in_process(partition_key=DAYS[0].isoformat(),
+                                                                instance=instance).success
     assert len(sims.stripe_state.customers()) == customers_before
 
 
-def test_a_customer_stripe_refuses_is_rejected_and_the_others_are_written(sims, world):
+def test_a_customer_stripe_refuses_is_rejected_and_the_others_are_written(sims, world, giftflow):
     instance = dg.DagsterInstance.ephemeral()
     expected = expected_metadata(world.redemptions, world.customers)
     victim, partition = next((c["id"], d.isoformat()) for d in DAYS for c in world.customers
                              if isinstance(expected.get(c["id"]), dict) and _touches(world, c["id"], d))
     # Stripe refuses writes to one customer: delete it at Stripe after the mirror was taken.
-    job = build_defs().resolve_job_def("giftcard_sync")
+    job = giftflow.job("giftcard_sync")
     first = job.execute_in_process(partition_key=partition, instance=instance,
                                    op_selection=["cardivo_redemptions", "stripe_customers", "giftcard_customer_plan"])
     assert first.success
@@ -259,14 +210,14 @@ def test_a_customer_stripe_refuses_is_rejected_and_the_others_are_written(sims, 
     [rejected] = [r.data for r in md["rejected_rows"].records]  # a table in the UI
     assert md["rejected"].value == 1 and rejected["customer_id"] == victim and "No such customer" in rejected["reason"]
     assert md["updated"].value == sims.writes() - before > 0  # the other customers' writes went out
-    [report] = GiftflowStore(database_url=os.environ["GIFTFLOW_DATABASE_URL"]).sync_runs("giftcard")
+    [report] = GiftflowStore(database_url=giftflow.settings.store_url).sync_runs("giftcard")
     assert report["partition"] == partition and report["counts"]["rejected"] == 1
 
 
-def test_failed_writes_fail_the_step_and_a_retry_sends_only_those(sims):
+def test_failed_writes_fail_the_step_and_a_retry_sends_only_those(sims, giftflow):
     instance = dg.DagsterInstance.ephemeral()
     partition = DAYS[0].isoformat()
-    job = build_defs().resolve_job_def("giftcard_sync")
+    job = giftflow.job("giftcard_sync")
     sims.stripe_state.lose_next_responses(2)  # applied at Stripe, but the answers never arrive
     no_retries = {"resources": {"stripe_api": {"config": {"max_network_retries": 0, "api_key": "sk_test_x",
                                                           "api_base": sims.stripe_url}}}}
@@ -291,13 +242,11 @@ def _touches(world, cid, day):
 
 
 @pytest.mark.e2e  # two days through dg.materialize: ~5 s
-def test_a_customer_written_then_multi_currency_is_listed_by_the_warning_check(sims, world):
+def test_a_customer_written_then_multi_currency_is_listed_by_the_warning_check(sims, world, giftflow):
     """Written on one day, multi-currency after the next: the plan skips the customer while Stripe still shows
     the first day's total, and the non-blocking check warns with the customer and the values Stripe holds."""
     from giftflow.orchestration import giftcard
-    from giftflow.orchestration.definitions import _resources
     from giftflow.orchestration.giftcard_checks import no_stale_giftcard_values
-    from giftflow.settings import Settings
 
     assets = [giftcard.cardivo_redemptions, giftcard.stripe_customers, giftcard.giftcard_customer_plan,
               giftcard.giftcard_customer_updates, no_stale_giftcard_values]
@@ -305,7 +254,7 @@ def test_a_customer_written_then_multi_currency_is_listed_by_the_warning_check(s
 
     def materialize(day):
         return dg.materialize(assets, partition_key=day.isoformat(), instance=instance, raise_on_error=False,
-                              resources=_resources(Settings.from_env()))
+                              resources=resources_for(giftflow.settings, secrets_from_env=False))
 
     def check_of(result):
         [evaluation] = result.get_asset_check_evaluations()
@@ -346,11 +295,12 @@ RANGE_TAGS = {"dagster/asset_partition_range_start": DAYS[0].isoformat(),
 
 
 @pytest.mark.e2e  # two in-process runs: ~6 s
-def test_a_range_is_one_run_one_cardivo_fetch_one_write_per_customer_and_every_day_materialized(sims, world):
+def test_a_range_is_one_run_one_cardivo_fetch_one_write_per_customer_and_every_day_materialized(sims, world,
+                                                                                                giftflow):
     """What a single-run backfill does: the range's run reads Cardivo once (one paged fetch), plans the range as
     one and writes each customer once with its final values, and Dagster records every day as materialized."""
     instance = dg.DagsterInstance.ephemeral()
-    job = build_defs().resolve_job_def("giftcard_sync")
+    job = giftflow.job("giftcard_sync")
     result = job.execute_in_process(instance=instance, tags=RANGE_TAGS, raise_on_error=False)
     assert result.success
     fetches = sims.cardivo_state.stats()["requests"]
@@ -366,18 +316,18 @@ def test_a_range_is_one_run_one_cardivo_fetch_one_write_per_customer_and_every_d
         assert instance.get_materialized_partitions(dg.AssetKey(asset)) == {d.isoformat() for d in DAYS}, asset
     # A day of the range run again on its own: nothing left to write.
     before = sims.writes()
-    assert all(r.success for r in run([DAYS[1]], instance)) and sims.writes() == before
+    assert all(r.success for r in giftflow.run("giftcard_sync", [DAYS[1]], instance)) and sims.writes() == before
 
 
 def _mirror_step(result) -> dict:
     return {k: v.value for k, v in result.asset_materializations_for_node("stripe_customers")[0].metadata.items()}
 
 
-def test_a_daily_run_without_the_events_sensor_looks_up_only_what_the_mirror_lacks(sims, world):
+def test_a_daily_run_without_the_events_sensor_looks_up_only_what_the_mirror_lacks(sims, world, giftflow):
     """The first run lists every customer; the next day's run, with the mirror younger than a day, lists no
     customers but asks Stripe only for the day's e-mails the mirror lacks (a customer created since is found)."""
     instance = dg.DagsterInstance.ephemeral()
-    [first] = run([DAYS[0]], instance)
+    [first] = giftflow.run("giftcard_sync", [DAYS[0]], instance)
     assert first.success and _mirror_step(first)["refresh"] == "relist"
     day = [r for r in world.redemptions if r["redeemed_at"].startswith(DAYS[1].isoformat())]
     walk_in = next(r for r in day if r["customer"] and r["customer"]["email"] and _customer_of(r, world) is None
@@ -385,7 +335,7 @@ def test_a_daily_run_without_the_events_sensor_looks_up_only_what_the_mirror_lac
     sims.stripe_state.load([{"id": "cus_joined_today", "email": walk_in["customer"]["email"].strip(),
                              "created": int(datetime(2026, 11, 19, tzinfo=timezone.utc).timestamp())}])
     sims.stripe_state.reset_stats()
-    [second] = run([DAYS[1]], instance)
+    [second] = giftflow.run("giftcard_sync", [DAYS[1]], instance)
     assert second.success
     step = _mirror_step(second)
     lists = sims.stripe_state.requests_to("GET /v1/customers")

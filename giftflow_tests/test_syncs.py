@@ -728,16 +728,16 @@ def test_sql_sources_read_through_a_read_only_connection(world, request, backend
     assert "shop.yaml:4: url: the environment variable CRM_DATABASE_URL is not set" in text
 
 
-def test_one_bad_sync_file_does_not_stop_the_code_location(tmp_path, monkeypatch):
+def test_one_bad_sync_file_does_not_stop_the_code_location(tmp_path):
     from giftflow.orchestration.definitions import build_defs
+    from giftflow.settings import Settings
 
     folder = tmp_path / "syncs"
     _write_sync(folder, "{csv: shop.csv}")
     (folder / "leaky.yaml").write_text(SOURCE_SYNC.format(source="{csv: /proc/self/environ}", extra="")
                                        .replace("name: shop", "name: leaky"))
     (folder / "broken yaml.yaml").write_text("version: 1\nname: [\n")
-    monkeypatch.setenv("GIFTFLOW_SYNCS_DIR", str(folder))
-    defs = build_defs()
+    defs = build_defs(Settings.of(syncs_dir=folder, dagster_home=tmp_path))
     assert defs.resolve_job_def("giftcard_sync") and defs.resolve_job_def("stripe_workflows")
     specs = {s.key.to_user_string(): s for s in defs.resolve_all_asset_specs()}
     assert {"sync_shop", "sync_leaky", "sync_broken_yaml", "giftcard_customer_updates", "workflow_actions"} <= set(specs)

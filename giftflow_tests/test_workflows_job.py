@@ -18,14 +18,10 @@ import dagster as dg
 import pytest
 from aiosmtpd.controller import Controller
 
-from giftflow.orchestration.definitions import build_defs
-from giftflow_simulators import dataset, stripe
-from giftflow_simulators.server import BackgroundServer
-from giftflow_tests.conftest import ROOT, free_port
+from giftflow_tests.conftest import QUIET, ROOT, free_port
 
 DAYS = [date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20)]
 TEAM = "team@shop.example"
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 class Inbox:
@@ -35,6 +31,7 @@ class Inbox:
     def __init__(self, delay_s: float = 0.0):
         self.messages, self.delay_s, self.lock = [], delay_s, threading.Lock()
         self.refused: set[str] = set()  # recipients answered 550
+        self.port = 0
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         await asyncio.sleep(self.delay_s)
@@ -54,37 +51,24 @@ class Inbox:
 
 
 @pytest.fixture
-def world():
-    return dataset.build_world(11, DAYS)
-
-
-@pytest.fixture
-def env(world, tmp_path, monkeypatch):
-    state = stripe.StripeState.from_world(world)
+def inbox():
     inbox = Inbox()
     controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
     controller.start()
-    with BackgroundServer(stripe.create_app(state, api_key="sk_test_x")) as srv:
-        values = {"STRIPE_API_BASE": srv.base_url, "STRIPE_API_KEY": "sk_test_x", "CARDIVO_API_BASE": "http://unused",
-                  "CARDIVO_API_KEY": "unused", "DAGSTER_HOME": str(tmp_path),
-                  "GIFTFLOW_DATABASE_URL": f"sqlite:///{tmp_path}/giftflow.sqlite", "GIFTFLOW_TEAM_EMAIL": TEAM,
-                  "GIFTFLOW_SMTP_HOST": "127.0.0.1", "GIFTFLOW_SMTP_PORT": str(controller.port),
-                  "GIFTFLOW_SMTP_STARTTLS": "false", "GIFTFLOW_MAIL_FROM": "giftflow@shop.example"}
-        for k, v in values.items():
-            monkeypatch.setenv(k, v)
-        for k in ("GIFTFLOW_REFUNDS_ENABLED", "GIFTFLOW_DRY_RUN", "GIFTFLOW_RULES"):
-            monkeypatch.delenv(k, raising=False)
-        yield {"state": state, "inbox": inbox, "values": values}
+    inbox.port = controller.port
+    yield inbox
     controller.stop()
 
 
-def run(days, instance, **extra):
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in extra.items():
-            mp.setenv(k, v)
-        job = build_defs().resolve_job_def("stripe_workflows")
-        return [job.execute_in_process(partition_key=d.isoformat(), instance=instance, raise_on_error=False,
-                                       run_config=QUIET) for d in days]
+@pytest.fixture
+def giftflow(giftflow, inbox):
+    """giftflow mailing the team through the SMTP server on loopback."""
+    return giftflow.but(team_email=TEAM, smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_starttls=False,
+                        mail_from="giftflow@shop.example")
+
+
+def run(giftflow, days, instance, **settings):
+    return giftflow.but(**settings).run("stripe_workflows", days, instance, run_config=QUIET)
 
 
 def expected_outcomes(state, day=None):
@@ -116,12 +100,12 @@ def giftflow_refunds(state):
 
 
 @pytest.mark.e2e  # ~4 s
-def test_workflows_end_to_end_with_refunds_mails_and_tags(env):
-    state, inbox = env["state"], env["inbox"]
+def test_workflows_end_to_end_with_refunds_mails_and_tags(sims, inbox, giftflow):
+    state = sims.stripe_state
     mail_about, vip, refunds = expected_outcomes(state)
     assert mail_about and vip and refunds
     instance = dg.DagsterInstance.ephemeral()
-    results = run(DAYS, instance, GIFTFLOW_REFUNDS_ENABLED="true")
+    results = run(giftflow, DAYS, instance, refunds_enabled=True)
     assert all(r.success for r in results)
     assert all(ev.passed for r in results for ev in r.get_asset_check_evaluations())
 
@@ -147,7 +131,7 @@ def test_workflows_end_to_end_with_refunds_mails_and_tags(env):
         assert state.get(cid)["metadata"]["Tier"] == "VIP"
 
     writes, mails = state.stats()["writes"], len(inbox.messages)
-    again = run(DAYS, instance, GIFTFLOW_REFUNDS_ENABLED="true")
+    again = run(giftflow, DAYS, instance, refunds_enabled=True)
     assert all(r.success for r in again)
     assert state.stats()["writes"] == writes and len(inbox.messages) == mails
     # The rerun keeps each rule's row: what the first run did is done_before, not folded into "(no rule)".
@@ -161,10 +145,10 @@ def test_workflows_end_to_end_with_refunds_mails_and_tags(env):
     assert counts[("tag_vip_customers", "done_before")] == len(vip)
 
 
-def test_refunds_are_off_by_default_and_would_refund_sends_nothing(env):
-    state, inbox = env["state"], env["inbox"]
+def test_refunds_are_off_by_default_and_would_refund_sends_nothing(sims, inbox, giftflow):
+    state = sims.stripe_state
     mail_about, _, refunds = expected_outcomes(state)
-    results = run(DAYS, dg.DagsterInstance.ephemeral())
+    results = run(giftflow, DAYS, dg.DagsterInstance.ephemeral())
     assert all(r.success for r in results)
     assert giftflow_refunds(state) == []
     assert len(inbox.messages) == len(mail_about)  # no mail for a refund that would have been made
@@ -172,10 +156,9 @@ def test_refunds_are_off_by_default_and_would_refund_sends_nothing(env):
     assert sum((p["status"] == "would_refund").sum() for p in plans) == len(refunds)
 
 
-def test_the_plan_and_every_mail_are_tables_in_the_ui(env):
+def test_the_plan_and_every_mail_are_tables_in_the_ui(sims, inbox, giftflow):
     """The plan shows as a real table (no "Show Markdown"), counts beside it; each mail says where it went."""
-    inbox = env["inbox"]
-    results = run(DAYS, dg.DagsterInstance.ephemeral())
+    results = run(giftflow, DAYS, dg.DagsterInstance.ephemeral())
     assert all(r.success for r in results)
     listed = []
     for r in results:
@@ -187,36 +170,33 @@ def test_the_plan_and_every_mail_are_tables_in_the_ui(env):
         assert sum(v.value for k, v in plan_md.items() if k.startswith("status_")) == plan_md["actions"].value
         actions = r.asset_materializations_for_node("workflow_actions")[0].metadata
         assert isinstance(actions["mails"], dg.TableMetadataValue)
-        assert actions["mails_went_to"].value == f"SMTP 127.0.0.1:{env['values']['GIFTFLOW_SMTP_PORT']}"
+        assert actions["mails_went_to"].value == f"SMTP 127.0.0.1:{inbox.port}"
         listed += [rec.data for rec in actions["mails"].records]
     assert len(listed) == len(inbox.messages) > 0
     sent = {m["X-Giftflow-Key"].split(":")[1]: " ".join(m["Subject"].split()) for _, m in inbox.messages}  # unfolded
     for mail in listed:
-        assert mail["recipient"] == TEAM and mail["went_to"] == f"smtp://127.0.0.1:{env['values']['GIFTFLOW_SMTP_PORT']}"
+        assert mail["recipient"] == TEAM and mail["went_to"] == f"smtp://127.0.0.1:{inbox.port}"
         assert sent[mail["object"]] == mail["subject"]
 
 
-def test_mails_without_smtp_list_their_eml_file(env, monkeypatch, tmp_path):
-    monkeypatch.delenv("GIFTFLOW_SMTP_HOST")
-    results = run(DAYS[:2], dg.DagsterInstance.ephemeral())
+def test_mails_without_smtp_list_their_eml_file(sims, inbox, giftflow, tmp_path):
+    results = run(giftflow, DAYS[:2], dg.DagsterInstance.ephemeral(), smtp_host=None)
     mails = [rec.data for r in results for rec in
              r.asset_materializations_for_node("workflow_actions")[0].metadata["mails"].records]
     assert mails and all(m["went_to"].startswith(str(tmp_path / "outbox")) and m["went_to"].endswith(".eml")
                          and os.path.exists(m["went_to"]) for m in mails)
 
 
-def test_dry_run_sends_and_writes_nothing(env):
-    state, inbox = env["state"], env["inbox"]
-    results = run(DAYS[:1], dg.DagsterInstance.ephemeral(), GIFTFLOW_DRY_RUN="true", GIFTFLOW_REFUNDS_ENABLED="true")
+def test_dry_run_sends_and_writes_nothing(sims, inbox, giftflow):
+    state = sims.stripe_state
+    results = run(giftflow, DAYS[:1], dg.DagsterInstance.ephemeral(), dry_run=True, refunds_enabled=True)
     assert results[0].success
     assert state.stats()["writes"] == 0 and inbox.messages == []
 
 
-def test_a_dry_run_tag_makes_one_run_send_and_write_nothing(env):
-    state, inbox = env["state"], env["inbox"]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GIFTFLOW_REFUNDS_ENABLED", "true")
-        job = build_defs().resolve_job_def("stripe_workflows")
+def test_a_dry_run_tag_makes_one_run_send_and_write_nothing(sims, inbox, giftflow):
+    state = sims.stripe_state
+    job = giftflow.but(refunds_enabled=True).job("stripe_workflows")
     result = job.execute_in_process(partition_key=DAYS[0].isoformat(), instance=dg.DagsterInstance.ephemeral(),
                                     run_config=QUIET, tags={"giftflow/dry_run": "yes"})
     assert result.success
@@ -224,36 +204,40 @@ def test_a_dry_run_tag_makes_one_run_send_and_write_nothing(env):
     assert result.asset_materializations_for_node("workflow_actions")[0].metadata["dry_run"].value is True
 
 
-def test_a_plan_over_the_refund_cap_is_blocked(env, tmp_path):
+def test_a_plan_over_the_refund_cap_is_blocked(sims, inbox, giftflow, tmp_path):
     rules = (ROOT / "giftflow/default_rules.yaml").read_text().replace("max_refunds_per_run: 20",
                                                                         "max_refunds_per_run: 0")
     (tmp_path / "rules.yaml").write_text(rules)
-    state, inbox = env["state"], env["inbox"]
-    result = run(DAYS[:1], dg.DagsterInstance.ephemeral(), GIFTFLOW_REFUNDS_ENABLED="true",
-                 GIFTFLOW_RULES=str(tmp_path / "rules.yaml"))[0]
+    state = sims.stripe_state
+    result = run(giftflow, DAYS[:1], dg.DagsterInstance.ephemeral(), refunds_enabled=True,
+                 rules_path=str(tmp_path / "rules.yaml"))[0]
     assert not result.success
     failed = {ev.check_name for ev in result.get_asset_check_evaluations() if not ev.passed}
     assert failed == {"refund_caps"}
     assert giftflow_refunds(state) == [] and inbox.messages == []  # the apply step never ran
 
 
-def test_missing_team_address_is_blocked(env, monkeypatch):
-    monkeypatch.delenv("GIFTFLOW_TEAM_EMAIL")
-    result = run(DAYS[:1], dg.DagsterInstance.ephemeral())[0]
+def test_missing_team_address_is_blocked(sims, inbox, giftflow):
+    result = run(giftflow, DAYS[:1], dg.DagsterInstance.ephemeral(), team_email=None)[0]
     failed = {ev.check_name for ev in result.get_asset_check_evaluations() if not ev.passed}
-    assert failed == {"mail_has_recipient"} and env["inbox"].messages == []
+    assert failed == {"mail_has_recipient"} and inbox.messages == []
 
 
 @pytest.mark.e2e  # a Dagster run in a subprocess, killed
-def test_sigkill_in_the_middle_then_rerun_loses_and_duplicates_nothing(env, world, tmp_path):
-    state, inbox = env["state"], env["inbox"]
+def test_sigkill_in_the_middle_then_rerun_loses_and_duplicates_nothing(sims, inbox, giftflow, world, tmp_path):
+    state = sims.stripe_state
     mail_about, _, refunds = expected_outcomes(state, DAYS[0])
     inbox.delay_s = 0.3  # slow mail delivery so the kill lands while actions are being carried out
     day = DAYS[0].isoformat()
     script = ("import sys, dagster as dg; from giftflow.orchestration.definitions import build_defs; "
               "build_defs().resolve_job_def('stripe_workflows').execute_in_process("
               "partition_key=sys.argv[1], instance=dg.DagsterInstance.get())")
-    child_env = {**os.environ, **env["values"], "GIFTFLOW_REFUNDS_ENABLED": "true", "TMPDIR": str(tmp_path)}
+    # The child reads its settings from the environment, as a production run does.
+    child_env = {**os.environ, "STRIPE_API_BASE": sims.stripe_url, "STRIPE_API_KEY": sims.stripe_key,
+                 "DAGSTER_HOME": str(tmp_path), "GIFTFLOW_DATABASE_URL": giftflow.settings.store_url,
+                 "GIFTFLOW_TEAM_EMAIL": TEAM, "GIFTFLOW_SMTP_HOST": "127.0.0.1", "GIFTFLOW_SMTP_PORT": str(inbox.port),
+                 "GIFTFLOW_SMTP_STARTTLS": "false", "GIFTFLOW_MAIL_FROM": "giftflow@shop.example",
+                 "GIFTFLOW_REFUNDS_ENABLED": "true", "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-c", script, day], env=child_env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -267,8 +251,8 @@ def test_sigkill_in_the_middle_then_rerun_loses_and_duplicates_nothing(env, worl
     assert sent_before_kill >= 1 and refunded_before_kill >= 1
 
     inbox.delay_s = 0
-    instance = dg.DagsterInstance.get()
-    result = run([DAYS[0]], instance, GIFTFLOW_REFUNDS_ENABLED="true")[0]
+    with dg.DagsterInstance.local_temp(tempdir=str(tmp_path)) as instance:  # the killed run's instance
+        result = run(giftflow, [DAYS[0]], instance, refunds_enabled=True)[0]
     assert result.success
     day_mails = {k for k in inbox.keys()}
     assert len(inbox.keys()) == len(day_mails)  # 0 duplicate mails, counted at the SMTP server
@@ -296,21 +280,21 @@ def _failures(result) -> str:
 
 
 @pytest.mark.e2e  # ~5 s
-def test_a_mail_the_smtp_server_refuses_fails_alone_and_the_rerun_sends_only_it(env, tmp_path):
+def test_a_mail_the_smtp_server_refuses_fails_alone_and_the_rerun_sends_only_it(sims, inbox, giftflow, tmp_path):
     # Escalations go to their own address, which the SMTP server refuses; large-order mails go to the team.
     rules = (ROOT / "giftflow/default_rules.yaml").read_text().replace(
         "      - type: email\n        to: team\n        subject: \"Early fraud",
         "      - type: email\n        to: fraud@shop.example\n        subject: \"Early fraud")
     assert "fraud@shop.example" in rules
     (tmp_path / "rules.yaml").write_text(rules)
-    state, inbox = env["state"], env["inbox"]
+    state = sims.stripe_state
     inbox.refused.add("fraud@shop.example")
     mail_about, vip, refunds = expected_outcomes(state)
     escalated = {k for k in mail_about if k.startswith("ch_")}
     assert escalated and vip and refunds and mail_about - escalated
     instance = dg.DagsterInstance.ephemeral()
-    extra = {"GIFTFLOW_REFUNDS_ENABLED": "true", "GIFTFLOW_RULES": str(tmp_path / "rules.yaml")}
-    results = run(DAYS, instance, **extra)
+    extra = {"refunds_enabled": True, "rules_path": str(tmp_path / "rules.yaml")}
+    results = run(giftflow, DAYS, instance, **extra)
     failed = [r for r in results if not r.success]
     assert failed and all("SMTPRecipientsRefused" in _failures(r) and "mailbox unavailable" in _failures(r)
                           for r in failed)
@@ -321,19 +305,19 @@ def test_a_mail_the_smtp_server_refuses_fails_alone_and_the_rerun_sends_only_it(
 
     inbox.refused.clear()
     writes = state.stats()["writes"]
-    assert all(r.success for r in run(DAYS, instance, **extra))
+    assert all(r.success for r in run(giftflow, DAYS, instance, **extra))
     assert state.stats()["writes"] == writes  # no refund or tag again
     keys = inbox.keys()
     assert len(keys) == len(set(keys)) == len(mail_about)  # the escalations now, and nothing twice
     assert sum(rcpt == ["fraud@shop.example"] for rcpt, _ in inbox.messages) == len(escalated)
 
 
-def test_a_mail_that_cannot_be_built_is_a_failed_action_not_a_crashed_step(env):
-    state, inbox = env["state"], env["inbox"]
+def test_a_mail_that_cannot_be_built_is_a_failed_action_not_a_crashed_step(sims, inbox, giftflow):
+    state = sims.stripe_state
     _, vip, refunds = expected_outcomes(state, DAYS[0])
     injected = "giftflow@shop.example\r\nBcc: everyone@elsewhere.example"
-    result = run(DAYS[:1], dg.DagsterInstance.ephemeral(), GIFTFLOW_REFUNDS_ENABLED="true",
-                 GIFTFLOW_MAIL_FROM=injected)[0]
+    result = run(giftflow, DAYS[:1], dg.DagsterInstance.ephemeral(), refunds_enabled=True,
+                 mail_from=injected)[0]
     assert not result.success and inbox.messages == []
     assert "its From header contains a line break" in _failures(result)
     assert {r["charge"]: r["amount"] for r in giftflow_refunds(state)} == refunds  # the other actions went on

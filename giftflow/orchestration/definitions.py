@@ -23,34 +23,38 @@ from giftflow.settings import Settings, env_name
 log = logging.getLogger("giftflow")
 
 
-def _secret(settings: Settings, field: str) -> dg.EnvVar | None:
-    """A secret that is set, as the variable it came from: Dagster resolves it at run time, never shows it."""
-    return dg.EnvVar(env_name(field)) if getattr(settings, field) is not None else None
+def resources_for(settings: Settings, *, secrets_from_env: bool = True) -> dict:
+    """The Definitions' resources. Secrets read from the environment stay the variables they came from
+    (`dg.EnvVar`: Dagster resolves them at run time and never shows them); settings a program built itself
+    (`Settings.of`) carry their values."""
+    def _secret(field: str) -> dg.EnvVar | str | None:
+        value = getattr(settings, field)
+        if value is None:
+            return None
+        return dg.EnvVar(env_name(field)) if secrets_from_env else value.get_secret_value()
 
-
-def _resources(settings: Settings) -> dict:
     # CARDIVO_* and STRIPE_API_KEY are required by the steps that call the APIs: unset, such a step fails naming
     # the variable and where it is documented, while the other steps, the code location and the receiver work.
     return {
-        "cardivo": CardivoResource(api_base=settings.cardivo_api_base, api_key=_secret(settings, "cardivo_api_key")),
+        "cardivo": CardivoResource(api_base=settings.cardivo_api_base, api_key=_secret("cardivo_api_key")),
         "stripe_api": StripeResource(
-            api_key=_secret(settings, "stripe_api_key"),
+            api_key=_secret("stripe_api_key"),
             api_base=settings.stripe_api_base,
             max_requests_per_second=settings.stripe_max_rps,
             max_concurrent_writes=settings.stripe_write_concurrency,
             # On PostgreSQL the budget lives in giftflow's database: one for every run on every host.
             rate_limit_db=(settings.stripe_rate_db_path if settings.stripe_rate_db is not None
                            or not settings.store_url.startswith("postgresql")
-                           else _secret(settings, "database_url")),
+                           else _secret("database_url")),
         ),
         # The URL may carry a password: given as its variable where set; the default SQLite path is plain.
-        "store": StoreResource(database_url=_secret(settings, "database_url") or settings.store_url),
+        "store": StoreResource(database_url=_secret("database_url") or settings.store_url),
         "settings": settings_resource(settings),
         "notifier": MailerResource(
             smtp_host=settings.smtp_host,
             smtp_port=settings.smtp_port,
             smtp_user=settings.smtp_user,
-            smtp_password=_secret(settings, "smtp_password"),
+            smtp_password=_secret("smtp_password"),
             smtp_starttls=settings.smtp_starttls,
             smtp_allow_plaintext_login=settings.smtp_allow_plaintext_login,
             mail_from=settings.mail_from,
@@ -63,11 +67,13 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     """The Definitions, from `settings` (default: read from the environment now). Bad settings give the
     code location that shows them (module docstring) instead of an import error that hides every job."""
     problems: list[str] = []
+    from_env = settings is None
     if settings is None:
         settings, problems = Settings.from_env_or_defaults()
     for notice in settings.notices:
         log.warning(notice)
-    defs = dg.Definitions.merge(_core_defs(settings), build_sync_definitions(settings.syncs_dir))
+    defs = dg.Definitions.merge(_core_defs(settings, resources_for(settings, secrets_from_env=from_env)),
+                                build_sync_definitions(settings.syncs_dir))
     if problems:
         log.error("giftflow settings are invalid; every asset fails until they are fixed:\n%s",
                   "\n".join(f"  - {p}" for p in problems))
@@ -75,14 +81,14 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     return defs
 
 
-def _core_defs(settings: Settings) -> dg.Definitions:
+def _core_defs(settings: Settings, resources: dict) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules([giftcard, workflows]),
         asset_checks=dg.load_asset_checks_from_modules([giftcard_checks]),
         jobs=[giftcard.giftcard_sync, workflows.stripe_workflows],
         sensors=sensors.build_sensors(settings.sensor_interval_s, settings.cardivo_lookback_s, settings.rerun_days,
                                       settings.backfill_hour_utc),
-        resources=_resources(settings),
+        resources=resources,
         # Runs Dagster builds from an asset selection (a backfill's range run, Materialize in the UI) run their
         # short, I/O-bound steps in one process, as the jobs do: a process per step costs seconds each.
         executor=dg.in_process_executor,
