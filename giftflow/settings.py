@@ -134,6 +134,8 @@ class Settings(BaseSettings):
                                        description="largest webhook body accepted")
     webhook_read_timeout_s: float = _env("GIFTFLOW_WEBHOOK_READ_TIMEOUT_S", default=10.0, gt=0, le=300,
                                          description="seconds a sender has to deliver the whole body")
+    webhook_retention_days: int = _env("GIFTFLOW_WEBHOOK_RETENTION_DAYS", default=30, ge=4, le=3650,
+                                       description="days a received delivery is kept (senders retry for 3)")
 
     _notices: tuple[str, ...] = PrivateAttr(default=())
 

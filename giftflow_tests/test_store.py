@@ -27,6 +27,19 @@ def store(request, tmp_path):
     yield GiftflowStore(database_url=url.rsplit("/", 1)[0] + "/" + name)
 
 
+def test_pruning_webhook_deliveries_deletes_only_the_old_ones_in_batches(store):
+    for i in range(7):
+        store.record_webhook_event("stripe" if i % 2 else "cardivo", f"evt_{i}", "x.y", {"n": i})
+    with store.engine.begin() as conn:  # five of them received in 2020
+        conn.execute(sa.text("UPDATE webhook_events SET received_at = :t WHERE event_id IN "
+                             "('evt_0', 'evt_1', 'evt_2', 'evt_3', 'evt_4')"),
+                     {"t": datetime(2020, 1, 1, tzinfo=timezone.utc)})
+    assert store.repos.webhook_events.prune(datetime(2021, 1, 1, tzinfo=timezone.utc), batch=2) == 5
+    epoch = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    left = store.webhook_events_since("cardivo", epoch) + store.webhook_events_since("stripe", epoch)
+    assert sorted(e["event_id"] for e in left) == ["evt_5", "evt_6"]
+
+
 def test_redemptions_upsert_by_id_and_keep_only_last4(store):
     record = redemption(email="Ana@X.com")
     frame, _ = validate_redemptions([record])

@@ -182,6 +182,38 @@ def test_cardivo_staleness_uses_injected_clock(tmp_path):
         assert post(srv.base_url, "cardivo", body, sign(body, CARDIVO_SECRET, ts - 1)).status_code == 400
 
 
+def test_deliveries_older_than_the_retention_are_pruned_at_most_hourly(tmp_path):
+    store = GiftflowStore(database_url=f"sqlite:///{tmp_path}/prune.sqlite")
+    clock = [time.time()]
+    app = create_app(store, cardivo_secret=CARDIVO_SECRET, stripe_secret=None, clock=lambda: clock[0],
+                     retention_days=30)
+
+    def deliver(event_id: str) -> None:
+        body = cardivo_event(event_id)
+        assert post(srv.base_url, "cardivo", body, sign(body, CARDIVO_SECRET, int(clock[0]))).status_code == 200
+
+    def backdate(event_id: str, days: float) -> None:
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE webhook_events SET received_at = :t WHERE event_id = :e"),
+                         {"t": datetime.now(timezone.utc) - timedelta(days=days), "e": event_id})
+
+    def kept() -> set[str]:
+        return {e["event_id"] for e in store.webhook_events_since("cardivo", EPOCH)}
+
+    with BackgroundServer(app) as srv:
+        for eid, age in (("evt_old", 31), ("evt_recent", 29)):  # held from before the receiver started
+            store.record_webhook_event("cardivo", eid, "redemption.created", {"id": eid})
+            backdate(eid, age)
+        deliver("evt_new")  # the receiver's first delivery prunes
+        assert kept() == {"evt_recent", "evt_new"}
+        backdate("evt_recent", 40)
+        deliver("evt_later")  # within the hour: no second prune
+        assert kept() == {"evt_recent", "evt_new", "evt_later"}
+        clock[0] += 3601
+        deliver("evt_next_hour")
+        assert kept() == {"evt_new", "evt_later", "evt_next_hour"}
+
+
 def test_unconfigured_secret_answers_503(unconfigured_base, store, source, eid):
     _, secret, event = SOURCES[source]
     r = post(unconfigured_base, source, event(eid), sign(event(eid), secret))

@@ -20,6 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from pydantic import BaseModel, SecretStr, StringConstraints
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # real deliveries are a few KiB; Stripe's largest events stay far below 1 MiB
 READ_TIMEOUT_S = 10.0  # for the whole body: a sender that drips bytes must not hold a connection for ever
+RETENTION_DAYS = 30  # Stripe retries a delivery for up to 3 days; the sensors read one within seconds
+PRUNE_EVERY_S = 3600
 MAX_DEPTH = 64  # real events nest under 10 levels; this keeps every recursive step below far from Python's limit
 
 # Ids and types are machine tokens: printable ASCII without spaces (keeps NUL, which PostgreSQL refuses, and
@@ -175,6 +178,29 @@ def _last4(value: Any) -> Any:
     return value if value is None or isinstance(value, bool) else "…" + str(value)[-4:]
 
 
+class _Pruner:
+    """Deletes deliveries older than the retention, at most once an hour, after a delivery was stored: the
+    table stays bounded without a job of its own, and a receiver that gets nothing does nothing."""
+
+    def __init__(self, store: GiftflowStore, retention_days: int, clock: Callable[[], float]):
+        self.store, self.retention_s, self.clock = store, retention_days * 86400, clock
+        self.next_at = 0.0
+
+    async def maybe_prune(self) -> None:
+        now_s = self.clock()
+        if now_s < self.next_at:
+            return
+        self.next_at = now_s + PRUNE_EVERY_S
+        before = datetime.fromtimestamp(now_s - self.retention_s, timezone.utc)
+        try:
+            gone = await run_in_threadpool(self.store.prune_webhook_events, before)
+        except Exception:  # a failed prune must not fail the delivery that was stored
+            log.exception("pruning webhook deliveries failed; retried in an hour")
+            return
+        if gone:
+            log.info("pruned %d webhook deliveries received before %s", gone, before.isoformat())
+
+
 async def _record(store: GiftflowStore, source: str, event_id: str, event_type: str, payload: dict) -> JSONResponse:
     # The store is synchronous database I/O: keep it off the event loop.
     new = await run_in_threadpool(store.record_webhook_event, source, event_id, event_type, payload)
@@ -185,7 +211,10 @@ async def _record(store: GiftflowStore, source: str, event_id: str, event_type: 
 
 def create_app(store: GiftflowStore, *, cardivo_secret: str | None, stripe_secret: str | None,
                tolerance_s: int = 300, clock: Callable[[], float] = time.time,
-               max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S) -> Starlette:
+               max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S,
+               retention_days: int = RETENTION_DAYS) -> Starlette:
+    pruner = _Pruner(store, retention_days, clock)
+
     def endpoint(source: str, header: str, secret: str | None, model: type[_Envelope]):
         async def receive(request: Request) -> JSONResponse:
             if not secret:
@@ -217,7 +246,9 @@ def create_app(store: GiftflowStore, *, cardivo_secret: str | None, stripe_secre
                 # Stored, a wrong shape would fail the sensor on every tick: refuse it while the sender can see why.
                 return _error(400, "malformed event")
             # Unknown event types are stored too: the sender signed them, and refusing would only cause retries.
-            return await _record(store, source, event.id, event.type, _redact(body))
+            response = await _record(store, source, event.id, event.type, _redact(body))
+            await pruner.maybe_prune()
+            return response
         return receive
 
     async def healthz(request: Request) -> JSONResponse:
@@ -242,4 +273,5 @@ def create_app_from_env(settings: Settings | None = None) -> Starlette:
     return create_app(GiftflowStore(database_url=settings.store_url),
                       cardivo_secret=secret(settings.cardivo_webhook_secret),
                       stripe_secret=secret(settings.stripe_webhook_secret),
-                      max_body_bytes=settings.webhook_max_body_bytes, read_timeout_s=settings.webhook_read_timeout_s)
+                      max_body_bytes=settings.webhook_max_body_bytes, read_timeout_s=settings.webhook_read_timeout_s,
+                      retention_days=settings.webhook_retention_days)

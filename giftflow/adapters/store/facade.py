@@ -116,6 +116,10 @@ class GiftflowStore(BaseModel):
         """Store a delivery durably; False where this event id was already received (a replay)."""
         return self.repos.webhook_events.record(source, event_id, event_type, payload)
 
+    def prune_webhook_events(self, received_before: datetime) -> int:
+        """Delete deliveries received before `received_before`; how many went."""
+        return self.repos.webhook_events.prune(received_before)
+
     def webhook_events_since(self, source: str, received_after: datetime, limit: int = 1000) -> list[dict]:
         """Deliveries received at or after `received_after`, oldest first, `payload` decoded; read-only."""
         return self.repos.webhook_events.since(source, received_after, limit)

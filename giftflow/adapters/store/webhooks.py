@@ -31,3 +31,18 @@ class WebhookEvents(Repository):
                  .order_by(t.c.received_at, t.c.event_id).limit(limit))
         with self.engine.connect() as conn:
             return [{**r, "received_at": aware(r["received_at"])} for r in conn.execute(query).mappings()]
+
+    def prune(self, received_before: datetime, batch: int = 5000) -> int:
+        """Delete deliveries received before `received_before`, in batches (a long table is never locked whole
+        for one delete); returns how many went. The sensors have long read them; a sender's replay of a pruned
+        event is stored again and only triggers an idempotent run."""
+        t = webhook_events
+        deleted = 0
+        while True:
+            oldest = (sa.select(t.c.source, t.c.event_id).where(t.c.received_at < received_before)
+                      .order_by(t.c.received_at).limit(batch))
+            with self.engine.begin() as conn:
+                n = conn.execute(sa.delete(t).where(sa.tuple_(t.c.source, t.c.event_id).in_(oldest))).rowcount
+            deleted += n
+            if n < batch:
+                return deleted
