@@ -59,7 +59,7 @@ def test_a_broken_setup_names_each_problem_and_exits_1(env, capsys, tmp_path):
     base = os.environ["STRIPE_API_BASE"]
     assert f"STRIPE_API_KEY (sk_test_…2e2e) was refused by {base}" in problems
     assert "CARDIVO_API_KEY (…abcd) was refused by" in problems and "401" in problems
-    assert f"{rules}:{line}:" in problems and "amont_gt" in problems
+    assert f"{rules}:{line}:" in problems and "amont_gt" in problems and "did you mean amount_gt?" in problems
     assert "GIFTFLOW_SYNC_MODE='bogus' is not valid" in problems
     assert "wrongkey" not in problems and "not-the-demo" not in problems
     assert any(x.startswith("giftflow database") for x in lines["ok"])  # the rest is still checked

@@ -163,7 +163,9 @@ def test_a_custom_rules_file_parses():
     (GOOD.replace("amount_gt: 10", "amount_gt: -5"), r"<rules>:5: rules\.0\.conditions\.amount_gt"),
     (GOOD.replace("currency: usd", "currency: USD"), r"unknown currency"),
     (GOOD.replace("trigger: payment_intent.succeeded", "trigger: charge.failed"), r":4: rules\.0\.trigger"),
-    (GOOD.replace("amount_gt: 10", "amount_gt: 10, colour: red"), r"conditions\.colour: Extra inputs"),
+    (GOOD.replace("amount_gt: 10", "amount_gt: 10, colour: red"), r"conditions\.colour: Extra inputs are not permitted$"),
+    (GOOD.replace("amount_gt", "amont_gt"), r"<rules>:5: rules\.0\.conditions\.amont_gt: Extra inputs are not "
+                                            r"permitted \(did you mean amount_gt\?\)"),
     (GOOD + "  - name: r\n    trigger: payment_intent.succeeded\n    actions: [{type: refund}]\n", r"refund action needs"),
     ("version: 1\nrules: [", r"not valid YAML"),
     # Templates: plain {field} only, checked at load with the line.

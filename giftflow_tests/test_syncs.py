@@ -128,7 +128,7 @@ def metadata_of(result):
 # -- sync files ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text,line,problem", [
     ("version: 1\nname: x\nsource: {csv: a.csv}\nidentifier: email\nmapping:\n  email: e\n  balanse: b\n",
-     7, "mapping.balanse: Extra inputs are not permitted"),
+     7, "mapping.balanse: Extra inputs are not permitted (did you mean balance?)"),
     ("version: 1\nname: x\nsource: {csv: a.csv, sql: select 1}\nidentifier: email\nmapping: {email: e}\n",
      3, "give exactly one of csv, parquet, sql, asset"),
     ("version: 1\nname: x\nsource: {csv: a.csv}\nidentifier: id\nmapping:\n  email: e\n", 1,

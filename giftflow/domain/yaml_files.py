@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +26,29 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
             break
         line = node.start_mark.line + 1
     return line
+
+
+def _keys_of(model: type[BaseModel], seen: set | None = None) -> set[str]:
+    """Every field name and alias in `model` and the models nested in it: what a misspelt key may have meant."""
+    seen = set() if seen is None else seen
+    if model in seen:
+        return set()
+    seen.add(model)
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        keys |= {name} | ({field.alias} if isinstance(field.alias, str) else set())
+        stack = [field.annotation]
+        while stack:
+            tp = stack.pop()
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                keys |= _keys_of(tp, seen)
+            stack += typing.get_args(tp)
+    return keys
+
+
+def _did_you_mean(key: Any, model: type[BaseModel]) -> str:
+    close = difflib.get_close_matches(str(key), sorted(_keys_of(model)), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def line_in(text: str, loc: tuple) -> int | None:
@@ -65,6 +90,7 @@ def parse_yaml_model(
         for err in exc.errors():
             loc = tuple(p for p in (loc_part(part) for part in err["loc"]) if p is not None)
             where = ".".join(str(p) for p in loc) or "file"
+            hint = _did_you_mean(loc[-1], model) if err["type"] == "extra_forbidden" and loc else ""
             problems.append(f"{source}:{_line_of(tree, loc) or '?'}: {where}: "
-                            f"{err['msg'].removeprefix('Value error, ')}")
+                            f"{err['msg'].removeprefix('Value error, ')}{hint}")
         raise error("\n".join(problems)) from None
