@@ -59,9 +59,9 @@ def test_the_sensor_itself_requests_the_backfill_on_a_real_tick(monkeypatch):
     today = datetime.now(timezone.utc).date()
     ctx = dg.build_sensor_context(definitions=giftflow.defs, instance=dg.DagsterInstance.ephemeral(),
                                   cursor=(today - timedelta(days=1)).isoformat())
-    result = sensors.late_data_backfill(ctx)
+    result = sensors.build_late_data_backfill()(ctx)
     [request] = result.run_requests
     assert _days(request) == _expected(today, sensors.RERUN_DAYS) and result.cursor == today.isoformat()
-    again = sensors.late_data_backfill(dg.build_sensor_context(
+    again = sensors.build_late_data_backfill()(dg.build_sensor_context(
         definitions=giftflow.defs, instance=dg.DagsterInstance.ephemeral(), cursor=result.cursor))
     assert not again.run_requests

@@ -63,7 +63,7 @@ def tick(sensor, cursor, **adapters):
 
 
 def cardivo_tick(url, store, cursor, page_size=10):
-    return tick(sensors.cardivo_redemptions_sensor, cursor, store=store,
+    return tick(sensors.build_cardivo_sensor(), cursor, store=store,
                 cardivo=CardivoClient(api_base=url, api_key="k", page_size=page_size))
 
 
@@ -180,7 +180,7 @@ def test_a_queued_run_of_the_day_takes_in_new_changes(cardivo_sim, store, world)
     resources = as_resources(store=store, cardivo=CardivoClient(api_base=url, api_key="k", page_size=100))
 
     def run_tick(cursor):
-        result = sensors.cardivo_redemptions_sensor(
+        result = sensors.build_cardivo_sensor()(
             dg.build_sensor_context(cursor=cursor, resources=resources, instance=instance))
         return result, result.cursor
 
@@ -221,7 +221,7 @@ def test_stripe_events_sensor_requests_workflow_days_and_keeps_mirror(stripe_sim
     state, api = stripe_sim
     store.replace_customers(world.customers)
     start = json.dumps({"created_after": int(datetime.combine(DAYS[0], datetime.min.time(), timezone.utc).timestamp())})
-    result, cursor = tick(sensors.stripe_events_sensor, start, stripe_api=api, store=store)
+    result, cursor = tick(sensors.build_stripe_sensor(), start, stripe_api=api, store=store)
     days = {r.partition_key for r in result.run_requests}
     def day(ts):
         return datetime.fromtimestamp(ts, timezone.utc).date().isoformat()
@@ -230,12 +230,12 @@ def test_stripe_events_sensor_requests_workflow_days_and_keeps_mirror(stripe_sim
     expected |= {day(w["created"]) for w in world.early_fraud_warnings}
     assert days == expected and days
     assert all(r.job_name == "stripe_workflows" for r in result.run_requests)
-    again, cursor = tick(sensors.stripe_events_sensor, cursor, stripe_api=api, store=store)
+    again, cursor = tick(sensors.build_stripe_sensor(), cursor, stripe_api=api, store=store)
     assert again.run_requests == []
 
     made = api.create_customer({"email": "fresh@x.com"}, "k-fresh").object
     api.update_customer(world.customers[0]["id"], {"metadata": {"crm": "1"}}, "k-upd")
-    tick(sensors.stripe_events_sensor, cursor, stripe_api=api, store=store)
+    tick(sensors.build_stripe_sensor(), cursor, stripe_api=api, store=store)
     mirror = {c["id"]: c for c in store.load_customers()}
     assert made["id"] in mirror and mirror[world.customers[0]["id"]]["metadata"]["crm"] == "1"
     assert store.get_state("customers_events_synced_at")
@@ -249,10 +249,10 @@ def test_a_malformed_stored_stripe_event_is_no_poison_pill(stripe_sim, store, wo
     store.record_webhook_event("stripe", "evt_good", "payment_intent.succeeded", {
         "id": "evt_good", "type": "payment_intent.succeeded", "created": pi["created"], "data": {"object": pi}})
     cursor = json.dumps({"created_after": int(datetime.now(timezone.utc).timestamp())})
-    result, cursor = tick(sensors.stripe_events_sensor, cursor, stripe_api=api, store=store)
+    result, cursor = tick(sensors.build_stripe_sensor(), cursor, stripe_api=api, store=store)
     day = datetime.fromtimestamp(pi["created"], timezone.utc).date().isoformat()
     assert [r.partition_key for r in result.run_requests] == [day]
-    again, _ = tick(sensors.stripe_events_sensor, cursor, stripe_api=api, store=store)
+    again, _ = tick(sensors.build_stripe_sensor(), cursor, stripe_api=api, store=store)
     assert again.run_requests == []  # both deliveries handled once, the bad one skipped, not retried forever
 
 
@@ -260,7 +260,7 @@ def test_stripe_events_sensor_falls_back_past_retention(stripe_sim, store):
     _, api = stripe_sim
     store.replace_customers([])
     old = json.dumps({"created_after": int((datetime.now(timezone.utc) - timedelta(days=31)).timestamp())})
-    result, cursor = tick(sensors.stripe_events_sensor, old, stripe_api=api, store=store)
+    result, cursor = tick(sensors.build_stripe_sensor(), old, stripe_api=api, store=store)
     assert result.run_requests == [] and json.loads(cursor)["fell_back"] is True
     assert store.customers_refreshed_at() is None  # next sync relists every customer
 
@@ -279,7 +279,7 @@ def test_late_data_backfill_is_one_backfill_of_yesterday_and_seven_days_before()
 def test_late_data_backfill_fires_once_a_day():
     ctx = dg.build_sensor_context(definitions=giftflow.defs, instance=dg.DagsterInstance.ephemeral(),
                                   cursor=datetime.now(timezone.utc).date().isoformat())
-    result = sensors.late_data_backfill(ctx)
+    result = sensors.build_late_data_backfill()(ctx)
     assert result.run_requests == [] or result.run_requests is None
 
 
@@ -297,7 +297,7 @@ def test_stripe_events_sensor_catches_up_in_windows_that_fit_a_tick(stripe_sim, 
     cursor = json.dumps({"created_after": now - 3 * 3600})
     spans = []
     for _ in range(60):
-        result, cursor = tick(sensors.stripe_events_sensor, cursor, stripe_api=api, store=store)
+        result, cursor = tick(sensors.build_stripe_sensor(), cursor, stripe_api=api, store=store)
         spans.append(json.loads(cursor).get("span"))
         if spans[-1] is None:
             break
@@ -380,13 +380,13 @@ def test_the_webhook_sensor_requests_pushed_days_without_calling_cardivo(store):
     now = datetime.now(timezone.utc)
     _pushed(store, DAYS[1], now)
     ctx = dg.build_sensor_context(resources=as_resources(store=store), instance=dg.DagsterInstance.ephemeral())
-    result = sensors.cardivo_webhook_sensor(ctx)  # no Cardivo resource at all: the store only
+    result = sensors.build_cardivo_webhook_sensor()(ctx)  # no Cardivo resource at all: the store only
     assert [r.partition_key for r in result.run_requests] == [DAYS[1].isoformat()]
     assert result.run_requests[0].tags["giftflow/trigger"] == "cardivo_webhook_sensor"
-    again = sensors.cardivo_webhook_sensor(dg.build_sensor_context(
+    again = sensors.build_cardivo_webhook_sensor()(dg.build_sensor_context(
         cursor=result.cursor, resources=as_resources(store=store), instance=dg.DagsterInstance.ephemeral()))
     assert again.run_requests == []
-    assert sensors.cardivo_webhook_sensor.minimum_interval_seconds == sensors.WEBHOOK_INTERVAL_S
+    assert sensors.build_cardivo_webhook_sensor().minimum_interval_seconds == sensors.WEBHOOK_INTERVAL_S
 
 
 def test_a_pushed_change_taken_in_by_a_run_started_after_it_is_not_requested_again_by_polling(cardivo_sim, store):
@@ -400,13 +400,13 @@ def test_a_pushed_change_taken_in_by_a_run_started_after_it_is_not_requested_aga
     cursor = _edge_cursor(now - timedelta(seconds=5))
     cardivo = CardivoClient(api_base=url, api_key="k", page_size=10)
     # No run yet: the polling sensor requests the day itself (the webhook sensor may be stopped).
-    alone, _ = tick(sensors.cardivo_redemptions_sensor, cursor, store=store, cardivo=cardivo)
+    alone, _ = tick(sensors.build_cardivo_sensor(), cursor, store=store, cardivo=cardivo)
     assert [r.partition_key for r in alone.run_requests] == [DAYS[1].isoformat()]
     # A run of that day started after the delivery arrived (the webhook sensor's): polling requests nothing more.
     instance = dg.DagsterInstance.ephemeral()
     _started_run(instance, DAYS[1].isoformat())
     ctx = dg.build_sensor_context(cursor=cursor, resources=as_resources(store=store, cardivo=cardivo),
                                   instance=instance)
-    taken = sensors.cardivo_redemptions_sensor(ctx)
+    taken = sensors.build_cardivo_sensor()(ctx)
     assert taken.run_requests == []
     assert json.loads(taken.cursor)["requested"]  # remembered, not looked up again

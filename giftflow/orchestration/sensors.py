@@ -231,10 +231,6 @@ def _cardivo_tick(context: dg.SensorEvaluationContext, cardivo: CardivoResource 
                            skip_reason=None if requests else dg.SkipReason("no new Cardivo changes"))
 
 
-cardivo_redemptions_sensor = build_cardivo_sensor()
-cardivo_webhook_sensor = build_cardivo_webhook_sensor()
-
-
 def _updated_epoch(record) -> float | None:
     try:
         return _utc(record["updated_at"]).timestamp()
@@ -334,9 +330,6 @@ def _stripe_tick(context: dg.SensorEvaluationContext, stripe_api: StripeResource
                            skip_reason=None if requests else dg.SkipReason("no new Stripe events for the workflows"))
 
 
-stripe_events_sensor = build_stripe_sensor()
-
-
 def _event_shape_ok(event) -> bool:
     if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
         return False
@@ -376,7 +369,6 @@ def build_late_data_backfill(rerun_days: int | None = None, hour_utc: int | None
     def late_data_backfill(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         return late_data_backfill_tick(context, datetime.now(timezone.utc), rerun_days, hour_utc)
     return late_data_backfill
-# --- end settings ---
 
 
 def late_data_backfill_tick(context: dg.SensorEvaluationContext, now: datetime, rerun_days: int | None = None,
@@ -389,9 +381,6 @@ def late_data_backfill_tick(context: dg.SensorEvaluationContext, now: datetime, 
     if context.cursor == today or now.hour < hour_utc:
         return dg.SensorResult(skip_reason=dg.SkipReason(f"next backfill after {hour_utc:02d}:00 UTC"))
     return dg.SensorResult(run_requests=[backfill_request(context, now.date(), rerun_days)], cursor=today)
-
-
-late_data_backfill = build_late_data_backfill()
 
 
 def backfill_request(context: dg.SensorEvaluationContext, today, rerun_days: int) -> dg.RunRequest:
