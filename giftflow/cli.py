@@ -82,6 +82,13 @@ def _run_days(defs, instance, days: list[date], env: dict[str, str], label: str)
     return total
 
 
+def per_rule_counts(result) -> dict[str, dict[str, int]]:
+    """`workflow_actions`' per-rule table of an in-process run as {rule: {outcome: n}}, the outcomes that occurred."""
+    per_rule = _metadata(result, "workflow_actions").get("per_rule")
+    return {rec.data["rule"]: {k: v for k, v in rec.data.items() if k != "rule" and v}
+            for rec in (per_rule.records if per_rule is not None else [])}
+
+
 # The README's vocabulary (giftflow/domain/rules.py, services/workflow_actions.py); others that occur are appended.
 OUTCOMES = ("matched", "mailed", "tagged", "refunded", "escalated", "would_refund", "unchanged", "done_before",
             "not_applicable")
@@ -99,7 +106,7 @@ def _run_workflows(defs, instance, days: list[date], env: dict[str, str], outbox
         failed += [] if result.success else [day.isoformat()]
         if not result.success:
             FAILED.append(f"{label}: {day.isoformat()}")
-        for rule, counts in (_metadata(result, "workflow_actions").get("per_rule_counts") or {}).items():
+        for rule, counts in per_rule_counts(result).items():
             for outcome, n in counts.items():
                 totals.setdefault(rule, {}).setdefault(outcome, 0)
                 totals[rule][outcome] += n

@@ -18,6 +18,7 @@ import dagster as dg
 import pytest
 from aiosmtpd.controller import Controller
 
+from giftflow.cli import per_rule_counts
 from giftflow_tests.conftest import QUIET, ROOT, free_port
 
 DAYS = [date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20)]
@@ -137,7 +138,7 @@ def test_workflows_end_to_end_with_refunds_mails_and_tags(sims, inbox, giftflow)
     # The rerun keeps each rule's row: what the first run did is done_before, not folded into "(no rule)".
     counts: dict = {}
     for r in again:
-        for rule, c in r.asset_materializations_for_node("workflow_actions")[0].metadata["per_rule_counts"].value.items():
+        for rule, c in per_rule_counts(r).items():
             for outcome, n in c.items():
                 counts[(rule, outcome)] = counts.get((rule, outcome), 0) + n
     assert counts[("refund_small_fraud_warnings", "matched")] == counts[("refund_small_fraud_warnings", "done_before")] \
@@ -170,6 +171,9 @@ def test_the_plan_and_every_mail_are_tables_in_the_ui(sims, inbox, giftflow):
         assert sum(v.value for k, v in plan_md.items() if k.startswith("status_")) == plan_md["actions"].value
         actions = r.asset_materializations_for_node("workflow_actions")[0].metadata
         assert isinstance(actions["mails"], dg.TableMetadataValue)
+        # the per-rule counts are one table, with no raw JSON copy of them beside it
+        assert isinstance(actions["per_rule"], dg.TableMetadataValue)
+        assert not any(isinstance(v, dg.JsonMetadataValue) for v in actions.values())
         assert actions["mails_went_to"].value == f"SMTP 127.0.0.1:{inbox.port}"
         listed += [rec.data for rec in actions["mails"].records]
     assert len(listed) == len(inbox.messages) > 0
@@ -219,8 +223,19 @@ def test_a_plan_over_the_refund_cap_is_blocked(sims, inbox, giftflow, tmp_path):
 
 def test_missing_team_address_is_blocked(sims, inbox, giftflow):
     result = run(giftflow, DAYS[:1], dg.DagsterInstance.ephemeral(), team_email=None)[0]
-    failed = {ev.check_name for ev in result.get_asset_check_evaluations() if not ev.passed}
+    evaluations = {ev.check_name: ev for ev in result.get_asset_check_evaluations()}
+    failed = {name for name, ev in evaluations.items() if not ev.passed}
     assert failed == {"mail_has_recipient"} and inbox.messages == []
+    # What breaks the check is a table the UI shows as is, not Markdown behind "Show Markdown"; a passing check
+    # shows only its count.
+    blocked = evaluations["mail_has_recipient"].metadata
+    assert isinstance(blocked["details"], dg.TableMetadataValue)
+    assert [c.name for c in blocked["details"].schema.columns] == ["violation"]
+    rows = [rec.data["violation"] for rec in blocked["details"].records]
+    assert len(rows) == blocked["violations"].value > 0 and all(r.endswith(": no recipient") for r in rows)
+    passed = evaluations["refund_caps"].metadata
+    assert passed["violations"].value == 0 and "details" not in passed
+    assert not any(isinstance(v, dg.MarkdownMetadataValue) for ev in evaluations.values() for v in ev.metadata.values())
 
 
 @pytest.mark.e2e  # a Dagster run in a subprocess, killed

@@ -126,16 +126,42 @@ def giftcard_customer_plan(context: dg.AssetExecutionContext, store: StoreResour
     _, planner = _planner(context.partition_time_window, store.get_client(), settings)
     plan = planner().plan
     counts = summarize(plan)
-    shown = plan[["customer_id", "email", "action", "reason", "note", "changed_keys",
-                  "giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions"]].assign(
-        changed_keys=plan["changed_keys"].str.replace("metadata.", "", regex=False))
     # Nothing stored through an IO manager: a range's plan is one frame for many partitions, which Dagster's
     # IO managers cannot persist, and the write step plans again inside the write pool anyway.
     return dg.MaterializeResult(metadata={
         "customers": len(plan), "mode": settings.sync_mode, **counts,
-        # the rows that will be written first (create, update), then the rest: a table the UI shows as is
-        "plan": table(shown.sort_values("action", key=lambda a: ~a.isin(["create", "update"]), kind="stable")),
+        "plan": table(plan_table(plan), descriptions=PLAN_TABLE_COLUMNS),
     })
+
+
+# The plan as the UI shows it: short column names (under "Show schema", the Stripe metadata key each stands for),
+# so the table fits beside the metadata keys instead of running off the page.
+PLAN_TABLE_COLUMNS = {
+    "customer_id": "Stripe customer (empty: none matched)",
+    "email": "the redemptions' e-mail",
+    "action": "create, update, none (Stripe already holds it) or skip",
+    "reason": "why skipped: unmatched, anonymous, multi_currency",
+    "note": "more on the reason (e.g. the currencies)",
+    "redeemed_total": "giftcard_redeemed_total: completed redemptions, minor units",
+    "currency": "giftcard_currency",
+    "redemptions": "giftcard_redemptions: number of completed redemptions",
+    "changed": "the giftcard_* metadata keys (and create fields) this run writes",
+}
+
+
+def plan_table(plan: pd.DataFrame) -> pd.DataFrame:
+    """The rows that will be written first (create, update), then the rest, in PLAN_TABLE_COLUMNS: counts as
+    integers, the changed keys without their common `metadata.giftcard_` prefix, comma-separated."""
+    shown = pd.DataFrame({
+        "customer_id": plan["customer_id"], "email": plan["email"], "action": plan["action"],
+        "reason": plan["reason"], "note": plan["note"],
+        "redeemed_total": pd.to_numeric(plan["giftcard_redeemed_total"], errors="coerce").astype("Int64"),
+        "currency": plan["giftcard_currency"],
+        "redemptions": pd.to_numeric(plan["giftcard_redemptions"], errors="coerce").astype("Int64"),
+        "changed": plan["changed_keys"].fillna("").astype(str).map(
+            lambda keys: ", ".join(k.removeprefix("metadata.").removeprefix("giftcard_") for k in keys.split())),
+    })
+    return shown.sort_values("action", key=lambda a: ~a.isin(["create", "update"]), kind="stable")
 
 
 @dg.asset(

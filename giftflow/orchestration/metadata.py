@@ -34,11 +34,13 @@ def _cell(value: Any, kind: str) -> str | int | float | bool | None:
     return str(value)
 
 
-def table(frame: pd.DataFrame, rows: int = TABLE_ROWS) -> dg.MetadataValue:
+def table(frame: pd.DataFrame, rows: int = TABLE_ROWS, descriptions: dict[str, str] | None = None) -> dg.MetadataValue:
     """The first `rows` rows of `frame` as a real table in the UI (columns typed from the frame's dtypes, shown
-    without "Show Markdown"); put the counts beside it as plain metadata entries."""
+    without "Show Markdown"); put the counts beside it as plain metadata entries. `descriptions` (column: text)
+    show under "Show schema": there a short column name can say what it stands for."""
     kinds = {str(c): _column_type(frame[c]) for c in frame.columns}
     records = [dg.TableRecord({str(c): _cell(v, kinds[str(c)]) for c, v in zip(frame.columns, values)})
                for values in frame.head(rows).itertuples(index=False, name=None)]
-    return dg.MetadataValue.table(
-        records=records, schema=dg.TableSchema(columns=[dg.TableColumn(c, kind) for c, kind in kinds.items()]))
+    about = descriptions or {}
+    return dg.MetadataValue.table(records=records, schema=dg.TableSchema(
+        columns=[dg.TableColumn(c, kind, description=about.get(c)) for c, kind in kinds.items()]))
