@@ -286,7 +286,12 @@ def test_a_customer_written_then_multi_currency_is_listed_by_the_warning_check(s
     rows = [r.data for r in evaluation.metadata["stale_customers"].records]
     assert evaluation.metadata["stale"].value == len(rows) >= 1
     [row] = [r for r in rows if r["customer_id"] == cid]
-    assert row["reason"] == "multi_currency" and row["giftcard_redeemed_total"] == held["giftcard_redeemed_total"]
+    assert row["reason"] == "multi_currency" and row["redeemed_total"] == held["giftcard_redeemed_total"]
+    # Short column names keep the id and e-mail readable; "Show schema" names each Stripe metadata key.
+    columns = {c.name: c.description for c in evaluation.metadata["stale_customers"].schema.columns}
+    assert list(columns)[:4] == ["customer_id", "email", "reason", "note"]
+    assert "giftcard_redeemed_total" in columns["redeemed_total"] and "giftcard_last4" in columns["last4"]
+    assert DAYS[1].isoformat() in evaluation.description  # the UI shows no partition for a check's evaluation
     assert stripe_metadata(sims)[cid] == held  # not written: still the first day's values
 
 

@@ -10,6 +10,12 @@ from giftflow.orchestration.resources import StoreResource
 from giftflow.settings import Settings
 
 STALE_COLUMNS = ["customer_id", "email", "reason", "note", *METADATA_KEYS]
+# As the UI shows them: the Stripe keys without their common `giftcard_` prefix, so the customer's id and e-mail
+# keep their width; "Show schema" names the Stripe metadata key of each.
+SHOWN = {k: k.removeprefix("giftcard_") for k in METADATA_KEYS}
+SHOWN_ABOUT = {"customer_id": "Stripe customer", "email": "the redemptions' e-mail",
+               "reason": "why the plan leaves the customer out", "note": "more on the reason (e.g. the currencies)",
+               **{short: f"what Stripe holds now in metadata {key}" for key, short in SHOWN.items()}}
 
 
 def stale_customers(plan: pd.DataFrame, customers: list[dict]) -> pd.DataFrame:
@@ -40,6 +46,13 @@ def no_stale_giftcard_values(context: dg.AssetCheckExecutionContext, store: Stor
     return dg.AssetCheckResult(
         passed=stale.empty, severity=dg.AssetCheckSeverity.WARN,
         description=None if stale.empty else
-        f"{len(stale)} customer(s) hold gift-card values in Stripe that no longer hold and are not written "
-        "(see `stale_customers`); fix the data at Cardivo or correct them by hand.",
-        metadata={"stale": len(stale), "stale_customers": table(stale, rows=100)})
+        f"{len(stale)} customer(s) touched on {_days(context)} keep out-of-date gift-card values in Stripe that "
+        "this sync leaves as they are (see `stale_customers`); fix the data at Cardivo or correct them by hand.",
+        metadata={"stale": len(stale),
+                  "stale_customers": table(stale.rename(columns=SHOWN), rows=100, descriptions=SHOWN_ABOUT)})
+
+
+def _days(context: dg.AssetCheckExecutionContext) -> str:
+    """The run's day (a range: `first...last`): the UI shows no partition for an asset check's evaluation."""
+    keys = context.partition_key_range
+    return keys.start if keys.start == keys.end else f"{keys.start}...{keys.end}"
