@@ -125,6 +125,8 @@ def test_dry_run_plans_everything_and_writes_nothing(sims, giftflow):
     writes = sum(a in ("create", "update") for a in actions)
     assert writes and set(actions[:writes]) <= {"create", "update"}
     assert planned["customers"].value >= len(actions)
+    left_out = [rec.data for rec in planned["left_out"].records]  # every skipped customer, with the reason
+    assert len(left_out) == planned["action_skip"].value > 0 and all(r["reason"] for r in left_out)
 
 
 def test_a_dry_run_is_chosen_per_run_by_tag_for_the_gift_card_sync_and_the_sync_files(sims, giftflow):

@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from giftflow.orchestration.giftcard import PLAN_TABLE_COLUMNS, plan_table
+from giftflow.orchestration.giftcard import PLAN_TABLE_COLUMNS, left_out_table, plan_table
 from giftflow.orchestration.metadata import table
 
 
@@ -41,3 +41,10 @@ def test_the_plan_table_has_short_typed_columns_and_the_writes_first():
 def test_an_empty_plan_is_an_empty_table():
     shown = table(plan_table(_plan().iloc[0:0]), descriptions=PLAN_TABLE_COLUMNS)
     assert shown.records == [] and [c.name for c in shown.schema.columns] == list(PLAN_TABLE_COLUMNS)
+
+
+def test_the_left_out_customers_have_their_own_table_with_the_reason():
+    shown = table(left_out_table(_plan()), descriptions=PLAN_TABLE_COLUMNS)
+    assert [c.name for c in shown.schema.columns] == ["customer_id", "email", "reason", "note"]
+    assert [r.data for r in shown.records] == [
+        {"customer_id": None, "email": "x@example.com", "reason": "unmatched", "note": None}]

@@ -131,7 +131,17 @@ def giftcard_customer_plan(context: dg.AssetExecutionContext, store: StoreResour
     return dg.MaterializeResult(metadata={
         "customers": len(plan), "mode": settings.sync_mode, **counts,
         "plan": table(plan_table(plan), descriptions=PLAN_TABLE_COLUMNS),
+        # The rows finance must explain, listed whole even when the writes fill the plan table.
+        "left_out": table(left_out_table(plan), rows=LEFT_OUT_SHOWN, descriptions=PLAN_TABLE_COLUMNS),
     })
+
+
+LEFT_OUT_SHOWN = 200
+
+
+def left_out_table(plan: pd.DataFrame) -> pd.DataFrame:
+    """The customers the plan leaves out (action skip): who, and why."""
+    return plan.loc[plan["action"] == "skip", ["customer_id", "email", "reason", "note"]]
 
 
 # The plan as the UI shows it: short column names (under "Show schema", the Stripe metadata key each stands for),
