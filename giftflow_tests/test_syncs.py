@@ -99,7 +99,7 @@ class World:
         """The Dagster resources a sync asset runs with, on this world's simulator and store."""
         return {"stripe_api": StripeResource(api_key=KEY, api_base=self.url, max_requests_per_second=200,
                                              max_network_retries=retries),
-                "store": StoreResource(database_url=self.store.database_url), "settings": Settings(**settings)}
+                "store": StoreResource(database_url=self.store.database_url), "settings": Settings.of(**settings)}
 
     def materialize(self, spec_base, *, retries=3, dry_run=False, max_age=0):
         asset = build_sync_asset(*spec_base)
