@@ -2,14 +2,18 @@
 webserver, simulators): wall time, runs, Stripe calls/s against the configured limit, and the target
 wall <= 1.2 x (Stripe calls / limit) + 60 s.
 
-    python bench/backfill.py [DAYS] [STRIPE_LIMIT_PER_S] [--job] [--event-batch=N]
+    python bench/backfill.py [DAYS] [STRIPE_LIMIT_PER_S] [--job] [--event-batch=N] [--planned-per-day] [--grpc]
 
 The backfill is launched as the UI's *Materialize* of the gift-card assets over the date range does (an asset
 backfill, which follows the assets' BackfillPolicy: one run); `--job` launches the job's partition-set backfill
 instead (one run per day, as before the policy). `wall_s` runs from the launch to the backfill's end as Dagster
 records it (the backfill daemon looks every 30 s, both to start the backfill and to mark it done), `runs_done_s` to
-its last run's end (every day materialized). `--event-batch=N` sets DAGSTER_EVENT_BATCH_SIZE=N for Dagster's
-processes: a range run reports one materialization per day and asset, written one by one unless batched.
+its last run's end (every day materialized). The stack has the production settings (README, Scale):
+`--event-batch=N` sets DAGSTER_EVENT_BATCH_SIZE (default 200; 0 writes a range run's per-day materializations one
+by one); `--planned-per-day` unsets DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS, so the daemon logs a planned
+event per day and asset when it submits the range run (one by one on PostgreSQL: 28-55 s for 365 days).
+`--grpc` runs giftflow in its own code server (deploy/'s shape): with the repo's workspace.yaml (python_module) the
+daemon replaces its code server process every 60 s, and a backfill evaluated meanwhile waits for the new one.
 """
 
 import json
@@ -64,7 +68,9 @@ def backfill_facts(stack: Stack, backfill_id: str, asset: str) -> dict:
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     as_job = "--job" in sys.argv
-    batch = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--event-batch=")), None)
+    grpc = "--grpc" in sys.argv
+    planned_subset = "false" if "--planned-per-day" in sys.argv else "true"
+    batch = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--event-batch=")), "200")
     days_n = int(args[0]) if args else 365
     limit = int(args[1]) if len(args) > 1 else 10
     today = datetime.now(timezone.utc).date()
@@ -72,7 +78,9 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="giftflow-backfill-")  # kept: daemon.log and webserver.log for a failed run
     with throwaway_postgres() as pg:
         with production_stack(pg, Path(tmp), days, stripe_limit=limit, redemptions_per_day=20, customers=300,
-                              extra_env={"DAGSTER_EVENT_BATCH_SIZE": batch} if batch else None) as stack:
+                              extra_env={"DAGSTER_EVENT_BATCH_SIZE": batch,
+                                         "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": planned_subset},
+                              grpc=grpc) as stack:
             stack.stripe.reset_stats()
             began = time.monotonic()
             began_at = time.time()
@@ -90,7 +98,9 @@ def main() -> None:
     runs_done = max((r["end"] or 0 for r in runs), default=began_at) - began_at
     bound = 1.2 * stats["requests"] / limit + 60
     print(f"logs: {tmp}")
-    print(f"days={days_n} launched_as={'job' if as_job else 'assets'} event_batch={batch or 0} status={status} "
+    print(f"days={days_n} launched_as={'job' if as_job else 'assets'} event_batch={batch} "
+          f"planned_per_day={planned_subset == 'false'} "
+          f"topology={'grpc code server' if grpc else 'workspace.yaml (python_module)'} status={status} "
           f"runs_ok={ok}/{len(runs)} "
           f"most_runs_at_once={most_at_once(runs)} days_materialized={days_done}/{days_n} cardivo_calls={cardivo_calls}")
     print(f"stripe_calls={stats['requests']} writes={stats['writes']} calls_per_s={stats['requests'] / wall:.2f} "

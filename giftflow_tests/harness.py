@@ -150,6 +150,8 @@ def production_stack(postgres_url: str, workdir: Path, days: list[date], *, stri
                     "CARDIVO_API_BASE": c_srv.base_url, "CARDIVO_API_KEY": "ck",
                     "STRIPE_API_BASE": s_srv.base_url, "STRIPE_API_KEY": "sk_test_e2e",
                     "GIFTFLOW_DATABASE_URL": giftflow_db, "GIFTFLOW_STRIPE_MAX_RPS": str(stripe_limit),
+                    # As the README's production steps and deploy/ set them (README, Scale).
+                    "DAGSTER_EVENT_BATCH_SIZE": "200", "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
                     **({"GIFTFLOW_SENSOR_INTERVAL_S": str(sensor_interval_s)} if sensor_interval_s else {}),
                     **(extra_env or {})})
         # Create the instance's tables once, before two processes race to do it.
