@@ -150,35 +150,49 @@ def plan_customer_updates(redemptions: pd.DataFrame, customers: pd.DataFrame, da
     plan = wanted_by_customer(redemptions, customers, day_start, day_end, spec.mode)
     if plan.empty:
         return pd.DataFrame(columns=PLAN_COLUMNS)
-    plan = _decide(spec, plan, customers)
-    # The parts come ordered by customer_id, then e-mail, missing last: what is left is the action.
-    action = pd.Categorical(plan["action"], categories=[CREATE, UPDATE, NONE, REJECT, SKIP]).codes
-    return plan.take(np.argsort(action, kind="stable")).reset_index(drop=True)
+    return _decide(spec, plan, customers)
 
 
 def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
-    """The engine's plan for the rows not left out: their wanted values against the customers they match."""
+    """The engine's plan for the rows not left out: their wanted values against the customers reconcile matched
+    them to (`_row`, a position in `customers`), so the engine matches nothing again. The rows come ordered by
+    customer_id, then e-mail, missing last; they leave ordered by action, then that order."""
+    n = len(plan)
     todo = np.flatnonzero((plan["action"] == SYNC).to_numpy())
-    rows = plan.iloc[todo]
-    ids, emails = rows["customer_id"].to_numpy(dtype=object), rows["email"].to_numpy(dtype=object)
+
+    def column(name: str) -> np.ndarray:
+        return plan[name].to_numpy(dtype=object)[todo]
+
+    ids, emails = column("customer_id"), column("email")
     wanted = _objects({"row_key": np.where(pd.isna(ids), emails, ids), "given_id": ids, "email_norm": emails,
-                       "email": emails, **{c: rows[c].to_numpy(dtype=object) for c in ("name", "phone")},
-                       **{f"metadata.{k}": rows[k].to_numpy(dtype=object) for k in METADATA_KEYS}})
-    matched = rows["_row"].fillna(-1).to_numpy(dtype=np.int64) if "_row" in rows else np.full(len(rows), -1)
-    current = customers.iloc[matched[matched >= 0]].set_index("customer_id")
-    decided = plan_sync(spec, wanted, pd.Series(dtype=object), current.rename(columns=lambda c: _PREFIXED.get(c, c)))
+                       "email": emails, **{c: column(c) for c in ("name", "phone")},
+                       **{f"metadata.{k}": column(k) for k in METADATA_KEYS}})
+    matched = plan["_row"].fillna(-1).to_numpy(dtype=np.int64)[todo] if "_row" in plan else np.full(len(todo), -1)
+    # Every customer, by position: no copy of the rows, no index to hash.
+    current = customers.drop(columns="customer_id").rename(columns=_PREFIXED)
+    current.index = pd.Index(customers["customer_id"], copy=False)
+    decided = plan_sync(spec, wanted, pd.Series(dtype=object), current, found=matched)
 
-    def spread(values: pd.Series, base: np.ndarray | None = None) -> pd.Series:
-        out = np.full(len(plan), None, dtype=object) if base is None else base.copy()
-        out[todo] = values.to_numpy(dtype=object)
-        return pd.Series(out, index=plan.index, dtype=object, copy=False)  # object: None stays None
+    def spread(values: pd.Series, base: np.ndarray) -> np.ndarray:
+        base[todo] = values.to_numpy(dtype=object)
+        return base
 
-    out = {c: plan[c] for c in PLAN_COLUMNS if c != "changed_keys"}
-    out |= {c: spread(decided[c], plan[c].to_numpy(dtype=object)) for c in ("action", "reason")}
-    out["changed_keys"] = spread(decided["changed"], np.full(len(plan), "", dtype=object))
-    # What the writer needs: the engine's own columns, for the rows it decided.
-    out |= {c: spread(decided[c]) for c in decided.columns if c not in out}
-    return pd.DataFrame(out, copy=False)
+    action = spread(decided["action"], plan["action"].to_numpy(dtype=object).copy())
+    order = np.argsort(pd.Categorical(action, categories=[CREATE, UPDATE, NONE, REJECT, SKIP]).codes, kind="stable")
+    at = np.empty(n, dtype=np.intp)
+    at[order] = np.arange(n)  # each row's place in the plan
+    out = {c: plan[c].take(order).reset_index(drop=True) for c in PLAN_COLUMNS if c != "changed_keys"}
+    out["action"] = action[order]
+    out["reason"] = spread(decided["reason"], plan["reason"].to_numpy(dtype=object).copy())[order]
+    out["changed_keys"] = spread(decided["changed"], np.full(n, "", dtype=object))[order]
+    # What the writer needs: the engine's own columns, for the rows it decided (None on the others).
+    for c in decided.columns:
+        if c not in out:
+            values = np.full(n, None, dtype=object)
+            values[at[todo]] = decided[c].to_numpy(dtype=object)
+            out[c] = values
+    return pd.DataFrame({c: v if isinstance(v, pd.Series) else pd.Series(v, dtype=object, copy=False)
+                         for c, v in out.items()}, copy=False)
 
 
 def _objects(columns: dict[str, np.ndarray]) -> pd.DataFrame:
