@@ -191,12 +191,15 @@ def _pick(group: np.ndarray, groups: int, first: np.ndarray, then: pd.Series | n
     return pos
 
 
-def _format_times(times: pd.Series) -> pd.Series:
-    text = times.dt.strftime("%Y-%m-%dT%H:%M:%S")
-    frac = times.dt.microsecond != 0
-    if frac.any():
-        text = text.where(~frac, times.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str.rstrip("0"))
-    return text + "Z"
+def _format_times(times: pd.Series) -> np.ndarray:
+    """RFC 3339 UTC with Z, to the second, or with the microseconds that are not 0 (no trailing zeros)."""
+    naive = times.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+    text = np.char.add(np.datetime_as_string(naive, unit="s"), "Z").astype(object)
+    frac = np.flatnonzero((times.dt.microsecond != 0).to_numpy())
+    if len(frac):
+        some = times.iloc[frac]
+        text[frac] = (some.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str.rstrip("0") + "Z").to_numpy(dtype=object)
+    return text
 
 
 def _text(values: np.ndarray | pd.Series) -> np.ndarray:
@@ -204,8 +207,8 @@ def _text(values: np.ndarray | pd.Series) -> np.ndarray:
     and times), so rows with the same value share one string."""
     codes, distinct = pd.factorize(values)
     distinct = pd.Series(distinct)
-    text = _format_times(distinct) if distinct.dtype.kind == "M" else distinct.astype(str)
-    return text.to_numpy(dtype=object)[codes]
+    text = _format_times(distinct) if distinct.dtype.kind == "M" else distinct.astype(str).to_numpy(dtype=object)
+    return text[codes]
 
 
 def _wanted(redemptions: pd.DataFrame, group: np.ndarray, groups: int) -> pd.DataFrame:
@@ -238,11 +241,13 @@ def _wanted(redemptions: pd.DataFrame, group: np.ndarray, groups: int) -> pd.Dat
         lists = pd.Series(names).groupby(group[mixed]).agg(lambda c: ",".join(sorted(set(c))))
         out.loc[multi, "currency_list"] = lists.reindex(multi).to_numpy()
     currency_names = np.append(np.asarray(currencies, dtype=object), np.array([None], dtype=object))
-    last4 = redemptions["card_last4"].array.take(_take(done, latest, -1), allow_fill=True)
+    # As codes: rows with the same last 4 share one string (600k distinct strings cost the diff a pass each).
+    last4, last4s = pd.factorize(redemptions["card_last4"].array.take(done))
+    last4s = np.append(np.asarray(last4s, dtype=object), np.array([None], dtype=object))
     removable = {
         "giftcard_currency": currency_names[_take(currency, np.where(first_priced < len(done), first_priced, -1), -1)],
         "giftcard_last_redeemed_at": stamps,
-        "giftcard_last4": last4.to_numpy(dtype=object, na_value=None),
+        "giftcard_last4": last4s[_take(last4, latest, -1)],
     }
     for col, values in removable.items():
         out[col] = pd.Series(values, dtype="object")

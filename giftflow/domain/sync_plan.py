@@ -352,7 +352,10 @@ def _why_no_create(spec: SyncSpec, wanted: pd.DataFrame) -> np.ndarray:
 
 def _later_repeats(values: np.ndarray, among: np.ndarray) -> np.ndarray:
     """Rows of `among` whose value an earlier row of `among` has."""
-    return pd.Series(values).where(among).duplicated(keep="first").to_numpy() & among
+    rows = np.flatnonzero(among)
+    out = np.zeros(len(values), dtype=bool)
+    out[rows] = pd.Series(values[rows]).duplicated(keep="first").to_numpy()
+    return out
 
 
 def _first_that_applies(rules: list[tuple[np.ndarray, Any]], n: int) -> np.ndarray:

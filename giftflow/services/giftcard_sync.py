@@ -163,11 +163,11 @@ def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.D
     def column(name: str) -> np.ndarray:
         return plan[name].to_numpy(dtype=object)[todo]
 
+    matched = plan["_row"].fillna(-1).to_numpy(dtype=np.int64)[todo] if "_row" in plan else np.full(len(todo), -1)
     ids, emails = column("customer_id"), column("email")
-    wanted = _objects({"row_key": np.where(pd.isna(ids), emails, ids), "given_id": ids, "email_norm": emails,
+    wanted = _objects({"row_key": np.where(matched >= 0, ids, emails), "given_id": ids, "email_norm": emails,
                        "email": emails, **{c: column(c) for c in ("name", "phone")},
                        **{f"metadata.{k}": column(k) for k in METADATA_KEYS}})
-    matched = plan["_row"].fillna(-1).to_numpy(dtype=np.int64)[todo] if "_row" in plan else np.full(len(todo), -1)
     # Every customer, by position: no copy of the rows, no index to hash.
     current = customers.drop(columns="customer_id").rename(columns=_PREFIXED)
     current.index = pd.Index(customers["customer_id"], copy=False)
