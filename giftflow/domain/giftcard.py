@@ -82,7 +82,8 @@ def _match(redemptions: pd.DataFrame, customers: _CustomerKeys) -> tuple[np.ndar
     """match_redemptions as arrays: each redemption's customer as the position in `customers` of the
     first row with that id (-1: none), whether the link decided it, and whether the e-mail was ambiguous."""
     cust_id, link, ids = _codes(customers.ids, *_present(redemptions["stripe_customer_id"]))
-    cust_mail, mail, mails = _codes(customers.emails, *_present(redemptions["email_norm"]))
+    use_link = link >= 0  # the e-mail of the others decides
+    cust_mail, mail, mails = _codes(customers.emails, *_present(redemptions["email_norm"], ~use_link))
     first_row = np.full(ids, len(cust_id))
     np.minimum.at(first_row, cust_id[cust_id >= 0], np.flatnonzero(cust_id >= 0))
     has_mail = np.flatnonzero(cust_mail >= 0)
@@ -90,16 +91,15 @@ def _match(redemptions: pd.DataFrame, customers: _CustomerKeys) -> tuple[np.ndar
     sharing = np.bincount(cust_mail[has_mail], minlength=mails)
 
     newest_row = _take(first_row, cust_id[newest], -1)
-    use_link = link >= 0
     row = np.where(use_link, _take(first_row, link, -1), _take(newest_row, mail, -1))
     ambiguous = ~use_link & _take(sharing > 1, mail, False)
     return row, use_link, ambiguous
 
 
-def _present(values: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
-    """The values that are not missing as Python objects, their positions, and how many values there are
-    (most redemptions link no customer: the others are neither converted nor hashed)."""
-    pos = np.flatnonzero(values.notna().to_numpy())
+def _present(values: pd.Series, among: np.ndarray | bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+    """The values (of the rows `among`) that are not missing as Python objects, their positions, and how many
+    values there are: the others are neither converted nor hashed (most redemptions link no customer)."""
+    pos = np.flatnonzero(values.notna().to_numpy() & among)
     return values.array.take(pos).to_numpy(dtype=object), pos, len(values)
 
 
@@ -132,6 +132,12 @@ def _codes(theirs: np.ndarray, ours: np.ndarray, at: np.ndarray, n: int) -> tupl
     found = np.full(n, -1)
     found[at] = tail
     return out_theirs, found, k
+
+
+def _as_is(values: np.ndarray) -> pd.Series:
+    """An object column as given: pandas would otherwise scan it to infer a string dtype (with pyarrow
+    installed, Arrow strings, which cost a conversion each way)."""
+    return pd.Series(values, dtype=object, copy=False)
 
 
 def _objects(values: np.ndarray) -> pd.Series:
@@ -242,7 +248,8 @@ def _wanted(redemptions: pd.DataFrame, group: np.ndarray, groups: int) -> pd.Dat
         out.loc[multi, "currency_list"] = lists.reindex(multi).to_numpy()
     currency_names = np.append(np.asarray(currencies, dtype=object), np.array([None], dtype=object))
     # As codes: rows with the same last 4 share one string (600k distinct strings cost the diff a pass each).
-    last4, last4s = pd.factorize(redemptions["card_last4"].array.take(done))
+    last4, last4s = pd.factorize(redemptions["card_last4"])
+    last4 = last4[done]
     last4s = np.append(np.asarray(last4s, dtype=object), np.array([None], dtype=object))
     removable = {
         "giftcard_currency": currency_names[_take(currency, np.where(first_priced < len(done), first_priced, -1), -1)],
@@ -278,8 +285,8 @@ def _plan_matched(redemptions: pd.DataFrame, row: np.ndarray, in_day: np.ndarray
     plan["redemptions_in_day"] = np.bincount(group[in_day & mine], minlength=len(touched))
     plan["note"] = _where(np.bincount(group[ambiguous & mine], minlength=len(touched)) > 0, AMBIGUOUS_EMAIL, "")
     multi = plan["currencies"].to_numpy() > 1
-    plan["action"] = _where(multi, SKIP, SYNC)
-    plan["reason"] = _where(multi, MULTI_CURRENCY, "")
+    plan["action"] = _as_is(_where(multi, SKIP, SYNC))
+    plan["reason"] = _as_is(_where(multi, MULTI_CURRENCY, ""))
     _blank_multi_currency(plan, multi)
     plan["name"] = None
     plan["phone"] = None
@@ -313,8 +320,8 @@ def _plan_unmatched(unmatched: pd.DataFrame, in_day: np.ndarray, mode: str) -> p
             plan[col] = _take(unmatched[col].to_numpy(dtype=object)[has], first, np.nan)
         creatable = (mode == "upsert") & (plan["currencies"].to_numpy() == 1)
         multi = plan["currencies"].to_numpy() > 1
-        plan["action"] = _where(creatable, SYNC, SKIP)
-        plan["reason"] = _where(creatable, "", _where(multi & (mode == "upsert"), MULTI_CURRENCY, UNMATCHED))
+        plan["action"] = _as_is(_where(creatable, SYNC, SKIP))
+        plan["reason"] = _as_is(_where(creatable, "", _where(multi & (mode == "upsert"), MULTI_CURRENCY, UNMATCHED)))
         plan["note"] = ""
         _blank_multi_currency(plan, multi)
         rows.append(plan)

@@ -169,8 +169,8 @@ def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.D
                        "email": emails, **{c: column(c) for c in ("name", "phone")},
                        **{f"metadata.{k}": column(k) for k in METADATA_KEYS}})
     # Every customer, by position: no copy of the rows, no index to hash.
-    current = customers.drop(columns="customer_id").rename(columns=_PREFIXED)
-    current.index = pd.Index(customers["customer_id"], copy=False)
+    current = pd.DataFrame({_PREFIXED.get(c, c): customers[c] for c in customers.columns if c != "customer_id"},
+                           copy=False).set_axis(pd.Index(customers["customer_id"], copy=False))
     decided = plan_sync(spec, wanted, pd.Series(dtype=object), current, found=matched)
 
     def spread(values: pd.Series, base: np.ndarray) -> np.ndarray:
@@ -186,10 +186,11 @@ def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.D
     out["reason"] = spread(decided["reason"], plan["reason"].to_numpy(dtype=object).copy())[order]
     out["changed_keys"] = spread(decided["changed"], np.full(n, "", dtype=object))[order]
     # What the writer needs: the engine's own columns, for the rows it decided (None on the others).
+    decided_at = at[todo]
     for c in decided.columns:
         if c not in out:
             values = np.full(n, None, dtype=object)
-            values[at[todo]] = decided[c].to_numpy(dtype=object)
+            values[decided_at] = decided[c].to_numpy(dtype=object)
             out[c] = values
     return pd.DataFrame({c: v if isinstance(v, pd.Series) else pd.Series(v, dtype=object, copy=False)
                          for c, v in out.items()}, copy=False)
