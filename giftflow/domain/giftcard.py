@@ -121,8 +121,8 @@ def _codes(theirs: np.ndarray, ours: np.ndarray, at: np.ndarray, n: int) -> tupl
     first = np.ones(len(head), dtype=bool)
     first[1:] = head[1:] > np.maximum.accumulate(head)[:-1]
     value = mine[first]
-    hit = tail >= 0
-    if not (np.array_equal(mine, value[head]) and np.array_equal(ours[hit], value[tail[hit]])):
+    # Each value against the first of its code (ours: the values that found one; the others against None).
+    if not ((mine == value[head]).all() and ((ours == _take(value, tail, None)) | (tail < 0)).all()):
         codes, _ = pd.factorize(np.concatenate([mine, ours]))
         head, tail = codes[: len(mine)], codes[len(mine):]
         k = int(head.max(initial=-1)) + 1

@@ -424,7 +424,9 @@ def _value_differs(want: _Gathered, have: _Gathered, clear: bool, fold_case: boo
 # -- step 5: decide the action, and the plan --------------------------------------------------------------
 def _decide_actions(targets: _Targets, changes: np.ndarray) -> np.ndarray:
     """Per row: reject (it has a reason), create, update (a field differs), else none."""
-    action = np.where(targets.reason != "", Action.REJECT.value, Action.NONE.value).astype(object)
+    # Object arrays of the two strings: a str array made object would hold a new string per row.
+    action = np.where(targets.reason != "", np.array(Action.REJECT.value, dtype=object),
+                      np.array(Action.NONE.value, dtype=object))
     action[targets.updates[changes.any(axis=1)]] = Action.UPDATE.value
     action[targets.creates] = Action.CREATE.value
     return action

@@ -178,7 +178,8 @@ def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.D
         return base
 
     action = spread(decided["action"], plan["action"].to_numpy(dtype=object).copy())
-    order = np.argsort(pd.Categorical(action, categories=[CREATE, UPDATE, NONE, REJECT, SKIP]).codes, kind="stable")
+    ranks = pd.Index([str(a) for a in (CREATE, UPDATE, NONE, REJECT, SKIP)], dtype=object)  # as the plan holds them
+    order = np.argsort(ranks.get_indexer(action), kind="stable")
     at = np.empty(n, dtype=np.intp)
     at[order] = np.arange(n)  # each row's place in the plan
     out = {c: plan[c].take(order).reset_index(drop=True) for c in PLAN_COLUMNS if c != "changed_keys"}
