@@ -156,43 +156,57 @@ def plan_customer_updates(redemptions: pd.DataFrame, customers: pd.DataFrame, da
 def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
     """The engine's plan for the rows not left out: their wanted values against the customers reconcile matched
     them to (`_row`, a position in `customers`), so the engine matches nothing again. The rows come ordered by
-    customer_id, then e-mail, missing last; they leave ordered by action, then that order."""
+    customer_id, then e-mail, missing last; they leave ordered by action, then that order.
+
+    The engine gets every row, the left-out ones as invalid (their action and reason are put back after), in
+    the order the plan leaves in when every matched customer is an update, as on a day's run (each touched
+    customer has a new redemption): rows to create, matched rows, rows left out. Most plans then need no
+    reordering, and no column is spread over the left-out rows."""
     n = len(plan)
-    todo = np.flatnonzero((plan["action"] == SYNC).to_numpy())
+    sync = (plan["action"] == SYNC).to_numpy()
+    row = plan["_row"].fillna(-1).to_numpy(dtype=np.int64) if "_row" in plan else np.full(n, -1)
+    arranged = np.concatenate([np.flatnonzero(sync & (row < 0)), np.flatnonzero(sync & (row >= 0)),
+                               np.flatnonzero(~sync)])
+    left_out = np.arange(int(sync.sum()), n)  # their places in `arranged`
 
     def column(name: str) -> np.ndarray:
-        return plan[name].to_numpy(dtype=object)[todo]
+        return plan[name].to_numpy(dtype=object)[arranged]
 
-    matched = plan["_row"].fillna(-1).to_numpy(dtype=np.int64)[todo] if "_row" in plan else np.full(len(todo), -1)
+    found = row[arranged]
+    found[left_out] = -1
     ids, emails = column("customer_id"), column("email")
-    wanted = _objects({"row_key": np.where(matched >= 0, ids, emails), "given_id": ids, "email_norm": emails,
+    wanted = _objects({"row_key": np.where(found >= 0, ids, emails), "given_id": ids, "email_norm": emails,
                        "email": emails, **{c: column(c) for c in ("name", "phone")},
                        **{f"metadata.{k}": column(k) for k in METADATA_KEYS}})
     # Every customer, by position: no copy of the rows, no index to hash.
     current = pd.DataFrame({_PREFIXED.get(c, c): customers[c] for c in customers.columns if c != "customer_id"},
                            copy=False).set_axis(pd.Index(customers["customer_id"], copy=False))
-    decided = plan_sync(spec, wanted, pd.Series(dtype=object), current, found=matched)
+    decided = plan_sync(spec, wanted, pd.Series(SKIP, index=left_out, dtype=object), current, found=found)
 
-    def spread(values: pd.Series, base: np.ndarray) -> np.ndarray:
-        base[todo] = values.to_numpy(dtype=object)
-        return base
-
-    action = spread(decided["action"], plan["action"].to_numpy(dtype=object).copy())
+    action = decided["action"].to_numpy(dtype=object, copy=True)
+    action[left_out] = SKIP
+    reason = decided["reason"].to_numpy(dtype=object, copy=True)
+    reason[left_out] = column("reason")[left_out]
     ranks = pd.Index([str(a) for a in (CREATE, UPDATE, NONE, REJECT, SKIP)], dtype=object)  # as the plan holds them
     order = np.argsort(ranks.get_indexer(action), kind="stable")
-    at = np.empty(n, dtype=np.intp)
-    at[order] = np.arange(n)  # each row's place in the plan
-    out = {c: plan[c].take(order).reset_index(drop=True) for c in PLAN_COLUMNS if c != "changed_keys"}
-    out["action"] = action[order]
-    out["reason"] = spread(decided["reason"], plan["reason"].to_numpy(dtype=object).copy())[order]
-    out["changed_keys"] = spread(decided["changed"], np.full(n, "", dtype=object))[order]
-    # What the writer needs: the engine's own columns, for the rows it decided (None on the others).
-    decided_at = at[todo]
+    in_order = bool((order == np.arange(n)).all())
+
+    def ordered(values: np.ndarray) -> np.ndarray:
+        return values if in_order else values[order]
+
+    final = ordered(arranged)
+    out: dict[str, pd.Series | np.ndarray] = {
+        c: plan[c].take(final).reset_index(drop=True) for c in PLAN_COLUMNS if c != "changed_keys"}
+    out["action"], out["reason"] = ordered(action), ordered(reason)
+    out["changed_keys"] = ordered(decided["changed"].to_numpy(dtype=object))
+    # What the writer needs: the engine's own columns, for the rows it decided (None on the left-out ones).
     for c in decided.columns:
         if c not in out:
-            values = np.full(n, None, dtype=object)
-            values[decided_at] = decided[c].to_numpy(dtype=object)
-            out[c] = values
+            values = decided[c].to_numpy(dtype=object)
+            if any(v is not None for v in values[left_out]):
+                values = values.copy()
+                values[left_out] = None
+            out[c] = ordered(values)
     return pd.DataFrame({c: v if isinstance(v, pd.Series) else pd.Series(v, dtype=object, copy=False)
                          for c, v in out.items()}, copy=False)
 
