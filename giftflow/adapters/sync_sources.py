@@ -97,7 +97,7 @@ def read_source(spec: SyncSpec, base: Path, *, store_engine: sa.Engine | None = 
             if src.kind == "csv":
                 # All text: phone numbers, postal codes and ids keep their leading zeros.
                 return pd.read_csv(path, dtype=str, keep_default_na=False)
-            return pd.read_parquet(path)  # fastparquet, a dependency (or pyarrow where installed)
+            return pd.read_parquet(path, engine="pyarrow")
         except FileNotFoundError:
             raise SyncSourceError(f"{spec.where()}: {shown}: no such file in {base.resolve()}") from None
         except OSError as exc:

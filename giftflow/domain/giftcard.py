@@ -10,6 +10,7 @@ positions, and strings are only hashed, compared or made where they must be.
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 
 import numpy as np
@@ -55,44 +56,98 @@ def match_redemptions(redemptions: pd.DataFrame, customers: pd.DataFrame) -> pd.
     e-mail; where several customers share it, the most recently created one (flagged as ambiguous).
     """
     out = redemptions.copy()
-    row, use_link, ambiguous = _match(redemptions, customers)
-    customer_id = _take(customers["customer_id"].to_numpy(dtype=object), row, np.nan)
+    keys = _CustomerKeys.of(customers)
+    row, use_link, ambiguous = _match(redemptions, keys)
+    customer_id = _take(keys.ids, row, np.nan)
     out["customer_id"] = pd.Series(customer_id, index=out.index, dtype="object")
     out["matched_by"] = np.where(use_link, "stripe_customer_id", np.where(row >= 0, "email", np.array(None, dtype=object)))
     out["ambiguous_email"] = ambiguous
     return out
 
 
-def _match(redemptions: pd.DataFrame, customers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class _CustomerKeys:
+    """The customers' ids, e-mails and creation times as numpy arrays, each made once: Arrow-stored strings
+    (pandas with pyarrow installed) become Python objects here and nowhere else."""
+
+    def __init__(self, ids: np.ndarray, emails: np.ndarray, created: np.ndarray):
+        self.ids, self.emails, self.created = ids, emails, created
+
+    @classmethod
+    def of(cls, customers: pd.DataFrame) -> _CustomerKeys:
+        return cls(customers["customer_id"].to_numpy(dtype=object), customers["email_norm"].to_numpy(dtype=object),
+                   customers["created"].to_numpy(dtype=np.int64))
+
+
+def _match(redemptions: pd.DataFrame, customers: _CustomerKeys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """match_redemptions as arrays: each redemption's customer as the position in `customers` of the
     first row with that id (-1: none), whether the link decided it, and whether the e-mail was ambiguous."""
-    cust_id, link, ids = _codes(customers["customer_id"], redemptions["stripe_customer_id"])
-    cust_mail, mail, mails = _codes(customers["email_norm"], redemptions["email_norm"])
-    first_row = np.full(ids, len(customers))
+    cust_id, link, ids = _codes(customers.ids, *_present(redemptions["stripe_customer_id"]))
+    use_link = link >= 0  # the e-mail of the others decides
+    cust_mail, mail, mails = _codes(customers.emails, *_present(redemptions["email_norm"], ~use_link))
+    first_row = np.full(ids, len(cust_id))
     np.minimum.at(first_row, cust_id[cust_id >= 0], np.flatnonzero(cust_id >= 0))
     has_mail = np.flatnonzero(cust_mail >= 0)
-    newest = has_mail[_pick(cust_mail[has_mail], mails, customers.iloc[has_mail][["created", "customer_id"]])]
+    newest = has_mail[_pick(cust_mail[has_mail], mails, customers.created[has_mail], customers.ids, has_mail)]
     sharing = np.bincount(cust_mail[has_mail], minlength=mails)
 
     newest_row = _take(first_row, cust_id[newest], -1)
-    use_link = link >= 0
     row = np.where(use_link, _take(first_row, link, -1), _take(newest_row, mail, -1))
     ambiguous = ~use_link & _take(sharing > 1, mail, False)
     return row, use_link, ambiguous
 
 
-def _codes(theirs: pd.Series, ours: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
-    """Codes 0..k-1 for the distinct values of `theirs`, the code of each of `ours` (-1: missing, or a
-    value `theirs` lacks), and k."""
-    ours = ours.to_numpy(dtype=object)
-    present = np.flatnonzero(pd.notna(ours))  # most redemptions link no customer: skip the hashing
-    # One hash table: `theirs` come first, so their values get the first codes.
-    codes, _ = pd.factorize(np.concatenate([theirs.to_numpy(dtype=object), ours[present]]))
-    head, tail = codes[: len(theirs)], codes[len(theirs):]
+def _present(values: pd.Series, among: np.ndarray | bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+    """The values (of the rows `among`) that are not missing as Python objects, their positions, and how many
+    values there are: the others are neither converted nor hashed (most redemptions link no customer)."""
+    pos = np.flatnonzero(values.notna().to_numpy() & among)
+    return values.array.take(pos).to_numpy(dtype=object), pos, len(values)
+
+
+def _codes(theirs: np.ndarray, ours: np.ndarray, at: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Codes 0..k-1 for the distinct values of `theirs` (-1: missing), the code of each of n values of which
+    `ours` are the ones at positions `at` (-1: missing, or a value `theirs` lacks), and k.
+
+    The values are told apart by Python's hash of each (a machine integer, hashed and compared far faster than
+    strings); that the values sharing a code are equal is then checked, and where two differ (a hash
+    collision: never seen) the values themselves are hashed."""
+    known = np.flatnonzero(pd.notna(theirs))
+    mine = theirs[known]
+    hashes = np.fromiter(map(hash, itertools.chain(mine, ours)), dtype=np.int64, count=len(mine) + len(ours))
+    codes, _ = pd.factorize(hashes)
+    head, tail = codes[: len(mine)], codes[len(mine):]
     k = int(head.max(initial=-1)) + 1
-    found = np.full(len(ours), -1)
-    found[present] = np.where(tail < k, tail, -1)
-    return head, found, k
+    tail = np.where(tail < k, tail, -1)
+    # Codes are numbered in order of first appearance: the first value of each stands for the code.
+    first = np.ones(len(head), dtype=bool)
+    first[1:] = head[1:] > np.maximum.accumulate(head)[:-1]
+    value = mine[first]
+    # Each value against the first of its code (ours: the values that found one; the others against None).
+    if not ((mine == value[head]).all() and ((ours == _take(value, tail, None)) | (tail < 0)).all()):
+        codes, _ = pd.factorize(np.concatenate([mine, ours]))
+        head, tail = codes[: len(mine)], codes[len(mine):]
+        k = int(head.max(initial=-1)) + 1
+        tail = np.where(tail < k, tail, -1)
+    out_theirs = np.full(len(theirs), -1)
+    out_theirs[known] = head
+    found = np.full(n, -1)
+    found[at] = tail
+    return out_theirs, found, k
+
+
+def _as_is(values: np.ndarray) -> pd.Series:
+    """An object column as given: pandas would otherwise scan it to infer a string dtype (with pyarrow
+    installed, Arrow strings, which cost a conversion each way)."""
+    return pd.Series(values, dtype=object, copy=False)
+
+
+def _objects(values: np.ndarray) -> pd.Series:
+    """An object column from an object array, missing values as NaN (as a string column holds them): pandas
+    would otherwise scan it to infer a string dtype."""
+    missing = pd.isna(values)
+    if missing.any():
+        values = values.copy()
+        values[missing] = np.nan
+    return pd.Series(values, dtype=object, copy=False)
 
 
 def _take(values: np.ndarray, pos: np.ndarray, missing) -> np.ndarray:
@@ -111,74 +166,95 @@ def _string_order(values: np.ndarray) -> np.ndarray:
     return np.array(sorted(range(len(values)), key=values.__getitem__), dtype=np.intp)
 
 
-def _pick(group: np.ndarray, groups: int, keys: pd.DataFrame, last: bool = True) -> np.ndarray:
-    """Per group 0..groups-1, the position in `keys` of the row that a stable sort by `keys`'s columns
-    puts last (or first) in its group; -1 where a group has no row.
+def _int64(values: pd.Series) -> np.ndarray:
+    """Times (or integers) as int64, in the order they sort; NaT is the smallest."""
+    return values.array.asi8 if values.dtype.kind == "M" else values.to_numpy(dtype=np.int64)
+
+
+def _pick(group: np.ndarray, groups: int, first: np.ndarray, then: pd.Series | np.ndarray, at: np.ndarray,
+          last: bool = True) -> np.ndarray:
+    """Per group 0..groups-1, the position in `group` of the row that a stable sort by (`first`, `then`) puts
+    last (or first) in its group; -1 where a group has no row. `first` is int64 and per row of `group`;
+    `then[at[i]]` is row i's second key: it is read only for rows tied on the first.
 
     Cheap because the first key (a time) rarely ties within a group: only the ties get the full sort.
     """
-    first = keys.iloc[:, 0]
-    best = first.groupby(group, sort=False).transform("max" if last else "min")
-    candidates = np.flatnonzero((first == best).to_numpy())
-    tied = pd.Series(group[candidates]).duplicated(keep=False).to_numpy()
+    nat = np.iinfo(np.int64).min  # NaT: never picked, as a sort would put it after every time
+    best = np.full(groups, nat if last else np.iinfo(np.int64).max, dtype=np.int64)
+    (np.maximum if last else np.minimum).at(best, group, first)
+    candidates = np.flatnonzero((first == best[group]) & (first != nat))
+    mine = group[candidates]
+    tied = np.bincount(mine, minlength=groups)[mine] > 1
     pos = np.full(groups, -1)
-    pos[group[candidates[~tied]]] = candidates[~tied]
+    pos[mine[~tied]] = candidates[~tied]
     if tied.any():
-        ties = keys.iloc[candidates[tied]].assign(_group=group[candidates[tied]], _pos=candidates[tied])
-        ties = ties.sort_values(["_group", *keys.columns[1:]], kind="stable")
+        rows = candidates[tied]
+        keys = then.iloc[at[rows]] if isinstance(then, pd.Series) else then[at[rows]]
+        ties = pd.DataFrame({"_group": mine[tied], "_key": np.asarray(keys, dtype=object), "_pos": rows})
+        ties = ties.sort_values(["_group", "_key"], kind="stable")
         ties = ties.drop_duplicates("_group", keep="last" if last else "first")
         pos[ties["_group"].to_numpy()] = ties["_pos"].to_numpy()
     return pos
 
 
-def _format_times(times: pd.Series) -> pd.Series:
-    text = times.dt.strftime("%Y-%m-%dT%H:%M:%S")
-    frac = times.dt.microsecond != 0
-    if frac.any():
-        text = text.where(~frac, times.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str.rstrip("0"))
-    return text + "Z"
+def _format_times(times: pd.Series) -> np.ndarray:
+    """RFC 3339 UTC with Z, to the second, or with the microseconds that are not 0 (no trailing zeros)."""
+    naive = times.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+    text = np.char.add(np.datetime_as_string(naive, unit="s"), "Z").astype(object)
+    frac = np.flatnonzero((times.dt.microsecond != 0).to_numpy())
+    if len(frac):
+        some = times.iloc[frac]
+        text[frac] = (some.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str.rstrip("0") + "Z").to_numpy(dtype=object)
+    return text
 
 
-def _text(values: pd.Series) -> pd.api.extensions.ExtensionArray:
-    """`values` as strings, each distinct value formatted once (few distinct counts, totals and times)."""
+def _text(values: np.ndarray | pd.Series) -> np.ndarray:
+    """`values` as strings (Python objects), each distinct value formatted once (few distinct counts, totals
+    and times), so rows with the same value share one string."""
     codes, distinct = pd.factorize(values)
-    text = _format_times(pd.Series(distinct)) if values.dtype.kind == "M" else pd.Series(distinct).astype(str)
-    return text.array.take(codes)
+    distinct = pd.Series(distinct)
+    text = _format_times(distinct) if distinct.dtype.kind == "M" else distinct.astype(str).to_numpy(dtype=object)
+    return text[codes]
 
 
 def _wanted(redemptions: pd.DataFrame, group: np.ndarray, groups: int) -> pd.DataFrame:
     """The contract's metadata values per group, from all of the group's redemptions; groups are numbers
     0..groups-1 (-1: none), which are also the index. Columns: METADATA_KEYS (None = remove), `currencies`
     (how many distinct) and `currency_list`."""
-    done = (redemptions["status"] == "completed").to_numpy() & (group >= 0)
-    rows = redemptions.loc[done, ["amount", "currency", "card_last4", "redeemed_at", "redemption_id"]]
+    done = np.flatnonzero((redemptions["status"] == "completed").to_numpy() & (group >= 0))
     group = group[done]
     total = np.zeros(groups, dtype="int64")
-    np.add.at(total, group, rows["amount"].to_numpy(dtype="int64"))
-    currency, currencies = pd.factorize(rows["currency"])
+    np.add.at(total, group, redemptions["amount"].to_numpy(dtype="int64")[done])
+    currency, currencies = pd.factorize(redemptions["currency"].array.take(done))
     priced = currency >= 0
     distinct = pd.unique(group[priced] * len(currencies) + currency[priced])  # one per (group, currency)
-    first_priced = np.full(groups, len(rows))
+    first_priced = np.full(groups, len(done))
     np.minimum.at(first_priced, group[priced], np.flatnonzero(priced))
-    latest = _pick(group, groups, rows[["redeemed_at", "redemption_id"]])
+    redeemed_at = redemptions["redeemed_at"].iloc[done]
+    latest = _pick(group, groups, _int64(redeemed_at), redemptions["redemption_id"], done)
     stamps = np.full(groups, None, dtype=object)
-    stamps[latest >= 0] = _text(rows["redeemed_at"].iloc[latest[latest >= 0]])
+    stamps[latest >= 0] = _text(redeemed_at.iloc[latest[latest >= 0]])
 
     out = pd.DataFrame(index=pd.RangeIndex(groups))
-    out["giftcard_redeemed_total"] = _text(pd.Series(total))
-    out["giftcard_redemptions"] = _text(pd.Series(np.bincount(group, minlength=groups)))
+    out["giftcard_redeemed_total"] = pd.Series(_text(total), dtype=object)
+    out["giftcard_redemptions"] = pd.Series(_text(np.bincount(group, minlength=groups)), dtype=object)
     out["currencies"] = np.bincount(distinct // max(len(currencies), 1), minlength=groups).astype("int64")
-    out["currency_list"] = ""
-    multi = out.index[out["currencies"] > 1]
+    out["currency_list"] = pd.Series("", index=out.index, dtype=object)
+    multi = np.flatnonzero(out["currencies"].to_numpy() > 1)
     if len(multi):
-        mixed = np.isin(group, multi)
-        lists = rows[mixed].groupby(group[mixed])["currency"].agg(lambda c: ",".join(sorted(set(c))))
+        mixed = np.isin(group, multi) & priced
+        names = np.asarray(currencies, dtype=object)[currency[mixed]]
+        lists = pd.Series(names).groupby(group[mixed]).agg(lambda c: ",".join(sorted(set(c))))
         out.loc[multi, "currency_list"] = lists.reindex(multi).to_numpy()
+    currency_names = np.append(np.asarray(currencies, dtype=object), np.array([None], dtype=object))
+    # As codes: rows with the same last 4 share one string (600k distinct strings cost the diff a pass each).
+    last4, last4s = pd.factorize(redemptions["card_last4"])
+    last4 = last4[done]
+    last4s = np.append(np.asarray(last4s, dtype=object), np.array([None], dtype=object))
     removable = {
-        "giftcard_currency": _take(rows["currency"].to_numpy(dtype=object, na_value=None),
-                                   np.where(first_priced < len(rows), first_priced, -1), None),
+        "giftcard_currency": currency_names[_take(currency, np.where(first_priced < len(done), first_priced, -1), -1)],
         "giftcard_last_redeemed_at": stamps,
-        "giftcard_last4": _take(rows["card_last4"].to_numpy(dtype=object, na_value=None), latest, None),
+        "giftcard_last4": last4s[_take(last4, latest, -1)],
     }
     for col, values in removable.items():
         out[col] = pd.Series(values, dtype="object")
@@ -196,22 +272,21 @@ def _day_groups(codes: np.ndarray, in_day: np.ndarray, names: np.ndarray) -> tup
 
 
 def _plan_matched(redemptions: pd.DataFrame, row: np.ndarray, in_day: np.ndarray, ambiguous: np.ndarray,
-                  customers: pd.DataFrame) -> pd.DataFrame:
-    group, touched = _day_groups(row, in_day, customers["customer_id"].to_numpy(dtype=object))
+                  customers: _CustomerKeys) -> pd.DataFrame:
+    group, touched = _day_groups(row, in_day, customers.ids)
     if len(touched) == 0:
         return pd.DataFrame(columns=PLAN_COLUMNS)
     mine = group >= 0
     plan = _wanted(redemptions, group, len(touched))
-    current = customers.iloc[touched]
 
     plan["_row"] = touched  # the customer's position in `customers`
-    plan["customer_id"] = current["customer_id"].to_numpy()
-    plan["email"] = current["email_norm"].to_numpy()
+    plan["customer_id"] = _objects(customers.ids[touched])
+    plan["email"] = _objects(customers.emails[touched])
     plan["redemptions_in_day"] = np.bincount(group[in_day & mine], minlength=len(touched))
     plan["note"] = _where(np.bincount(group[ambiguous & mine], minlength=len(touched)) > 0, AMBIGUOUS_EMAIL, "")
     multi = plan["currencies"].to_numpy() > 1
-    plan["action"] = _where(multi, SKIP, SYNC)
-    plan["reason"] = _where(multi, MULTI_CURRENCY, "")
+    plan["action"] = _as_is(_where(multi, SKIP, SYNC))
+    plan["reason"] = _as_is(_where(multi, MULTI_CURRENCY, ""))
     _blank_multi_currency(plan, multi)
     plan["name"] = None
     plan["phone"] = None
@@ -222,6 +297,7 @@ def _blank_multi_currency(plan: pd.DataFrame, multi: np.ndarray) -> None:
     # Sums across currencies are not money: show which currencies instead, write nothing.
     plan.loc[multi, "note"] = plan.loc[multi, "currency_list"]
     plan.loc[multi, list(METADATA_KEYS)] = None
+    plan.loc[multi, ["giftcard_redeemed_total", "giftcard_redemptions"]] = np.nan  # as a string column holds it
 
 
 def _plan_unmatched(unmatched: pd.DataFrame, in_day: np.ndarray, mode: str) -> pd.DataFrame:
@@ -238,13 +314,14 @@ def _plan_unmatched(unmatched: pd.DataFrame, in_day: np.ndarray, mode: str) -> p
         plan["redemptions_in_day"] = np.bincount(group[in_day & (group >= 0)], minlength=len(touched))
         # Name and phone from the earliest redemption that has them: stable as new days arrive.
         for col in ("name", "phone"):
-            has = unmatched[col].notna().to_numpy() & (group >= 0)
-            first = _pick(group[has], len(touched), unmatched.loc[has, ["redeemed_at", "redemption_id"]], last=False)
+            has = np.flatnonzero(unmatched[col].notna().to_numpy() & (group >= 0))
+            first = _pick(group[has], len(touched), _int64(unmatched["redeemed_at"].iloc[has]),
+                          unmatched["redemption_id"], has, last=False)
             plan[col] = _take(unmatched[col].to_numpy(dtype=object)[has], first, np.nan)
         creatable = (mode == "upsert") & (plan["currencies"].to_numpy() == 1)
         multi = plan["currencies"].to_numpy() > 1
-        plan["action"] = _where(creatable, SYNC, SKIP)
-        plan["reason"] = _where(creatable, "", _where(multi & (mode == "upsert"), MULTI_CURRENCY, UNMATCHED))
+        plan["action"] = _as_is(_where(creatable, SYNC, SKIP))
+        plan["reason"] = _as_is(_where(creatable, "", _where(multi & (mode == "upsert"), MULTI_CURRENCY, UNMATCHED)))
         plan["note"] = ""
         _blank_multi_currency(plan, multi)
         rows.append(plan)
@@ -273,12 +350,13 @@ def wanted_by_customer(redemptions: pd.DataFrame, customers: pd.DataFrame, day_s
     from all of the customer's redemptions in `redemptions` (every day giftflow has seen), with action `sync`
     (the engine diffs it) or `skip` and the reason (unmatched, anonymous, multi_currency). `_row` is a matched
     customer's position in `customers`; in `upsert` mode an unmatched e-mail is a row to create."""
-    row, _, ambiguous = _match(redemptions, customers)
+    keys = _CustomerKeys.of(customers)
+    row, _, ambiguous = _match(redemptions, keys)
     in_day = ((redemptions["redeemed_at"] >= pd.Timestamp(day_start))
               & (redemptions["redeemed_at"] < pd.Timestamp(day_end))).to_numpy()
     used = redemptions[["redemption_id", "status", "amount", "currency", "card_last4", "email_norm", "name", "phone",
                         "redeemed_at"]]
-    parts = [_plan_matched(used, row, in_day, ambiguous, customers),
+    parts = [_plan_matched(used, row, in_day, ambiguous, keys),
              _plan_unmatched(used[row < 0], in_day[row < 0], mode)]
     parts = [p for p in parts if len(p)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PLAN_COLUMNS)

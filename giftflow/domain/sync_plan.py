@@ -241,9 +241,11 @@ def current_frame(customers: list[dict], fields: list[str]) -> pd.DataFrame:
 
 
 def plan_sync(spec: SyncSpec, wanted: pd.DataFrame, invalid: pd.Series, current: pd.DataFrame,
-              written_back: dict[str, str] | None = None) -> pd.DataFrame:
+              written_back: dict[str, str] | None = None, *, found: np.ndarray | None = None) -> pd.DataFrame:
     """One row per source row: what to do at Stripe and why. `written_back`: row key -> customer id this
-    sync created before (so a rerun updates instead of creating).
+    sync created before (so a rerun updates instead of creating). `found`: each row's customer as a position
+    in `current` (-1: none) where the caller has matched them already by the rules of step 2 (the gift-card
+    sync's reconcile does); `current` then holds each customer once.
 
     Steps, each a pure function of what the ones before returned:
       1. validate rows: `invalid` (from wanted_frame) holds the reasons of the rows that fail validation;
@@ -252,9 +254,10 @@ def plan_sync(spec: SyncSpec, wanted: pd.DataFrame, invalid: pd.Series, current:
       4. diff the fields of the rows that write a matched customer;
       5. decide the action: reject, create, update where a field differs, else none.
     """
-    current = current[~current.index.duplicated()] if not current.index.is_unique else current  # first copy wins
     problems = _validation_problems(invalid, len(wanted))
-    found = _match_customers(spec, wanted, current, written_back or {})
+    if found is None:
+        current = current[~current.index.duplicated()] if not current.index.is_unique else current  # first wins
+        found = _match_customers(spec, wanted, current, written_back or {})
     targets = _targets(spec, wanted, problems, found)
     fields = fields_of(wanted)
     changes = _diff_fields(spec, wanted, current, fields, targets.updates, found[targets.updates])
@@ -349,7 +352,10 @@ def _why_no_create(spec: SyncSpec, wanted: pd.DataFrame) -> np.ndarray:
 
 def _later_repeats(values: np.ndarray, among: np.ndarray) -> np.ndarray:
     """Rows of `among` whose value an earlier row of `among` has."""
-    return pd.Series(values).where(among).duplicated(keep="first").to_numpy() & among
+    rows = np.flatnonzero(among)
+    out = np.zeros(len(values), dtype=bool)
+    out[rows] = pd.Series(values[rows]).duplicated(keep="first").to_numpy()
+    return out
 
 
 def _first_that_applies(rules: list[tuple[np.ndarray, Any]], n: int) -> np.ndarray:
@@ -418,7 +424,9 @@ def _value_differs(want: _Gathered, have: _Gathered, clear: bool, fold_case: boo
 # -- step 5: decide the action, and the plan --------------------------------------------------------------
 def _decide_actions(targets: _Targets, changes: np.ndarray) -> np.ndarray:
     """Per row: reject (it has a reason), create, update (a field differs), else none."""
-    action = np.where(targets.reason != "", Action.REJECT.value, Action.NONE.value).astype(object)
+    # Object arrays of the two strings: a str array made object would hold a new string per row.
+    action = np.where(targets.reason != "", np.array(Action.REJECT.value, dtype=object),
+                      np.array(Action.NONE.value, dtype=object))
     action[targets.updates[changes.any(axis=1)]] = Action.UPDATE.value
     action[targets.creates] = Action.CREATE.value
     return action
@@ -436,7 +444,7 @@ def _plan_frame(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fie
         has_value = np.column_stack([~_gather(wanted[f], creates)[1] for f in fields])
         changed[creates] = _names(has_value, [_group(f) or f for f in fields])
 
-    customer_id = np.append(current.index.to_numpy(dtype=object), np.array([None], dtype=object))[found]  # -1: None
+    customer_id, _ = _gather(current.index, found)  # -1: None
     keys = wanted["row_key"].to_numpy(dtype=object, na_value=None)
     emails = wanted["email_norm"].to_numpy(dtype=object, na_value=None)
     identity = np.full(n, None, dtype=object)
@@ -450,7 +458,7 @@ def _plan_frame(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fie
         columns[WANT + f] = wanted[f].to_numpy(dtype=object)  # request() reads NaN as None
         was = np.full(n, None, dtype=object)
         if f in current and len(updates):
-            was[updates] = current[f].to_numpy(dtype=object)[pos]
+            was[updates] = current[f].array.take(pos).to_numpy(dtype=object)
         columns[WAS + f] = was
     return pd.DataFrame({k: pd.Series(v, dtype=object, copy=False) for k, v in columns.items()}, copy=False)
 
@@ -472,9 +480,10 @@ def _names(flags: np.ndarray, names: list[str]) -> np.ndarray:
     return table[inverse.reshape(-1)]
 
 
-def _gather(column: pd.Series, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """column[at] as objects with None for any missing value (pd.NA would not compare), and where missing."""
-    values = column.to_numpy(dtype=object)[at]
+def _gather(column: pd.Series | pd.Index, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """column[at] as objects with None for any missing value (pd.NA would not compare), and where missing;
+    -1 in `at` is missing. Taken before it is made objects: Arrow strings become Python ones only where read."""
+    values = column.array.take(at, allow_fill=True).to_numpy(dtype=object)
     missing = pd.isna(values)
     values[missing] = None
     return values, missing

@@ -150,35 +150,65 @@ def plan_customer_updates(redemptions: pd.DataFrame, customers: pd.DataFrame, da
     plan = wanted_by_customer(redemptions, customers, day_start, day_end, spec.mode)
     if plan.empty:
         return pd.DataFrame(columns=PLAN_COLUMNS)
-    plan = _decide(spec, plan, customers)
-    # The parts come ordered by customer_id, then e-mail, missing last: what is left is the action.
-    action = pd.Categorical(plan["action"], categories=[CREATE, UPDATE, NONE, REJECT, SKIP]).codes
-    return plan.take(np.argsort(action, kind="stable")).reset_index(drop=True)
+    return _decide(spec, plan, customers)
 
 
 def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
-    """The engine's plan for the rows not left out: their wanted values against the customers they match."""
-    todo = np.flatnonzero((plan["action"] == SYNC).to_numpy())
-    rows = plan.iloc[todo]
-    ids, emails = rows["customer_id"].to_numpy(dtype=object), rows["email"].to_numpy(dtype=object)
-    wanted = _objects({"row_key": np.where(pd.isna(ids), emails, ids), "given_id": ids, "email_norm": emails,
-                       "email": emails, **{c: rows[c].to_numpy(dtype=object) for c in ("name", "phone")},
-                       **{f"metadata.{k}": rows[k].to_numpy(dtype=object) for k in METADATA_KEYS}})
-    matched = rows["_row"].fillna(-1).to_numpy(dtype=np.int64) if "_row" in rows else np.full(len(rows), -1)
-    current = customers.iloc[matched[matched >= 0]].set_index("customer_id")
-    decided = plan_sync(spec, wanted, pd.Series(dtype=object), current.rename(columns=lambda c: _PREFIXED.get(c, c)))
+    """The engine's plan for the rows not left out: their wanted values against the customers reconcile matched
+    them to (`_row`, a position in `customers`), so the engine matches nothing again. The rows come ordered by
+    customer_id, then e-mail, missing last; they leave ordered by action, then that order.
 
-    def spread(values: pd.Series, base: np.ndarray | None = None) -> pd.Series:
-        out = np.full(len(plan), None, dtype=object) if base is None else base.copy()
-        out[todo] = values.to_numpy(dtype=object)
-        return pd.Series(out, index=plan.index, dtype=object, copy=False)  # object: None stays None
+    The engine gets every row, the left-out ones as invalid (their action and reason are put back after), in
+    the order the plan leaves in when every matched customer is an update, as on a day's run (each touched
+    customer has a new redemption): rows to create, matched rows, rows left out. Most plans then need no
+    reordering, and no column is spread over the left-out rows."""
+    n = len(plan)
+    sync = (plan["action"] == SYNC).to_numpy()
+    row = plan["_row"].fillna(-1).to_numpy(dtype=np.int64) if "_row" in plan else np.full(n, -1)
+    arranged = np.concatenate([np.flatnonzero(sync & (row < 0)), np.flatnonzero(sync & (row >= 0)),
+                               np.flatnonzero(~sync)])
+    left_out = np.arange(int(sync.sum()), n)  # their places in `arranged`
 
-    out = {c: plan[c] for c in PLAN_COLUMNS if c != "changed_keys"}
-    out |= {c: spread(decided[c], plan[c].to_numpy(dtype=object)) for c in ("action", "reason")}
-    out["changed_keys"] = spread(decided["changed"], np.full(len(plan), "", dtype=object))
-    # What the writer needs: the engine's own columns, for the rows it decided.
-    out |= {c: spread(decided[c]) for c in decided.columns if c not in out}
-    return pd.DataFrame(out, copy=False)
+    def column(name: str) -> np.ndarray:
+        return plan[name].to_numpy(dtype=object)[arranged]
+
+    found = row[arranged]
+    found[left_out] = -1
+    ids, emails = column("customer_id"), column("email")
+    wanted = _objects({"row_key": np.where(found >= 0, ids, emails), "given_id": ids, "email_norm": emails,
+                       "email": emails, **{c: column(c) for c in ("name", "phone")},
+                       **{f"metadata.{k}": column(k) for k in METADATA_KEYS}})
+    # Every customer, by position: no copy of the rows, no index to hash.
+    current = pd.DataFrame({_PREFIXED.get(c, c): customers[c] for c in customers.columns if c != "customer_id"},
+                           copy=False).set_axis(pd.Index(customers["customer_id"], copy=False))
+    decided = plan_sync(spec, wanted, pd.Series(SKIP, index=left_out, dtype=object), current, found=found)
+
+    action = decided["action"].to_numpy(dtype=object, copy=True)
+    action[left_out] = SKIP
+    reason = decided["reason"].to_numpy(dtype=object, copy=True)
+    reason[left_out] = column("reason")[left_out]
+    ranks = pd.Index([str(a) for a in (CREATE, UPDATE, NONE, REJECT, SKIP)], dtype=object)  # as the plan holds them
+    order = np.argsort(ranks.get_indexer(action), kind="stable")
+    in_order = bool((order == np.arange(n)).all())
+
+    def ordered(values: np.ndarray) -> np.ndarray:
+        return values if in_order else values[order]
+
+    final = ordered(arranged)
+    out: dict[str, pd.Series | np.ndarray] = {
+        c: plan[c].take(final).reset_index(drop=True) for c in PLAN_COLUMNS if c != "changed_keys"}
+    out["action"], out["reason"] = ordered(action), ordered(reason)
+    out["changed_keys"] = ordered(decided["changed"].to_numpy(dtype=object))
+    # What the writer needs: the engine's own columns, for the rows it decided (None on the left-out ones).
+    for c in decided.columns:
+        if c not in out:
+            values = decided[c].to_numpy(dtype=object)
+            if any(v is not None for v in values[left_out]):
+                values = values.copy()
+                values[left_out] = None
+            out[c] = ordered(values)
+    return pd.DataFrame({c: v if isinstance(v, pd.Series) else pd.Series(v, dtype=object, copy=False)
+                         for c, v in out.items()}, copy=False)
 
 
 def _objects(columns: dict[str, np.ndarray]) -> pd.DataFrame:
