@@ -2,11 +2,12 @@
 one budget row in giftflow's database."""
 
 import multiprocessing as mp
+import threading
 import time
 
 import sqlalchemy as sa
 
-from giftflow.adapters.stripe import PostgresBudget
+from giftflow.adapters.stripe import LocalBudget, PostgresBudget
 from giftflow_tests.harness import create_database
 
 RATE = 20
@@ -45,3 +46,45 @@ def test_the_budget_waits_for_its_slot_and_never_lends_ahead(postgres_url):
     for _ in range(5):
         budget.try_acquire()
     assert time.monotonic() - began >= 4 / RATE - 0.02
+
+
+def test_the_process_budget_spaces_calls_on_a_schedule_and_banks_nothing():
+    budget = LocalBudget(50)
+    time.sleep(0.3)  # idle: no slots banked
+    began = time.monotonic()
+    for _ in range(11):
+        budget.try_acquire()
+    assert 10 / 50 - 0.01 <= time.monotonic() - began < 10 / 50 + 0.15
+
+
+def test_the_process_budget_spreads_calls_from_threads_evenly():
+    budget, left = LocalBudget(100), []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        for _ in range(10):
+            budget.try_acquire()
+            with lock:
+                left.append(time.monotonic())
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    left.sort()
+    assert left[-1] - left[0] >= 79 / 100 - 0.01  # 80 calls: 79 intervals whatever the threads
+    assert sum(1 for t in left if t <= left[0] + 0.2) <= 21 + 2  # no burst: 0.2 s holds 21 slots
+
+
+def test_late_calls_after_a_stall_never_put_more_than_the_cap_in_one_second():
+    """Calls whose slots passed while the process was stalled go at once, but only as far as the cap allows."""
+    budget = LocalBudget(100, window_cap=100)
+    now = time.monotonic()
+    budget._left.extend([now - 0.5] * 95)  # 95 calls left half a second ago
+    began = time.monotonic()
+    for _ in range(5):  # room for 5 more in this second: no waiting beyond the schedule
+        budget.try_acquire()
+    assert time.monotonic() - began < 0.2
+    budget.try_acquire()  # the 101st must wait until the 95 leave the window, half a second from now
+    assert time.monotonic() - began >= 0.45
