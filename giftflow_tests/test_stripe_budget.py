@@ -107,3 +107,23 @@ def test_a_call_held_up_on_the_way_counts_from_its_answer():
     assert time.monotonic() - began < 0.2
     budget.try_acquire()  # the 3rd since the held-up call reached Stripe: waits for it to leave the window
     assert time.monotonic() - began >= 0.9
+
+
+def test_calls_that_take_long_to_answer_still_get_the_whole_pace():
+    """300 ms to an answer (Stripe from afar): the calls in flight are not counted twice, the pace is kept."""
+    budget, left, stop = LocalBudget(50, window_cap=51, catch_up_s=0), [], time.monotonic() + 4
+
+    def caller() -> None:
+        while time.monotonic() < stop:
+            budget.try_acquire()
+            left.append(time.monotonic())
+            time.sleep(0.3)
+            budget.answered()
+
+    threads = [threading.Thread(target=caller) for _ in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    steady = [t for t in left if stop - 3 <= t < stop]  # the last 3 s, the usual time to an answer known
+    assert len(steady) >= 0.97 * 50 * 3, len(steady)

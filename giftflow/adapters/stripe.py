@@ -85,9 +85,11 @@ class LocalBudget:
     Each call takes the next slot of the schedule under a lock and sleeps until it, so a thread that wakes a little
     late or a call that takes long shifts nothing that follows. After a stall (the process starved of CPU, a garbage
     collection) the slots it skipped, up to `catch_up_s` of them, are taken late rather than lost; an idle budget
-    banks no more than that. The cap keeps the catch-up from putting a second over the limit at Stripe: a call
-    counts from when it left, and once answered, from when it may have reached Stripe at the latest (its answer
-    less the usual time to an answer), so calls held up on the way by a stall count where Stripe saw them.
+    banks no more than that. The cap keeps the catch-up from putting a second over the limit at Stripe. It counts
+    calls where Stripe counts them, when they arrive, as far as the client can tell: a call counts from half the
+    usual time to an answer after it left, or once answered, from its answer less that if later, so calls held up
+    on the way by a stall count where Stripe saw them; and a new call is checked against the second before it
+    will likely arrive.
 
     It replaced pyrate-limiter's in-memory sliding window, which let a whole second's calls go at once and then
     had every thread that found it full sleep the wait plus a 50 ms buffer: bursts and gaps of 50-250 ms, writes
@@ -118,27 +120,29 @@ class LocalBudget:
                 time.sleep(delay)
             with self._lock:
                 now = time.monotonic()
-                self._forget(now - self.WINDOW_S)
+                ahead = self._usual_s / 2  # when this call will likely reach Stripe: the window to check ends there
+                self._forget(now + ahead - self.WINDOW_S)
                 if now < self._last_left + self.interval / 2:  # catching up: at twice the pace, not all at once
                     slot = self._last_left + self.interval / 2
                 elif len(self._counted) < self.window_cap:
                     self._mine.call = number, _ = next(self._numbers), now
-                    self._count(number, now)
+                    self._count(number, now + ahead)
                     self._last_left = now
                     return True
                 else:
-                    slot = self._heap[0][0] + self.WINDOW_S
+                    slot = self._heap[0][0] + self.WINDOW_S - ahead
 
     def answered(self) -> None:
-        """The call this thread last let go has its answer (or failed): count it from when it may have reached
-        Stripe at the latest, as far as one can tell: its answer less half the usual time to an answer."""
+        """The call this thread last let go has its answer (or failed): count it from when it reached Stripe as
+        far as one can tell, its answer less half the usual time to an answer, if that is later than thought."""
         call, self._mine.call = getattr(self._mine, "call", None), None
         if call is None:
             return
         number, left = call
         now = time.monotonic()
         with self._lock:
-            self._count(number, max(left, now - self._usual_s / 2))
+            if (at := now - self._usual_s / 2) > self._counted.get(number, left):
+                self._count(number, at)
             # A running mean that a stall moves little: one answer counts at most twice the usual.
             took = now - left
             self._usual_s += 0.05 * (min(took, 2 * self._usual_s or took) - self._usual_s)
