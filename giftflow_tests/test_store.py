@@ -165,3 +165,35 @@ def test_many_runs_opening_a_new_postgres_database_at_once(postgres_url):
         list(pool.map(_create_tables, engines))
     with engines[0].connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM redemptions")).scalar() == 0
+
+
+def test_a_batch_of_write_records_stores_what_the_calls_one_by_one_store(store):
+    """The customer writer's group commit: several writes' ledger entries and answers in one transaction."""
+    from giftflow.adapters.store import MirroredCustomers, PlannedWrite, WriteOutcome
+    store.record_planned("retried", "update_customer", "cus_1", {"metadata": {"a": "1"}}, None, "run-1")
+    store.record_result("retried", status="failed", error="boom")
+    store.upsert_customers([{"id": "cus_9", "email": "z@x.com", "created": 1, "metadata": {}, "_tax_ids": ["eu_vat:1"]}])
+    store.record_writes([
+        PlannedWrite("retried", "update_customer", "cus_1", {"metadata": {"a": "1"}}, None, "run-2"),
+        PlannedWrite("new", "create_customer", "r1", {"email": "n@x.com"}, "2026-11-20", "run-2"),
+        WriteOutcome("older", "sent", request_id="req_0", object_id="cus_0"),  # not in the ledger: nothing to update
+        MirroredCustomers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"a": "1"}}]),
+        MirroredCustomers([{"id": "cus_9", "email": "z@x.com", "created": 1, "metadata": {"b": "2"}}],
+                          add_coupons=("c1:CODE",)),
+        MirroredCustomers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"a": "2"}}]),  # later answer
+    ])
+    entries = store.ledger_entries(["retried", "new", "older"])
+    assert set(entries) == {"retried", "new"}
+    assert (entries["retried"]["status"], entries["retried"]["attempts"], entries["retried"]["error"],
+            entries["retried"]["run_id"]) == ("planned", 2, None, "run-2")
+    assert (entries["new"]["status"], entries["new"]["attempts"], entries["new"]["partition"]) == \
+        ("planned", 1, "2026-11-20")
+    store.record_writes([WriteOutcome("retried", "sent", request_id="req_1", object_id="cus_1"),
+                         WriteOutcome("new", "refused", error="Invalid email")])
+    entries = store.ledger_entries(["retried", "new"])
+    assert (entries["retried"]["status"], entries["retried"]["stripe_request_id"]) == ("sent", "req_1")
+    assert (entries["new"]["status"], entries["new"]["error"]) == ("refused", "Invalid email")
+    customers = {c["id"]: c for c in store.load_customers()}
+    assert customers["cus_1"]["metadata"] == {"a": "2"}
+    assert customers["cus_9"]["metadata"] == {"b": "2"}
+    assert (customers["cus_9"]["_tax_ids"], customers["cus_9"]["_coupons"]) == (["eu_vat:1"], ["c1:CODE"])

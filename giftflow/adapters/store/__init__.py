@@ -7,8 +7,10 @@ is `schema.py`, kept by the Alembic migrations in `migrations/`, which run when 
 webhooks, sync_runs, state); `GiftflowStore` is the facade callers hold.
 """
 
+from giftflow.adapters.store.customers import MirroredCustomers
 from giftflow.adapters.store.db import _create_tables, default_database_url, head_revision, migrate
 from giftflow.adapters.store.facade import GiftflowStore, Repositories
+from giftflow.adapters.store.ledger import PlannedWrite, WriteOutcome
 from giftflow.adapters.store.schema import (
     customer_objects,
     kv,
@@ -23,7 +25,7 @@ from giftflow.adapters.store.schema import (
 )
 
 __all__ = [
-    "GiftflowStore", "Repositories", "_create_tables", "customer_objects", "default_database_url", "head_revision",
-    "kv", "ledger", "metadata_obj", "migrate", "quarantine", "redemptions", "stripe_objects", "sync_ids", "sync_runs",
-    "webhook_events",
+    "GiftflowStore", "MirroredCustomers", "PlannedWrite", "Repositories", "WriteOutcome", "_create_tables",
+    "customer_objects", "default_database_url", "head_revision", "kv", "ledger", "metadata_obj", "migrate",
+    "quarantine", "redemptions", "stripe_objects", "sync_ids", "sync_runs", "webhook_events",
 ]

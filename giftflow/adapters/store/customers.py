@@ -5,6 +5,7 @@ replaces one mirrored later (`synced_at`): a listing takes minutes, events arriv
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -13,6 +14,16 @@ from giftflow.adapters.store._base import Repository
 from giftflow.adapters.store.db import chunks, now, upsert
 from giftflow.adapters.store.schema import customer_objects
 from giftflow.adapters.store.state import State
+
+
+@dataclass(frozen=True)
+class MirroredCustomers:
+    """Customers as a write's answer showed them, to mirror (`upsert_customers`)."""
+
+    rows: list[dict]
+    as_of: datetime | None = None
+    add_tax_ids: tuple[str, ...] = ()
+    add_coupons: tuple[str, ...] = ()
 
 
 class CustomerMirror(Repository):
@@ -58,6 +69,23 @@ class CustomerMirror(Repository):
     def count(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(customer_objects)).scalar_one()
+
+
+def mirror_in(conn: sa.Connection, entries: list[MirroredCustomers]) -> None:
+    """Several writes' answers mirrored in `conn`'s transaction, in order: runs of answers that add nothing and
+    name distinct customers in one statement each, the others one by one."""
+    plain: dict[str, dict] = {}
+    for e in entries:
+        ids = {r["id"] for r in e.rows}
+        if plain and (e.as_of is not None or e.add_tax_ids or e.add_coupons or plain.keys() & ids):
+            _merge(conn, list(plain.values()), now())
+            plain = {}
+        if e.as_of is None and not e.add_tax_ids and not e.add_coupons and len(ids) == len(e.rows):
+            plain.update({r["id"]: r for r in e.rows})
+        else:
+            _merge(conn, e.rows, e.as_of or now(), list(e.add_tax_ids), list(e.add_coupons))
+    if plain:
+        _merge(conn, list(plain.values()), now())
 
 
 def _merge(conn: sa.Connection, rows: list[dict], as_of: datetime, add_tax_ids: Iterable[str] = (),

@@ -11,9 +11,9 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
-from giftflow.adapters.store.customers import CustomerMirror
+from giftflow.adapters.store.customers import CustomerMirror, MirroredCustomers, mirror_in
 from giftflow.adapters.store.db import default_database_url, engine_for
-from giftflow.adapters.store.ledger import Ledger
+from giftflow.adapters.store.ledger import Ledger, PlannedWrite, WriteOutcome, plan_in, settle_in
 from giftflow.adapters.store.quarantine import Quarantine
 from giftflow.adapters.store.redemptions import Redemptions
 from giftflow.adapters.store.state import State
@@ -100,6 +100,16 @@ class GiftflowStore(BaseModel):
                       object_id: str | None = None, error: str | None = None) -> None:
         self.repos.ledger.record_result(op_key, status=status, request_id=request_id, object_id=object_id,
                                         error=error)
+
+    def record_writes(self, records: Iterable[PlannedWrite | WriteOutcome | MirroredCustomers]) -> None:
+        """Several writes' ledger entries and mirrored answers in one transaction, as `record_planned`,
+        `record_result` and `upsert_customers` would store them one by one (the customer writer's group commit:
+        one commit for what all its threads have waiting). Their op_keys must be distinct."""
+        records = list(records)
+        with self.engine.begin() as conn:
+            plan_in(conn, [r for r in records if isinstance(r, PlannedWrite)])
+            settle_in(conn, [r for r in records if isinstance(r, WriteOutcome)])
+            mirror_in(conn, [r for r in records if isinstance(r, MirroredCustomers)])
 
     def ledger_frame(self) -> pd.DataFrame:
         return self.repos.ledger.frame()

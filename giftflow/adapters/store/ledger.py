@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -16,6 +18,29 @@ def _entry(row) -> dict:
     # `params` as the JSON text (sorted keys) the ledger has always handed out: callers replay it as sent.
     return {**row, "params": _json_dumps(row["params"]), "created_at": aware(row["created_at"]),
             "updated_at": aware(row["updated_at"])}
+
+
+@dataclass(frozen=True)
+class PlannedWrite:
+    """A write about to be sent: its ledger entry (`record_planned`)."""
+
+    op_key: str
+    kind: str
+    target: str
+    params: dict
+    partition: str | None
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What became of a sent write (`record_result`)."""
+
+    op_key: str
+    status: str
+    request_id: str | None = None
+    object_id: str | None = None
+    error: str | None = None
 
 
 class Ledger(Repository):
@@ -34,23 +59,13 @@ class Ledger(Repository):
 
     def record_planned(self, op_key: str, kind: str, target: str, params: dict, partition: str | None,
                        run_id: str | None) -> None:
-        at = now()
         with self.engine.begin() as conn:
-            existing = conn.execute(sa.select(ledger.c.attempts).where(ledger.c.op_key == op_key)).scalar()
-            if existing is None:
-                conn.execute(ledger.insert().values(
-                    op_key=op_key, kind=kind, target=target, params=params, status="planned", partition=partition,
-                    run_id=run_id, attempts=1, created_at=at, updated_at=at))
-            else:
-                conn.execute(ledger.update().where(ledger.c.op_key == op_key).values(
-                    status="planned", run_id=run_id, attempts=existing + 1, error=None, updated_at=at))
+            plan_in(conn, [PlannedWrite(op_key, kind, target, params, partition, run_id)])
 
     def record_result(self, op_key: str, *, status: str, request_id: str | None = None, object_id: str | None = None,
                       error: str | None = None) -> None:
         with self.engine.begin() as conn:
-            conn.execute(ledger.update().where(ledger.c.op_key == op_key).values(
-                status=status, stripe_request_id=request_id, stripe_object_id=object_id, error=error,
-                updated_at=now()))
+            settle_in(conn, [WriteOutcome(op_key, status, request_id, object_id, error)])
 
     def frame(self) -> pd.DataFrame:
         """The whole ledger, oldest first; `params` as the JSON text it always was in this frame."""
@@ -58,3 +73,34 @@ class Ledger(Repository):
             frame = pd.read_sql(sa.select(ledger).order_by(ledger.c.created_at), conn)
         frame["params"] = frame["params"].map(_json_dumps)
         return frame
+
+
+def plan_in(conn: sa.Connection, entries: list[PlannedWrite]) -> None:
+    """Ledger entries `planned` in `conn`'s transaction (their op_keys distinct): a new key is inserted with
+    attempt 1, a known one (a retry) set back to planned with one attempt more."""
+    at = now()
+    attempts = {r.op_key: r.attempts for chunk in chunks([e.op_key for e in entries])
+                for r in conn.execute(sa.select(ledger.c.op_key, ledger.c.attempts).where(ledger.c.op_key.in_(chunk)))}
+    new = [{"op_key": e.op_key, "kind": e.kind, "target": e.target, "params": e.params, "status": "planned",
+            "partition": e.partition, "run_id": e.run_id, "attempts": 1, "created_at": at, "updated_at": at}
+           for e in entries if e.op_key not in attempts]
+    if new:
+        conn.execute(ledger.insert(), new)
+    for e in entries:
+        if e.op_key in attempts:
+            conn.execute(ledger.update().where(ledger.c.op_key == e.op_key).values(
+                status="planned", run_id=e.run_id, attempts=attempts[e.op_key] + 1, error=None, updated_at=at))
+
+
+_SETTLE = ledger.update().where(ledger.c.op_key == sa.bindparam("b_op_key")).values(
+    status=sa.bindparam("b_status"), stripe_request_id=sa.bindparam("b_request_id"),
+    stripe_object_id=sa.bindparam("b_object_id"), error=sa.bindparam("b_error"), updated_at=sa.bindparam("b_at"))
+
+
+def settle_in(conn: sa.Connection, outcomes: list[WriteOutcome]) -> None:
+    """Writes' outcomes (sent, refused, failed) in `conn`'s transaction, as one statement however many."""
+    at = now()
+    rows: list[dict[str, Any]] = [{"b_op_key": o.op_key, "b_status": o.status, "b_request_id": o.request_id,
+                                   "b_object_id": o.object_id, "b_error": o.error, "b_at": at} for o in outcomes]
+    if rows:
+        conn.execute(_SETTLE, rows)
