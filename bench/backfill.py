@@ -45,8 +45,9 @@ mutation($params: LaunchBackfillParams!) {
 
 def launch_asset_backfill(stack: Stack, assets: tuple[str, ...], partitions: list[str]) -> str:
     """What the UI's Materialize -> date range launches: a backfill of the assets, following their policy."""
-    launched = stack.graphql(LAUNCH_ASSET_BACKFILL, {"params": {
-        "assetSelection": [{"path": [a]} for a in assets], "partitionNames": partitions}})["launchPartitionBackfill"]
+    launched = stack.graphql(
+        LAUNCH_ASSET_BACKFILL, {"params": {"assetSelection": [{"path": [a]} for a in assets], "partitionNames": partitions}}
+    )["launchPartitionBackfill"]
     if launched["__typename"] != "LaunchBackfillSuccess":
         raise RuntimeError(launched)
     return launched["backfillId"]
@@ -55,13 +56,21 @@ def launch_asset_backfill(stack: Stack, assets: tuple[str, ...], partitions: lis
 def backfill_facts(stack: Stack, backfill_id: str, asset: str) -> dict:
     """From the instance: when the backfill was created and marked done (Dagster's own timestamps, so the
     bench's polling adds nothing to the wall time), and how many days of `asset` are materialized."""
-    code = ("import json, sys, dagster as dg\n"
-            "with dg.DagsterInstance.get() as i:\n"
-            "    b = i.get_backfill(sys.argv[1])\n"
-            "    print(json.dumps({'created': b.backfill_timestamp, 'ended': b.backfill_end_timestamp,\n"
-            "                      'days': len(i.get_materialized_partitions(dg.AssetKey(sys.argv[2])))}))")
-    out = subprocess.run([sys.executable, "-c", code, backfill_id, asset], env=stack.env, capture_output=True,
-                         text=True, timeout=120, check=True)
+    code = (
+        "import json, sys, dagster as dg\n"
+        "with dg.DagsterInstance.get() as i:\n"
+        "    b = i.get_backfill(sys.argv[1])\n"
+        "    print(json.dumps({'created': b.backfill_timestamp, 'ended': b.backfill_end_timestamp,\n"
+        "                      'days': len(i.get_materialized_partitions(dg.AssetKey(sys.argv[2])))}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, backfill_id, asset],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -77,16 +86,25 @@ def main() -> None:
     days = [today - timedelta(days=n) for n in range(days_n, 0, -1)]
     tmp = tempfile.mkdtemp(prefix="giftflow-backfill-")  # kept: daemon.log and webserver.log for a failed run
     with throwaway_postgres() as pg:
-        with production_stack(pg, Path(tmp), days, stripe_limit=limit, redemptions_per_day=20, customers=300,
-                              extra_env={"DAGSTER_EVENT_BATCH_SIZE": batch,
-                                         "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": planned_subset},
-                              grpc=grpc) as stack:
+        with production_stack(
+            pg,
+            Path(tmp),
+            days,
+            stripe_limit=limit,
+            redemptions_per_day=20,
+            customers=300,
+            extra_env={"DAGSTER_EVENT_BATCH_SIZE": batch, "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": planned_subset},
+            grpc=grpc,
+        ) as stack:
             stack.stripe.reset_stats()
             began = time.monotonic()
             began_at = time.time()
             keys = [d.isoformat() for d in days]
-            backfill_id = launch_backfill(stack, "giftcard_sync", keys) if as_job else \
-                launch_asset_backfill(stack, GIFTCARD_ASSETS, keys)
+            backfill_id = (
+                launch_backfill(stack, "giftcard_sync", keys)
+                if as_job
+                else launch_asset_backfill(stack, GIFTCARD_ASSETS, keys)
+            )
             status, runs = wait_for_backfill(stack, backfill_id, days_n if as_job else 1, timeout=6 * 3600)
             polled = time.monotonic() - began
             stats = stack.stripe.stats()
@@ -98,15 +116,21 @@ def main() -> None:
     runs_done = max((r["end"] or 0 for r in runs), default=began_at) - began_at
     bound = 1.2 * stats["requests"] / limit + 60
     print(f"logs: {tmp}")
-    print(f"days={days_n} launched_as={'job' if as_job else 'assets'} event_batch={batch} "
-          f"planned_per_day={planned_subset == 'false'} "
-          f"topology={'grpc code server' if grpc else 'workspace.yaml (python_module)'} status={status} "
-          f"runs_ok={ok}/{len(runs)} "
-          f"most_runs_at_once={most_at_once(runs)} days_materialized={days_done}/{days_n} cardivo_calls={cardivo_calls}")
-    print(f"stripe_calls={stats['requests']} writes={stats['writes']} calls_per_s={stats['requests'] / wall:.2f} "
-          f"limit_per_s={limit} rate_limited={stats['rate_limited']}")
-    print(f"wall_s={wall:.0f} runs_done_s={runs_done:.0f} bound_s={bound:.0f} (1.2 x calls/limit + 60) "
-          f"{'OK' if wall <= bound else 'OVER'}  (seen done by the bench's polling after {polled:.0f} s)")
+    print(
+        f"days={days_n} launched_as={'job' if as_job else 'assets'} event_batch={batch} "
+        f"planned_per_day={planned_subset == 'false'} "
+        f"topology={'grpc code server' if grpc else 'workspace.yaml (python_module)'} status={status} "
+        f"runs_ok={ok}/{len(runs)} "
+        f"most_runs_at_once={most_at_once(runs)} days_materialized={days_done}/{days_n} cardivo_calls={cardivo_calls}"
+    )
+    print(
+        f"stripe_calls={stats['requests']} writes={stats['writes']} calls_per_s={stats['requests'] / wall:.2f} "
+        f"limit_per_s={limit} rate_limited={stats['rate_limited']}"
+    )
+    print(
+        f"wall_s={wall:.0f} runs_done_s={runs_done:.0f} bound_s={bound:.0f} (1.2 x calls/limit + 60) "
+        f"{'OK' if wall <= bound else 'OVER'}  (seen done by the bench's polling after {polled:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,13 @@ STEP_TIMEOUT_S = 180  # a step still running after this is taken as hung: killed
 SYNC_NAME = "chaos_crm"
 JOBS = ("giftcard_sync", "stripe_workflows", f"sync_{SYNC_NAME}_job")
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-GIFTCARD_KEYS = ("giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions", "giftcard_last_redeemed_at",
-                 "giftcard_last4")
+GIFTCARD_KEYS = (
+    "giftcard_redeemed_total",
+    "giftcard_currency",
+    "giftcard_redemptions",
+    "giftcard_last_redeemed_at",
+    "giftcard_last4",
+)
 SYNC_FILE = f"""version: 1
 name: {SYNC_NAME}
 description: chaos bench, a CRM export per day
@@ -80,7 +85,8 @@ def worker(steps: list[list]) -> int:
             print(f"START {index}", flush=True)
             try:
                 result = giftflow.defs.get_job_def(job).execute_in_process(
-                    partition_key=day, instance=instance, raise_on_error=False, run_config=QUIET)
+                    partition_key=day, instance=instance, raise_on_error=False, run_config=QUIET
+                )
                 ok = result.success
             except Exception as exc:  # noqa: BLE001 - reported, the bench reruns the step
                 print(f"ERROR {index} {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
@@ -151,10 +157,13 @@ def oracle(world, days: list[str], crm: dict[str, list[dict]]) -> Oracle:
                 giftcard[t] = {"giftcard_redeemed_total": "0", "giftcard_redemptions": "0"}
                 continue
             last = max(done, key=lambda r: r["redeemed_at"])
-            giftcard[t] = {"giftcard_redeemed_total": str(sum(r["amount"] for r in done)),
-                           "giftcard_currency": done[0]["currency"], "giftcard_redemptions": str(len(done)),
-                           "giftcard_last_redeemed_at": last["redeemed_at"],
-                           "giftcard_last4": last["gift_card"]["code"][-4:]}
+            giftcard[t] = {
+                "giftcard_redeemed_total": str(sum(r["amount"] for r in done)),
+                "giftcard_currency": done[0]["currency"],
+                "giftcard_redemptions": str(len(done)),
+                "giftcard_last_redeemed_at": last["redeemed_at"],
+                "giftcard_last4": last["gift_card"]["code"][-4:],
+            }
     for t in list(o.new_targets):
         if t not in giftcard:  # never written (multi-currency): not created
             del o.new_targets[t]
@@ -171,8 +180,12 @@ def oracle(world, days: list[str], crm: dict[str, list[dict]]) -> Oracle:
             if t.startswith("crm:") and t not in o.new_targets:
                 o.new_targets[t] = key
                 o.identities[key] += 1
-            o.customers.setdefault(t, {})["crm"] = {"name": row["full_name"], "crm_id": row["crm_id"],
-                                                    "crm_segment": row["segment"], "crm_score": row["score"]}
+            o.customers.setdefault(t, {})["crm"] = {
+                "name": row["full_name"],
+                "crm_id": row["crm_id"],
+                "crm_segment": row["segment"],
+                "crm_score": row["score"],
+            }
 
     # Stripe workflows, per day of the object's `created`
     run_days = set(days)
@@ -213,8 +226,11 @@ def crm_files(world, days: list[str], rng: random.Random) -> dict[str, list[dict
         if n and news[:-2]:
             rows.append(dict(rng.choice(news[:-2])))
         for row in rows:
-            row.update(full_name=f"CRM Person {row['crm_id']} d{n}", segment=rng.choice(["retail", "wholesale", "vip"]),
-                       score=str(rng.randint(0, 100)))
+            row.update(
+                full_name=f"CRM Person {row['crm_id']} d{n}",
+                segment=rng.choice(["retail", "wholesale", "vip"]),
+                score=str(rng.randint(0, 100)),
+            )
         files[day] = rows
     return files
 
@@ -373,14 +389,31 @@ def run_seed(seed: int, n_days: int, verbose: bool = False) -> SeedResult:
     world = dataset.build_world(seed, days, redemptions_per_day=18, customers=20, payments_per_day=10)
     crm = crm_files(world, day_keys, rng)
     expected = oracle(world, day_keys, crm)
-    cardivo_faults = dict(error_rate=rng.uniform(0, 0.15), rate_limit_rate=rng.uniform(0, 0.15),
-                          retry_after_s=rng.choice([0, 0, 1]))
-    stripe_faults = dict(rate_limit_rate=rng.uniform(0, 0.06), error_rate=rng.uniform(0, 0.06),
-                         lose_rate=rng.uniform(0, 0.15), slow_rate=rng.uniform(0, 0.05), slow_s=rng.uniform(0.1, 1.0),
-                         rate_limit_per_s=rng.choice([None, 30, 60]))
-    result = SeedResult(seed, faults={"cardivo": cardivo_faults, "stripe": stripe_faults, "oracle": {
-        "customers": len(expected.customers), "new_customers": len(expected.new_targets), "vip": len(expected.vip),
-        "refunds": len(expected.refunds), "mails": len(expected.mails)}})
+    cardivo_faults = dict(
+        error_rate=rng.uniform(0, 0.15), rate_limit_rate=rng.uniform(0, 0.15), retry_after_s=rng.choice([0, 0, 1])
+    )
+    stripe_faults = dict(
+        rate_limit_rate=rng.uniform(0, 0.06),
+        error_rate=rng.uniform(0, 0.06),
+        lose_rate=rng.uniform(0, 0.15),
+        slow_rate=rng.uniform(0, 0.05),
+        slow_s=rng.uniform(0.1, 1.0),
+        rate_limit_per_s=rng.choice([None, 30, 60]),
+    )
+    result = SeedResult(
+        seed,
+        faults={
+            "cardivo": cardivo_faults,
+            "stripe": stripe_faults,
+            "oracle": {
+                "customers": len(expected.customers),
+                "new_customers": len(expected.new_targets),
+                "vip": len(expected.vip),
+                "refunds": len(expected.refunds),
+                "mails": len(expected.mails),
+            },
+        },
+    )
     stripe_state = stripe.StripeState.from_world(world, seed=seed)
     cardivo_state = cardivo.CardivoState.from_world(world)
     steps = [(job, day) for day in day_keys for job in JOBS]
@@ -388,9 +421,11 @@ def run_seed(seed: int, n_days: int, verbose: bool = False) -> SeedResult:
     kill_at = {0: rng.randint(1, 6), rng.randrange(1, len(steps)): rng.randint(1, 3)}
     if rng.random() < 0.5:  # and sometimes lose the next answers right away, whatever they are
         stripe_state.lose_next_responses(rng.randint(1, 3))
-    with tempfile.TemporaryDirectory(prefix=f"giftflow-chaos-{seed}-") as tmp, \
-            BackgroundServer(cardivo.create_app(cardivo_state, CARDIVO_KEY, seed=seed, **cardivo_faults)) as csrv, \
-            BackgroundServer(stripe.create_app(stripe_state, api_key=STRIPE_KEY, seed=seed, **stripe_faults)) as ssrv:
+    with (
+        tempfile.TemporaryDirectory(prefix=f"giftflow-chaos-{seed}-") as tmp,
+        BackgroundServer(cardivo.create_app(cardivo_state, CARDIVO_KEY, seed=seed, **cardivo_faults)) as csrv,
+        BackgroundServer(stripe.create_app(stripe_state, api_key=STRIPE_KEY, seed=seed, **stripe_faults)) as ssrv,
+    ):
         home, syncs = Path(tmp, "dagster_home"), Path(tmp, "syncs")
         (syncs / "crm").mkdir(parents=True)
         home.mkdir()
@@ -401,12 +436,20 @@ def run_seed(seed: int, n_days: int, verbose: bool = False) -> SeedResult:
                 out = csv.DictWriter(f, ["crm_id", "email", "full_name", "segment", "score"])
                 out.writeheader()
                 out.writerows(rows)
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("GIFTFLOW_", "DAGSTER_", "STRIPE_", "CARDIVO_"))}
-        env.update(PYTHONPATH=str(ROOT), DAGSTER_HOME=str(home), CARDIVO_API_BASE=csrv.base_url,
-                   CARDIVO_API_KEY=CARDIVO_KEY, STRIPE_API_BASE=ssrv.base_url, STRIPE_API_KEY=STRIPE_KEY,
-                   GIFTFLOW_SYNC_MODE="upsert", GIFTFLOW_REFUNDS_ENABLED="true", GIFTFLOW_TEAM_EMAIL=TEAM,
-                   GIFTFLOW_SYNCS_DIR=str(syncs), GIFTFLOW_STRIPE_MAX_RPS="50")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GIFTFLOW_", "DAGSTER_", "STRIPE_", "CARDIVO_"))}
+        env.update(
+            PYTHONPATH=str(ROOT),
+            DAGSTER_HOME=str(home),
+            CARDIVO_API_BASE=csrv.base_url,
+            CARDIVO_API_KEY=CARDIVO_KEY,
+            STRIPE_API_BASE=ssrv.base_url,
+            STRIPE_API_KEY=STRIPE_KEY,
+            GIFTFLOW_SYNC_MODE="upsert",
+            GIFTFLOW_REFUNDS_ENABLED="true",
+            GIFTFLOW_TEAM_EMAIL=TEAM,
+            GIFTFLOW_SYNCS_DIR=str(syncs),
+            GIFTFLOW_STRIPE_MAX_RPS="50",
+        )
         outbox = Outbox(home / "outbox")
         log = open(Path(tmp, "worker.log"), "w")
         try:
@@ -426,8 +469,10 @@ def run_seed(seed: int, n_days: int, verbose: bool = False) -> SeedResult:
     result.notes += notes
     result.failed = result.failed or bool(result.duplicates or result.lost)
     stats = stripe_state.stats()
-    result.faults["seen"] = {k: stats[k] for k in ("writes", "replays", "rate_limited", "injected_429",
-                                                   "injected_5xx", "lost_answers", "slow_answers")}
+    result.faults["seen"] = {
+        k: stats[k]
+        for k in ("writes", "replays", "rate_limited", "injected_429", "injected_5xx", "lost_answers", "slow_answers")
+    }
     result.faults["seen"]["cardivo_refused"] = sum(cardivo_state.stats()["refused"].values())
     result.seconds = time.monotonic() - started
     return result
@@ -436,8 +481,15 @@ def run_seed(seed: int, n_days: int, verbose: bool = False) -> SeedResult:
 def _run_worker(steps, pos, attempts, kill_at, stripe_state, env, log, result) -> int:
     """One worker from step `pos` on; kills it where planned. Returns the first step not done."""
     todo = [[i, job, day] for i, (job, day) in enumerate(steps) if i >= pos]
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(todo)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(todo)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        start_new_session=True,
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] and None, daemon=True).start()
     current, base, since = None, 0, time.monotonic()
@@ -498,27 +550,34 @@ def main(argv: list[str] | None = None) -> int:
         return worker(json.loads(args.worker))
 
     started = time.monotonic()
-    print(f"{'seed':>6}{'duplicates':>12}{'lost':>6}{'failed':>8}{'kills':>7}{'reruns':>8}{'writes':>8}"
-          f"{'stripe faults':>15}{'cardivo faults':>16}{'s':>7}")
+    print(
+        f"{'seed':>6}{'duplicates':>12}{'lost':>6}{'failed':>8}{'kills':>7}{'reruns':>8}{'writes':>8}"
+        f"{'stripe faults':>15}{'cardivo faults':>16}{'s':>7}"
+    )
     results = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         r = run_seed(seed, args.days, args.verbose)
         results.append(r)
         seen = r.faults["seen"]
-        stripe_faults = (seen["rate_limited"] + seen["injected_429"] + seen["injected_5xx"] + seen["lost_answers"]
-                         + seen["slow_answers"])
-        print(f"{seed:>6}{r.duplicates:>12}{r.lost:>6}{'yes' if r.failed else 'no':>8}{r.kills:>7}{r.reruns:>8}"
-              f"{seen['writes']:>8}{stripe_faults:>15}{seen['cardivo_refused']:>16}{r.seconds:>7.1f}", flush=True)
+        stripe_faults = (
+            seen["rate_limited"] + seen["injected_429"] + seen["injected_5xx"] + seen["lost_answers"] + seen["slow_answers"]
+        )
+        print(
+            f"{seed:>6}{r.duplicates:>12}{r.lost:>6}{'yes' if r.failed else 'no':>8}{r.kills:>7}{r.reruns:>8}"
+            f"{seen['writes']:>8}{stripe_faults:>15}{seen['cardivo_refused']:>16}{r.seconds:>7.1f}",
+            flush=True,
+        )
         for note in r.notes[:20] if (args.verbose or r.failed) else []:
             print(f"        {note}")
         if args.verbose:
             print(f"        events: {'; '.join(r.events)}")
             print(f"        faults: {r.faults}")
-    dups, lost, failed = (sum(r.duplicates for r in results), sum(r.lost for r in results),
-                          sum(r.failed for r in results))
-    print(f"total over {len(results)} seeds: duplicates {dups}, lost updates {lost}, failed seeds {failed} "
-          f"({', '.join(str(r.seed) for r in results if r.failed) or 'none'}); kills {sum(r.kills for r in results)}, "
-          f"reruns {sum(r.reruns for r in results)}; {time.monotonic() - started:.1f} s")
+    dups, lost, failed = (sum(r.duplicates for r in results), sum(r.lost for r in results), sum(r.failed for r in results))
+    print(
+        f"total over {len(results)} seeds: duplicates {dups}, lost updates {lost}, failed seeds {failed} "
+        f"({', '.join(str(r.seed) for r in results if r.failed) or 'none'}); kills {sum(r.kills for r in results)}, "
+        f"reruns {sum(r.reruns for r in results)}; {time.monotonic() - started:.1f} s"
+    )
     return 1 if dups or lost or failed else 0
 
 

@@ -60,18 +60,33 @@ def redemptions(n_customers: int, n: int, rng: random.Random) -> pd.DataFrame:
         elif kind < 0.20:
             linked = f"cus_{who:08d}"
         typed = f"  {email.upper() if rng.random() < 0.3 else email} "
-        rows.append({"redemption_id": f"rdm_{i:06d}", "status": "completed", "amount": 500 + i, "currency": "usd",
-                     "card_last4": f"{i % 10000:04d}", "gift_card_id": f"gc_{i}", "email": typed.strip(),
-                     "email_norm": email, "name": None, "phone": None, "stripe_customer_id": linked,
-                     "location": "online", "redeemed_at": DAY + timedelta(seconds=60 * i + 1),
-                     "updated_at": DAY + timedelta(seconds=60 * i + 1)})
+        rows.append(
+            {
+                "redemption_id": f"rdm_{i:06d}",
+                "status": "completed",
+                "amount": 500 + i,
+                "currency": "usd",
+                "card_last4": f"{i % 10000:04d}",
+                "gift_card_id": f"gc_{i}",
+                "email": typed.strip(),
+                "email_norm": email,
+                "name": None,
+                "phone": None,
+                "stripe_customer_id": linked,
+                "location": "online",
+                "redeemed_at": DAY + timedelta(seconds=60 * i + 1),
+                "updated_at": DAY + timedelta(seconds=60 * i + 1),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def new_customers(day: pd.DataFrame) -> list[dict]:
     created = int(DAY.timestamp())
-    return [{"id": f"cus_new{i:05d}", "email": e, "created": created + i}
-            for i, e in enumerate(sorted(e for e in set(day["email_norm"]) if e.startswith("new")))]
+    return [
+        {"id": f"cus_new{i:05d}", "email": e, "created": created + i}
+        for i, e in enumerate(sorted(e for e in set(day["email_norm"]) if e.startswith("new")))
+    ]
 
 
 def one(n: int, n_redemptions: int, relist_up_to: int, workdir: Path) -> dict[str, str]:
@@ -88,12 +103,16 @@ def one(n: int, n_redemptions: int, relist_up_to: int, workdir: Path) -> dict[st
             store.upsert_redemptions(day)
             now = datetime.now(timezone.utc)
             if case != "first":  # a listing of the account an hour ago (before today's new customers)
-                store.replace_customers([{**c, "object": "customer", "metadata": {}} for c in account],
-                                        listed_from=now - timedelta(hours=1),
-                                        refreshed_keys=["customers_refreshed_at"])
+                store.replace_customers(
+                    [{**c, "object": "customer", "metadata": {}} for c in account],
+                    listed_from=now - timedelta(hours=1),
+                    refreshed_keys=["customers_refreshed_at"],
+                )
             if case == "events":  # the sensor has mirrored today's new customers from their customer.created events
-                store.upsert_customers([{**c, "object": "customer", "metadata": {}} for c in new_customers(day)],
-                                       as_of=now - timedelta(seconds=30))
+                store.upsert_customers(
+                    [{**c, "object": "customer", "metadata": {}} for c in new_customers(day)],
+                    as_of=now - timedelta(seconds=30),
+                )
                 store.set_state("customers_events_synced_at", (now - timedelta(seconds=30)).isoformat())
             if case == "first" and n > relist_up_to:
                 out[case] = f"~{math.ceil(n / 100) + 1} + writes"
@@ -102,8 +121,14 @@ def one(n: int, n_redemptions: int, relist_up_to: int, workdir: Path) -> dict[st
             began = time.perf_counter()
             done = refresh_mirror_for_range(api, store, DAY, DAY + timedelta(days=1), now=now)
             reads = state.stats()["requests"]
-            result = run_planned(spec, lambda s=store: plan_giftcard_day(s, DAY, DAY + timedelta(days=1), spec),
-                                 api, store, dry_run=True, run_id=f"bench-{case}")
+            result = run_planned(
+                spec,
+                lambda s=store: plan_giftcard_day(s, DAY, DAY + timedelta(days=1), spec),
+                api,
+                store,
+                dry_run=True,
+                run_id=f"bench-{case}",
+            )
             would = result.counts.get("would_update", 0) + result.counts.get("would_create", 0)
             out[case] = f"{reads} + {would} writes ({done.how}, {time.perf_counter() - began:.1f} s)"
     return out
@@ -116,8 +141,7 @@ def main() -> None:
     parser.add_argument("--relist-up-to", type=int, default=10_000)
     args = parser.parse_args()
     print(f"one daily run of {args.redemptions} redemptions: Stripe reads (mirror) + writes the day needs")
-    print(f"{'customers':>10}  {'first run (never listed)':<40}{'daily, no events sensor':<40}"
-          f"{'daily, events sensor':<40}")
+    print(f"{'customers':>10}  {'first run (never listed)':<40}{'daily, no events sensor':<40}{'daily, events sensor':<40}")
     with tempfile.TemporaryDirectory(prefix="giftflow-daily-reads-") as tmp:
         for n in args.sizes:
             row = one(n, args.redemptions, args.relist_up_to, Path(tmp))

@@ -23,8 +23,9 @@ from giftflow_tests.harness import create_database, throwaway_postgres
 
 
 def worker(base: str, limit: int, budget: str | None, seconds: float, threads: int, start_at: float, out) -> None:
-    api = StripeClient(api_key="sk_test_bench", api_base=base, max_requests_per_second=limit, rate_limit_db=budget,
-                       max_network_retries=0)
+    api = StripeClient(
+        api_key="sk_test_bench", api_base=base, max_requests_per_second=limit, rate_limit_db=budget, max_network_retries=0
+    )
     api.list_customers_by_email("warm@example.com")  # connect and create the budget before the clock starts
     calls = [0] * threads
     time.sleep(max(0.0, start_at - time.time()))
@@ -46,8 +47,10 @@ def worker(base: str, limit: int, budget: str | None, seconds: float, threads: i
 def run(base: str, state, limit: int, seconds: float, processes: int, threads: int, budget_for) -> dict:
     out = mp.Queue()
     start_at = time.time() + 3
-    procs = [mp.Process(target=worker, args=(base, limit, budget_for(i), seconds, threads, start_at, out))
-             for i in range(processes)]
+    procs = [
+        mp.Process(target=worker, args=(base, limit, budget_for(i), seconds, threads, start_at, out))
+        for i in range(processes)
+    ]
     for p in procs:
         p.start()
     time.sleep(max(0.0, start_at - time.time()))
@@ -70,22 +73,32 @@ def main() -> None:
     parser.add_argument("--backend", choices=["postgres", "sqlite", "none"], default="postgres")
     args = parser.parse_args()
     state = stripe.StripeState()
-    with BackgroundServer(stripe.create_app(state, api_key="sk_test_bench", rate_limit_per_s=args.limit)) as srv, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        BackgroundServer(stripe.create_app(state, api_key="sk_test_bench", rate_limit_per_s=args.limit)) as srv,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         if args.backend == "postgres":
             with throwaway_postgres() as url:
                 db = create_database(url, "giftflow_bench")
-                result = run(srv.base_url, state, args.limit, args.seconds, args.processes, args.threads,
-                             lambda i: db)
+                result = run(srv.base_url, state, args.limit, args.seconds, args.processes, args.threads, lambda i: db)
         elif args.backend == "sqlite":
-            result = run(srv.base_url, state, args.limit, args.seconds, args.processes, args.threads,
-                         lambda i: str(Path(tmp) / "rate.sqlite"))
+            result = run(
+                srv.base_url,
+                state,
+                args.limit,
+                args.seconds,
+                args.processes,
+                args.threads,
+                lambda i: str(Path(tmp) / "rate.sqlite"),
+            )
         else:
             result = run(srv.base_url, state, args.limit, args.seconds, args.processes, args.threads, lambda i: None)
     share = result["calls_per_s"] / args.limit
-    print(f"backend={args.backend} processes={args.processes} threads={args.threads} limit_per_s={args.limit} "
-          f"seconds={args.seconds:g} calls={result['calls']} calls_per_s={result['calls_per_s']:.1f} "
-          f"({100 * share:.0f} % of the limit) answers_429={result['rate_limited']}")
+    print(
+        f"backend={args.backend} processes={args.processes} threads={args.threads} limit_per_s={args.limit} "
+        f"seconds={args.seconds:g} calls={result['calls']} calls_per_s={result['calls_per_s']:.1f} "
+        f"({100 * share:.0f} % of the limit) answers_429={result['rate_limited']}"
+    )
 
 
 if __name__ == "__main__":

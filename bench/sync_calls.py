@@ -23,12 +23,20 @@ def main() -> None:
     n_customers = int(sys.argv[2]) if len(sys.argv) > 2 else 300
     world = dataset.build_world(42, [DAY], redemptions_per_day=per_day, customers=n_customers)
     stripe_state = stripe.StripeState(world.customers)
-    with tempfile.TemporaryDirectory() as home, \
-            BackgroundServer(cardivo.create_app(cardivo.CardivoState.from_world(world), "k")) as c, \
-            BackgroundServer(stripe.create_app(stripe_state, api_key="sk_test_bench")) as s:
-        os.environ.update(CARDIVO_API_BASE=c.base_url, CARDIVO_API_KEY="k", STRIPE_API_BASE=s.base_url,
-                          STRIPE_API_KEY="sk_test_bench", DAGSTER_HOME=home, GIFTFLOW_STRIPE_MAX_RPS="1000",
-                          GIFTFLOW_DATABASE_URL=f"sqlite:///{home}/giftflow.sqlite")
+    with (
+        tempfile.TemporaryDirectory() as home,
+        BackgroundServer(cardivo.create_app(cardivo.CardivoState.from_world(world), "k")) as c,
+        BackgroundServer(stripe.create_app(stripe_state, api_key="sk_test_bench")) as s,
+    ):
+        os.environ.update(
+            CARDIVO_API_BASE=c.base_url,
+            CARDIVO_API_KEY="k",
+            STRIPE_API_BASE=s.base_url,
+            STRIPE_API_KEY="sk_test_bench",
+            DAGSTER_HOME=home,
+            GIFTFLOW_STRIPE_MAX_RPS="1000",
+            GIFTFLOW_DATABASE_URL=f"sqlite:///{home}/giftflow.sqlite",
+        )
         from giftflow.orchestration.definitions import build_defs
 
         job = build_defs().resolve_job_def("giftcard_sync")
@@ -41,10 +49,12 @@ def main() -> None:
                 stats = stripe_state.stats()
                 # Judged at the server: customers whose stored values differ after the run.
                 changed = sum(before.get(c["id"]) != c["metadata"] for c in stripe_state.customers())
-                print(f"{label}: redemptions={len(world.redemptions)} customers_in_stripe={len(world.customers)} "
-                      f"giftflow_stripe_calls={stats['requests']} (reads={stats['reads']} writes={stats['writes']}) "
-                      f"per_event_calls={2 * len(world.redemptions)} "
-                      f"customers_really_changed={changed} writes_equal_changed={stats['writes'] == changed}")
+                print(
+                    f"{label}: redemptions={len(world.redemptions)} customers_in_stripe={len(world.customers)} "
+                    f"giftflow_stripe_calls={stats['requests']} (reads={stats['reads']} writes={stats['writes']}) "
+                    f"per_event_calls={2 * len(world.redemptions)} "
+                    f"customers_really_changed={changed} writes_equal_changed={stats['writes'] == changed}"
+                )
 
 
 if __name__ == "__main__":

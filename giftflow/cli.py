@@ -32,11 +32,18 @@ def simulators(days: list[date], seed: int, stripe_rps: float | None = None) -> 
     world = dataset.build_world(seed, days)
     cardivo_state = cardivo.CardivoState.from_world(world)
     stripe_state = stripe.StripeState.from_world(world)
-    with BackgroundServer(cardivo.create_app(cardivo_state, DEMO_CARDIVO_KEY)) as cardivo_srv, \
-            BackgroundServer(stripe.create_app(stripe_state, api_key=DEMO_STRIPE_KEY,
-                                               rate_limit_per_s=stripe_rps)) as stripe_srv:
-        yield {"CARDIVO_API_BASE": cardivo_srv.base_url, "CARDIVO_API_KEY": DEMO_CARDIVO_KEY,
-               "STRIPE_API_BASE": stripe_srv.base_url, "STRIPE_API_KEY": DEMO_STRIPE_KEY}
+    with (
+        BackgroundServer(cardivo.create_app(cardivo_state, DEMO_CARDIVO_KEY)) as cardivo_srv,
+        BackgroundServer(
+            stripe.create_app(stripe_state, api_key=DEMO_STRIPE_KEY, rate_limit_per_s=stripe_rps)
+        ) as stripe_srv,
+    ):
+        yield {
+            "CARDIVO_API_BASE": cardivo_srv.base_url,
+            "CARDIVO_API_KEY": DEMO_CARDIVO_KEY,
+            "STRIPE_API_BASE": stripe_srv.base_url,
+            "STRIPE_API_KEY": DEMO_STRIPE_KEY,
+        }
 
 
 def _stripe_writes(env: dict[str, str]) -> int:
@@ -57,27 +64,34 @@ def _run_days(defs, instance, days: list[date], env: dict[str, str], label: str)
     job = defs.resolve_job_def("giftcard_sync")
     print(f"\n{label}")
     # "why left out" is last: a long reason cannot push the columns after it out of line
-    print(f"{'day':<12}{'redemptions':>12}{'quarantined':>12}{'updated':>9}{'created':>9}{'unchanged':>10}"
-          f"{'left out':>9}{'Stripe writes':>14}  why left out")
+    print(
+        f"{'day':<12}{'redemptions':>12}{'quarantined':>12}{'updated':>9}{'created':>9}{'unchanged':>10}"
+        f"{'left out':>9}{'Stripe writes':>14}  why left out"
+    )
     total = 0
     for day in days:
         before = _stripe_writes(env)
-        result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False,
-                                        run_config=QUIET)
+        result = job.execute_in_process(
+            partition_key=day.isoformat(), instance=instance, raise_on_error=False, run_config=QUIET
+        )
         writes = _stripe_writes(env) - before
         total += writes
         fetched = _metadata(result, "cardivo_redemptions")
         plan = _metadata(result, "giftcard_customer_plan")
         applied = _metadata(result, "giftcard_customer_updates")
-        why = ", ".join(f"{k.removeprefix('left_out_')} {v}" for k, v in sorted(plan.items())
-                        if k.startswith("left_out_")) or "-"
+        why = (
+            ", ".join(f"{k.removeprefix('left_out_')} {v}" for k, v in sorted(plan.items()) if k.startswith("left_out_"))
+            or "-"
+        )
         status = "" if result.success else "  (run failed: see the Dagster UI)"
         if not result.success:
             FAILED.append(f"{label}: {day.isoformat()}")
-        print(f"{day.isoformat():<12}{fetched.get('valid', 0):>12}{fetched.get('quarantined', 0):>12}"
-              f"{applied.get('updated', applied.get('would_update', 0)):>9}"
-              f"{applied.get('created', applied.get('would_create', 0)):>9}"
-              f"{applied.get('unchanged', 0):>10}{applied.get('left_out', 0):>9}{writes:>14}  {why}{status}")
+        print(
+            f"{day.isoformat():<12}{fetched.get('valid', 0):>12}{fetched.get('quarantined', 0):>12}"
+            f"{applied.get('updated', applied.get('would_update', 0)):>9}"
+            f"{applied.get('created', applied.get('would_create', 0)):>9}"
+            f"{applied.get('unchanged', 0):>10}{applied.get('left_out', 0):>9}{writes:>14}  {why}{status}"
+        )
     print(f"Stripe writes in total: {total}")
     return total
 
@@ -85,13 +99,24 @@ def _run_days(defs, instance, days: list[date], env: dict[str, str], label: str)
 def per_rule_counts(result) -> dict[str, dict[str, int]]:
     """`workflow_actions`' per-rule table of an in-process run as {rule: {outcome: n}}, the outcomes that occurred."""
     per_rule = _metadata(result, "workflow_actions").get("per_rule")
-    return {rec.data["rule"]: {k: v for k, v in rec.data.items() if k != "rule" and v}
-            for rec in (per_rule.records if per_rule is not None else [])}
+    return {
+        rec.data["rule"]: {k: v for k, v in rec.data.items() if k != "rule" and v}
+        for rec in (per_rule.records if per_rule is not None else [])
+    }
 
 
 # The README's vocabulary (giftflow/domain/rules.py, services/workflow_actions.py); others that occur are appended.
-OUTCOMES = ("matched", "mailed", "tagged", "refunded", "escalated", "would_refund", "unchanged", "done_before",
-            "not_applicable")
+OUTCOMES = (
+    "matched",
+    "mailed",
+    "tagged",
+    "refunded",
+    "escalated",
+    "would_refund",
+    "unchanged",
+    "done_before",
+    "not_applicable",
+)
 
 
 def _run_workflows(defs, instance, days: list[date], env: dict[str, str], outbox: str, label: str) -> int:
@@ -101,8 +126,9 @@ def _run_workflows(defs, instance, days: list[date], env: dict[str, str], outbox
     totals: dict[str, dict[str, int]] = {}
     failed = []
     for day in days:
-        result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False,
-                                        run_config=QUIET)
+        result = job.execute_in_process(
+            partition_key=day.isoformat(), instance=instance, raise_on_error=False, run_config=QUIET
+        )
         failed += [] if result.success else [day.isoformat()]
         if not result.success:
             FAILED.append(f"{label}: {day.isoformat()}")
@@ -117,8 +143,10 @@ def _run_workflows(defs, instance, days: list[date], env: dict[str, str], outbox
     for rule, counts in totals.items():
         print(f"{rule:<{width}}" + "".join(f"{counts.get(o, 0):>{len(o) + 2}}" for o in outcomes))
     writes, mails = _stripe_writes(env) - before_writes, _count_files(outbox) - before_mails
-    print(f"Stripe writes: {writes}, mails written to {outbox}: {mails}" +
-          (f"  (failed days: {', '.join(failed)})" if failed else ""))
+    print(
+        f"Stripe writes: {writes}, mails written to {outbox}: {mails}"
+        + (f"  (failed days: {', '.join(failed)})" if failed else "")
+    )
     _list_mails(outbox, before_files)
     return writes + mails
 
@@ -153,11 +181,15 @@ def _run_example_sync(defs, instance, env: dict[str, str], label: str) -> int:
     from giftflow.adapters.store import GiftflowStore
     from giftflow.services.sync_runner import format_report
 
-    httpx.post(env["STRIPE_API_BASE"] + "/v1/coupons", data={"id": "WELCOME10", "percent_off": "10"},
-               headers={"Authorization": f"Bearer {env['STRIPE_API_KEY']}"})  # the coupon the CSV names
+    httpx.post(
+        env["STRIPE_API_BASE"] + "/v1/coupons",
+        data={"id": "WELCOME10", "percent_off": "10"},
+        headers={"Authorization": f"Bearer {env['STRIPE_API_KEY']}"},
+    )  # the coupon the CSV names
     before = _stripe_writes(env)
     result = defs.resolve_job_def(f"sync_{EXAMPLE_SYNC}_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=QUIET)
+        instance=instance, raise_on_error=False, run_config=QUIET
+    )
     writes = _stripe_writes(env) - before
     print(f"\n{label}")
     runs = GiftflowStore(database_url=Settings.from_env().store_url).sync_runs(EXAMPLE_SYNC, result.run_id)
@@ -176,15 +208,23 @@ def syncs_report(args: argparse.Namespace) -> int:
     from giftflow.services.sync_runner import format_report
 
     url = args.database_url or Settings.from_env().store_url
-    source = ("--database-url" if args.database_url else "GIFTFLOW_DATABASE_URL" if os.environ.get("GIFTFLOW_DATABASE_URL")
-              else "the default under DAGSTER_HOME")
+    source = (
+        "--database-url"
+        if args.database_url
+        else "GIFTFLOW_DATABASE_URL"
+        if os.environ.get("GIFTFLOW_DATABASE_URL")
+        else "the default under DAGSTER_HOME"
+    )
     store = GiftflowStore(database_url=url)
     runs = store.sync_runs(args.sync, args.run, limit=1)
     if not runs:
         shown = sa.make_url(url).render_as_string(hide_password=True)
-        print(f"no report for sync {args.sync!r}" + (f" run {args.run}" if args.run else "") +
-              f" in {shown} ({source}); a different database? use --database-url or GIFTFLOW_DATABASE_URL",
-              file=sys.stderr)
+        print(
+            f"no report for sync {args.sync!r}"
+            + (f" run {args.run}" if args.run else "")
+            + f" in {shown} ({source}); a different database? use --database-url or GIFTFLOW_DATABASE_URL",
+            file=sys.stderr,
+        )
         return 1
     print(format_report(args.sync, runs[0]))
     return 0
@@ -239,11 +279,19 @@ def _demo(args: argparse.Namespace, days: list[date], home: str) -> int:
 
         defs = build_defs()
         with dg.DagsterInstance.ephemeral(tempdir=home) as instance:
-            print(f"giftflow demo: Cardivo simulator {env['CARDIVO_API_BASE']}, Stripe simulator "
-                  f"{env['STRIPE_API_BASE']}, DAGSTER_HOME {home}, mode {args.mode}")
+            print(
+                f"giftflow demo: Cardivo simulator {env['CARDIVO_API_BASE']}, Stripe simulator "
+                f"{env['STRIPE_API_BASE']}, DAGSTER_HOME {home}, mode {args.mode}"
+            )
             _run_days(defs, instance, days, env, "First run: giftcard_sync per day")
-            _run_workflows(defs, instance, days, env, outbox,
-                           "Stripe Workflows (stripe_workflows, refunds enabled against the simulator)")
+            _run_workflows(
+                defs,
+                instance,
+                days,
+                env,
+                outbox,
+                "Stripe Workflows (stripe_workflows, refunds enabled against the simulator)",
+            )
             _run_example_sync(defs, instance, env, "Reverse ETL: sync crm_customers (CSV shipped in the package)")
             again = _run_days(defs, instance, days, env, "Second run of the same days (replay-safe: expect 0 writes)")
             again += _run_workflows(defs, instance, days, env, outbox, "Stripe Workflows again (expect 0 writes, 0 mails)")
@@ -251,8 +299,14 @@ def _demo(args: argparse.Namespace, days: list[date], home: str) -> int:
     if FAILED:
         print("\nFAILED runs (see the logs above):\n  " + "\n  ".join(FAILED))
         return 1
-    print("\n" + ("OK: the rerun made 0 Stripe writes and sent 0 mails" if again == 0
-                  else f"UNEXPECTED: the rerun made {again} writes or mails"))
+    print(
+        "\n"
+        + (
+            "OK: the rerun made 0 Stripe writes and sent 0 mails"
+            if again == 0
+            else f"UNEXPECTED: the rerun made {again} writes or mails"
+        )
+    )
     return 0 if again == 0 else 1
 
 
@@ -276,15 +330,20 @@ def dev(args: argparse.Namespace) -> int:
         # Mails go to $DAGSTER_HOME/outbox unless an SMTP server is configured; a team address keeps the
         # workflows' mail_has_recipient check green out of the box.
         child_env = {"GIFTFLOW_TEAM_EMAIL": "team@example.com", **os.environ, **env, "DAGSTER_HOME": home}
-        mails = (f"SMTP {child_env['GIFTFLOW_SMTP_HOST']}" if child_env.get("GIFTFLOW_SMTP_HOST")
-                 else f"{os.path.join(home, 'outbox')} (.eml files)")
-        print(f"giftflow dev\n  Cardivo simulator  {env['CARDIVO_API_BASE']}\n"
-              f"  Stripe simulator   {env['STRIPE_API_BASE']}\n"
-              f"  DAGSTER_HOME       {home}\n  instance           {instance_file} (SQLite under DAGSTER_HOME; the repo's "
-              f"production dagster.yaml is not used in dev)\n  team mails         {mails}\n"
-              f"  UI                 http://127.0.0.1:{args.port} (Ctrl-C stops everything)", flush=True)
-        webserver = [sys.executable, "-m", "dagster_webserver", "-m", "giftflow", "-h", "127.0.0.1",
-                     "-p", str(args.port)]
+        mails = (
+            f"SMTP {child_env['GIFTFLOW_SMTP_HOST']}"
+            if child_env.get("GIFTFLOW_SMTP_HOST")
+            else f"{os.path.join(home, 'outbox')} (.eml files)"
+        )
+        print(
+            f"giftflow dev\n  Cardivo simulator  {env['CARDIVO_API_BASE']}\n"
+            f"  Stripe simulator   {env['STRIPE_API_BASE']}\n"
+            f"  DAGSTER_HOME       {home}\n  instance           {instance_file} (SQLite under DAGSTER_HOME; the repo's "
+            f"production dagster.yaml is not used in dev)\n  team mails         {mails}\n"
+            f"  UI                 http://127.0.0.1:{args.port} (Ctrl-C stops everything)",
+            flush=True,
+        )
+        webserver = [sys.executable, "-m", "dagster_webserver", "-m", "giftflow", "-h", "127.0.0.1", "-p", str(args.port)]
         daemon = [_script("dagster-daemon"), "run", "-m", "giftflow"]
         return run_process_group([webserver, daemon], env=child_env)
 
@@ -312,8 +371,11 @@ def run_process_group(commands: list[list[str]], env: dict[str, str], stop_timeo
             time.sleep(0.2)
         if not received:
             exited = next(p for p in procs if p.poll() is not None)
-            print(f"giftflow dev: {exited.args!r} exited with {exited.returncode}; stopping the rest",
-                  file=sys.stderr, flush=True)
+            print(
+                f"giftflow dev: {exited.args!r} exited with {exited.returncode}; stopping the rest",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         if procs:
             _stop_group(procs[0].pid, procs, stop_timeout_s)
@@ -360,12 +422,16 @@ def simulate(args: argparse.Namespace) -> int:
     today = datetime.now(timezone.utc).date()
     world = dataset.build_world(args.seed, [today - timedelta(days=n) for n in range(args.days, -1, -1)])
     if args.system == "cardivo":
-        app = cardivo.create_app(cardivo.CardivoState.from_world(world), args.api_key or DEMO_CARDIVO_KEY,
-                                 latency_s=args.latency, error_rate=args.error_rate,
-                                 rate_limit_rate=args.rate_limit_rate, max_page_size=args.page_size)
+        app = cardivo.create_app(
+            cardivo.CardivoState.from_world(world),
+            args.api_key or DEMO_CARDIVO_KEY,
+            latency_s=args.latency,
+            error_rate=args.error_rate,
+            rate_limit_rate=args.rate_limit_rate,
+            max_page_size=args.page_size,
+        )
     else:
-        app = stripe.create_app(stripe.StripeState.from_world(world), api_key=args.api_key,
-                                rate_limit_per_s=args.rate_limit)
+        app = stripe.create_app(stripe.StripeState.from_world(world), api_key=args.api_key, rate_limit_per_s=args.rate_limit)
     print(f"{args.system} simulator on http://127.0.0.1:{args.port}", flush=True)
     serve_forever(app, args.port)
     return 0
@@ -380,9 +446,17 @@ def webhooks(args: argparse.Namespace) -> int:
     print(f"giftflow webhooks on http://{args.host}:{args.port}", flush=True)
     # It faces the internet: idle keep-alive connections go after 5 s, at most 100 connections and requests at
     # once (more get 503, which senders retry), headers up to 16 KiB; the app bounds body size and read time.
-    uvicorn.run(create_app_from_env(), host=args.host, port=args.port, log_level="warning", lifespan="off",
-                timeout_keep_alive=5, limit_concurrency=100, h11_max_incomplete_event_size=16 * 1024,
-                server_header=False)
+    uvicorn.run(
+        create_app_from_env(),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        lifespan="off",
+        timeout_keep_alive=5,
+        limit_concurrency=100,
+        h11_max_incomplete_event_size=16 * 1024,
+        server_header=False,
+    )
     return 0
 
 
@@ -390,30 +464,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="giftflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check", help="check every setting, the rules and sync files, and reach Cardivo, Stripe "
-                                     "and the databases; exit 1 on a problem",
-                       description=check.__doc__)
+    p = sub.add_parser(
+        "check",
+        help="check every setting, the rules and sync files, and reach Cardivo, Stripe "
+        "and the databases; exit 1 on a problem",
+        description=check.__doc__,
+    )
     p.set_defaults(func=check)
 
-    p = sub.add_parser("demo", help="run both jobs and the example sync for the last days against local simulators, "
-                                    "then again: 0 writes",
-                       description=demo.__doc__)
+    p = sub.add_parser(
+        "demo",
+        help="run both jobs and the example sync for the last days against local simulators, then again: 0 writes",
+        description=demo.__doc__,
+    )
     p.add_argument("--days", type=int, default=3, help="how many past days to sync")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--mode", choices=["update", "upsert"], default="update")
     p.add_argument("--keep", action="store_true", help="keep the demo's DAGSTER_HOME (the outbox is always kept)")
     p.set_defaults(func=demo)
 
-    p = sub.add_parser("dev", help="the Dagster UI and daemon on the simulators, with a dev instance (Ctrl-C stops all)",
-                       description=dev.__doc__)
+    p = sub.add_parser(
+        "dev",
+        help="the Dagster UI and daemon on the simulators, with a dev instance (Ctrl-C stops all)",
+        description=dev.__doc__,
+    )
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--dagster-home", default=".dagster_home")
     p.set_defaults(func=dev)
 
-    p = sub.add_parser("simulate", help="serve the Cardivo or the Stripe simulator in the foreground",
-                       description=simulate.__doc__)
+    p = sub.add_parser(
+        "simulate", help="serve the Cardivo or the Stripe simulator in the foreground", description=simulate.__doc__
+    )
     p.add_argument("system", choices=["cardivo", "stripe"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--seed", type=int, default=7)
@@ -426,16 +509,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate-limit", type=float, default=None, help="Stripe: requests/s before 429s")
     p.set_defaults(func=simulate)
 
-    p = sub.add_parser("webhooks", help="serve the Cardivo and Stripe webhook receivers (stores events for the sensors)",
-                       description=webhooks.__doc__)
+    p = sub.add_parser(
+        "webhooks",
+        help="serve the Cardivo and Stripe webhook receivers (stores events for the sensors)",
+        description=webhooks.__doc__,
+    )
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.set_defaults(func=webhooks)
 
     p = sub.add_parser("syncs", help="reports of reverse-ETL sync runs", description="Reverse-ETL syncs to Stripe.")
     syncs_sub = p.add_subparsers(dest="syncs_command", required=True)
-    r = syncs_sub.add_parser("report", help="print a sync run's stored report (default: the latest run)",
-                             description=syncs_report.__doc__)
+    r = syncs_sub.add_parser(
+        "report", help="print a sync run's stored report (default: the latest run)", description=syncs_report.__doc__
+    )
     r.add_argument("sync", help="the sync's name (its file's `name`; `giftcard` for the gift-card sync)")
     r.add_argument("--run", default=None, help="a Dagster run id")
     r.add_argument("--database-url", default=None, help="giftflow's store (default: GIFTFLOW_DATABASE_URL)")

@@ -60,15 +60,15 @@ class SettingsError(ValueError):
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__("giftflow settings are invalid (fix these variables):\n" +
-                         "\n".join(f"  - {p}" for p in problems))
+        super().__init__("giftflow settings are invalid (fix these variables):\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 class Settings(BaseSettings):
     """How giftflow runs (README, Configuration). Field names are the variables' names without the prefix."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True, populate_by_name=True,
-                                      case_sensitive=True)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", env_ignore_empty=True, populate_by_name=True, case_sensitive=True
+    )
 
     # The APIs. Required for the runs that use them: a run whose API is not configured fails naming the variable.
     cardivo_api_base: str | None = _env("CARDIVO_API_BASE", default=None, description="the Cardivo API")
@@ -78,32 +78,49 @@ class Settings(BaseSettings):
 
     # giftflow's own state and Dagster's instance directory (giftflow keeps its SQLite files there by default).
     database_url: SecretStr | None = _env(
-        "GIFTFLOW_DATABASE_URL", default=None, description="SQLAlchemy URL; default SQLite under $DAGSTER_HOME")
+        "GIFTFLOW_DATABASE_URL", default=None, description="SQLAlchemy URL; default SQLite under $DAGSTER_HOME"
+    )
     dagster_home: Path | None = _env("DAGSTER_HOME", default=None, description="Dagster's instance directory")
 
     # Run-wide switches.
     sync_mode: SyncMode = _env(
-        "GIFTFLOW_SYNC_MODE", default="update",
-        description="update: existing customers only; upsert: also create missing ones")
-    dry_run: EnvBool = _env("GIFTFLOW_DRY_RUN", default=False,
-                            description="plan and show everything, write nothing, send nothing")
+        "GIFTFLOW_SYNC_MODE",
+        default="update",
+        description="update: existing customers only; upsert: also create missing ones",
+    )
+    dry_run: EnvBool = _env(
+        "GIFTFLOW_DRY_RUN", default=False, description="plan and show everything, write nothing, send nothing"
+    )
     customer_mirror_max_age_s: int = _env(
-        "GIFTFLOW_CUSTOMER_MIRROR_MAX_AGE_S", default=0, ge=0, le=86400 * 30,
-        description="reuse the Stripe customer mirror when refreshed this recently")
+        "GIFTFLOW_CUSTOMER_MIRROR_MAX_AGE_S",
+        default=0,
+        ge=0,
+        le=86400 * 30,
+        description="reuse the Stripe customer mirror when refreshed this recently",
+    )
     syncs_dir: Path | None = _env("GIFTFLOW_SYNCS_DIR", default=None, description="folder of sync files")
     rules_path: str | None = _env("GIFTFLOW_RULES", default=None, description="rules file replacing the default")
     team_email: str | None = _env("GIFTFLOW_TEAM_EMAIL", default=None, description="where team mails go")
-    refunds_enabled: EnvBool = _env("GIFTFLOW_REFUNDS_ENABLED", default=False,
-                                    description="let the workflows refund (else: 'would refund')")
+    refunds_enabled: EnvBool = _env(
+        "GIFTFLOW_REFUNDS_ENABLED", default=False, description="let the workflows refund (else: 'would refund')"
+    )
 
     # Stripe pacing.
-    stripe_max_rps: int = _env("GIFTFLOW_STRIPE_MAX_RPS", default=20, ge=1, le=1000,
-                               description="Stripe requests per second, all runs on the host together")
-    stripe_write_concurrency: int = _env("GIFTFLOW_STRIPE_WRITE_CONCURRENCY", default=8, ge=1, le=64,
-                                         description="Stripe writes in flight at once")
+    stripe_max_rps: int = _env(
+        "GIFTFLOW_STRIPE_MAX_RPS",
+        default=20,
+        ge=1,
+        le=1000,
+        description="Stripe requests per second, all runs on the host together",
+    )
+    stripe_write_concurrency: int = _env(
+        "GIFTFLOW_STRIPE_WRITE_CONCURRENCY", default=8, ge=1, le=64, description="Stripe writes in flight at once"
+    )
     stripe_rate_db: Path | None = _env(
-        "GIFTFLOW_STRIPE_RATE_DB", default=None,
-        description="SQLite file of the shared Stripe budget; default $DAGSTER_HOME/giftflow_stripe_rate.sqlite")
+        "GIFTFLOW_STRIPE_RATE_DB",
+        default=None,
+        description="SQLite file of the shared Stripe budget; default $DAGSTER_HOME/giftflow_stripe_rate.sqlite",
+    )
 
     # Team mails.
     smtp_host: str | None = _env("GIFTFLOW_SMTP_HOST", default=None, description="SMTP server; unset: outbox")
@@ -112,30 +129,52 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = _env("GIFTFLOW_SMTP_PASSWORD", default=None, description="SMTP password")
     smtp_starttls: EnvBool = _env("GIFTFLOW_SMTP_STARTTLS", default=True, description="STARTTLS before login")
     smtp_allow_plaintext_login: EnvBool = _env(
-        "GIFTFLOW_SMTP_ALLOW_PLAINTEXT_LOGIN", default=False, description="log in without TLS (trusted networks)")
+        "GIFTFLOW_SMTP_ALLOW_PLAINTEXT_LOGIN", default=False, description="log in without TLS (trusted networks)"
+    )
     mail_from: str = _env("GIFTFLOW_MAIL_FROM", default="giftflow@localhost", description="sender of team mails")
 
     # Sensors and the daily backfill.
-    sensor_interval_s: int = _env("GIFTFLOW_SENSOR_INTERVAL_S", default=15, ge=1, le=86400,
-                                  description="how often the Cardivo and Stripe sensors poll")
-    cardivo_lookback_s: int = _env("GIFTFLOW_CARDIVO_LOOKBACK_S", default=60, ge=0, le=86400,
-                                   description="how far before its edge the Cardivo sensor polls again")
-    rerun_days: int = _env("GIFTFLOW_RERUN_DAYS", default=7, ge=0, le=366,
-                           description="days the daily backfill re-runs before yesterday")
-    backfill_hour_utc: int = _env("GIFTFLOW_BACKFILL_HOUR_UTC", default=1, ge=0, le=23,
-                                  description="hour (UTC) the daily backfill starts")
+    sensor_interval_s: int = _env(
+        "GIFTFLOW_SENSOR_INTERVAL_S", default=15, ge=1, le=86400, description="how often the Cardivo and Stripe sensors poll"
+    )
+    cardivo_lookback_s: int = _env(
+        "GIFTFLOW_CARDIVO_LOOKBACK_S",
+        default=60,
+        ge=0,
+        le=86400,
+        description="how far before its edge the Cardivo sensor polls again",
+    )
+    rerun_days: int = _env(
+        "GIFTFLOW_RERUN_DAYS", default=7, ge=0, le=366, description="days the daily backfill re-runs before yesterday"
+    )
+    backfill_hour_utc: int = _env(
+        "GIFTFLOW_BACKFILL_HOUR_UTC", default=1, ge=0, le=23, description="hour (UTC) the daily backfill starts"
+    )
 
     # The webhook receiver.
-    cardivo_webhook_secret: SecretStr | None = _env("GIFTFLOW_CARDIVO_WEBHOOK_SECRET", default=None,
-                                                    description="Cardivo webhook signing secret")
-    stripe_webhook_secret: SecretStr | None = _env("GIFTFLOW_STRIPE_WEBHOOK_SECRET", default=None,
-                                                   description="Stripe webhook signing secret")
-    webhook_max_body_bytes: int = _env("GIFTFLOW_WEBHOOK_MAX_BODY_BYTES", default=1 << 20, ge=1, le=100 << 20,
-                                       description="largest webhook body accepted")
-    webhook_read_timeout_s: float = _env("GIFTFLOW_WEBHOOK_READ_TIMEOUT_S", default=10.0, gt=0, le=300,
-                                         description="seconds a sender has to deliver the whole body")
-    webhook_retention_days: int = _env("GIFTFLOW_WEBHOOK_RETENTION_DAYS", default=30, ge=4, le=3650,
-                                       description="days a received delivery is kept (senders retry for 3)")
+    cardivo_webhook_secret: SecretStr | None = _env(
+        "GIFTFLOW_CARDIVO_WEBHOOK_SECRET", default=None, description="Cardivo webhook signing secret"
+    )
+    stripe_webhook_secret: SecretStr | None = _env(
+        "GIFTFLOW_STRIPE_WEBHOOK_SECRET", default=None, description="Stripe webhook signing secret"
+    )
+    webhook_max_body_bytes: int = _env(
+        "GIFTFLOW_WEBHOOK_MAX_BODY_BYTES", default=1 << 20, ge=1, le=100 << 20, description="largest webhook body accepted"
+    )
+    webhook_read_timeout_s: float = _env(
+        "GIFTFLOW_WEBHOOK_READ_TIMEOUT_S",
+        default=10.0,
+        gt=0,
+        le=300,
+        description="seconds a sender has to deliver the whole body",
+    )
+    webhook_retention_days: int = _env(
+        "GIFTFLOW_WEBHOOK_RETENTION_DAYS",
+        default=30,
+        ge=4,
+        le=3650,
+        description="days a received delivery is kept (senders retry for 3)",
+    )
 
     _notices: tuple[str, ...] = PrivateAttr(default=())
 
@@ -213,8 +252,7 @@ class _GivenSettings(Settings):
     """`Settings.of`: the constructor's values are the only source."""
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         return (init_settings,)
 
 
@@ -223,8 +261,10 @@ class _GivenSettings(Settings):
 
 def missing_variable(name: str, needed_by: str) -> str:
     """The message for a variable a run needs and nobody set: which, why, and where it is documented."""
-    return (f"{name} is not set, and {needed_by} needs it.\nSet it in the environment of the code server and its "
-            "runs; README.md, Configuration, lists every variable (`giftflow check` checks them all).")
+    return (
+        f"{name} is not set, and {needed_by} needs it.\nSet it in the environment of the code server and its "
+        "runs; README.md, Configuration, lists every variable (`giftflow check` checks them all)."
+    )
 
 
 def env_name(field: str) -> str:

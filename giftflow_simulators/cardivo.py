@@ -57,10 +57,21 @@ class CardivoState:
         card = record["gift_card"]
         with self._lock:
             self._redemptions[record["id"]] = record
-            self._cards.setdefault(card["code"], {
-                "id": card["id"], "code": card["code"], "initial_value": card["initial_value"], "balance": None,
-                "currency": card["currency"], "status": "active", "recipient": None, "purchaser": None,
-                "created_at": record["redeemed_at"], "expires_at": None})
+            self._cards.setdefault(
+                card["code"],
+                {
+                    "id": card["id"],
+                    "code": card["code"],
+                    "initial_value": card["initial_value"],
+                    "balance": None,
+                    "currency": card["currency"],
+                    "status": "active",
+                    "recipient": None,
+                    "purchaser": None,
+                    "created_at": record["redeemed_at"],
+                    "expires_at": None,
+                },
+            )
         return copy.deepcopy(record)
 
     def void(self, redemption_id: str, at: datetime) -> dict:
@@ -84,8 +95,11 @@ class CardivoState:
             if card is None:
                 return None
             # the balance follows the redemptions, so voids given back show up here as at Cardivo
-            used = sum(r["amount"] for r in self._redemptions.values()
-                       if r["gift_card"]["code"] == code and r["status"] == "completed")
+            used = sum(
+                r["amount"]
+                for r in self._redemptions.values()
+                if r["gift_card"]["code"] == code and r["status"] == "completed"
+            )
         card["balance"] = card["initial_value"] - used
         if card["status"] in ("active", "redeemed"):
             card["status"] = "active" if card["balance"] > 0 else "redeemed"
@@ -98,18 +112,24 @@ class CardivoState:
             for r in self._redemptions.values():
                 key = (parse_time(r["updated_at"]), r["id"])
                 redeemed = parse_time(r["redeemed_at"])
-                if ((redeemed_after is None or redeemed >= redeemed_after)
-                        and (redeemed_before is None or redeemed < redeemed_before)
-                        and (updated_after is None or key[0] > updated_after)
-                        and (after is None or key > after)):
+                if (
+                    (redeemed_after is None or redeemed >= redeemed_after)
+                    and (redeemed_before is None or redeemed < redeemed_before)
+                    and (updated_after is None or key[0] > updated_after)
+                    and (after is None or key > after)
+                ):
                     rows.append((key, r))
             rows.sort(key=lambda row: row[0])
             return [copy.deepcopy(r) for _, r in rows[:limit]], len(rows) > limit
 
     def stats(self) -> dict:
         with self._lock:
-            return {"total": sum(self.requests.values()), "requests": dict(self.requests),
-                    "refused": dict(self.responses), "redemptions": len(self._redemptions)}
+            return {
+                "total": sum(self.requests.values()),
+                "requests": dict(self.requests),
+                "refused": dict(self.responses),
+                "redemptions": len(self._redemptions),
+            }
 
 
 class _BadRequest(Exception):
@@ -150,8 +170,7 @@ def _list_params(request: Request, max_page_size: int) -> dict:
             try:
                 filters[name] = parse_time(query[name]).isoformat()
             except ValueError:
-                raise _BadRequest(f"{name} must be an RFC 3339 date-time with a zone, "
-                                  "e.g. 2026-11-20T00:00:00Z") from None
+                raise _BadRequest(f"{name} must be an RFC 3339 date-time with a zone, e.g. 2026-11-20T00:00:00Z") from None
     try:
         limit = int(query.get("limit", "50"))
     except ValueError:
@@ -172,9 +191,17 @@ def _list_params(request: Request, max_page_size: int) -> dict:
     return {"filters": filters, "bounds": bounds, "after": after, "limit": min(limit, max_page_size)}
 
 
-def create_app(state: CardivoState, api_key: str, *, latency_s: float = 0.0, error_rate: float = 0.0,
-               rate_limit_rate: float = 0.0, max_page_size: int = 100, seed: int = 0,
-               retry_after_s: int = 1) -> Starlette:
+def create_app(
+    state: CardivoState,
+    api_key: str,
+    *,
+    latency_s: float = 0.0,
+    error_rate: float = 0.0,
+    rate_limit_rate: float = 0.0,
+    max_page_size: int = 100,
+    seed: int = 0,
+    retry_after_s: int = 1,
+) -> Starlette:
     """The Cardivo API over `state`. Faults (429 with Retry-After, 500/503) come from a random stream seeded by
     `seed`, so a failing run can be replayed."""
     rng, rng_lock = random.Random(seed), threading.Lock()
@@ -234,7 +261,7 @@ def create_app(state: CardivoState, api_key: str, *, latency_s: float = 0.0, err
         except KeyError:
             return _error(404, "not_found", "no such redemption")
         except (ValueError, AttributeError) as exc:
-            return _error(400, "invalid_request", f"body must be {{\"at\": RFC 3339}} or empty: {exc}")
+            return _error(400, "invalid_request", f'body must be {{"at": RFC 3339}} or empty: {exc}')
 
     async def sim_stats(request: Request) -> JSONResponse:
         return JSONResponse(state.stats())
@@ -243,10 +270,13 @@ def create_app(state: CardivoState, api_key: str, *, latency_s: float = 0.0, err
         kind = {404: "not_found", 405: "invalid_request"}.get(exc.status_code, "server_error")
         return _error(exc.status_code, kind, str(exc.detail))
 
-    return Starlette(routes=[
-        Route("/v1/redemptions", list_redemptions, methods=["GET"]),
-        Route("/v1/gift_cards/{code}", find_gift_card, methods=["GET"]),
-        Route("/_sim/redemptions", sim_add, methods=["POST"]),
-        Route("/_sim/redemptions/{id}/void", sim_void, methods=["POST"]),
-        Route("/_sim/stats", sim_stats, methods=["GET"]),
-    ], exception_handlers={HTTPException: http_error})
+    return Starlette(
+        routes=[
+            Route("/v1/redemptions", list_redemptions, methods=["GET"]),
+            Route("/v1/gift_cards/{code}", find_gift_card, methods=["GET"]),
+            Route("/_sim/redemptions", sim_add, methods=["POST"]),
+            Route("/_sim/redemptions/{id}/void", sim_void, methods=["POST"]),
+            Route("/_sim/stats", sim_stats, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )

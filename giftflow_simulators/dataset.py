@@ -8,17 +8,69 @@ import string
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 
-FIRST = ["Ana", "Ben", "Chloe", "Diego", "Elif", "Farah", "Goran", "Hana", "Ivan", "Jun", "Kofi", "Lena",
-         "Mateo", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara", "Uma", "Victor", "Wen", "Yusuf"]
-LAST = ["Silva", "Becker", "Dubois", "Garcia", "Kaya", "Haddad", "Novak", "Sato", "Petrov", "Kim", "Mensah",
-        "Fischer", "Rossi", "Khan", "Murphy", "Patel", "Lopez", "Berg", "Singh", "Moreau", "Chen", "Ali"]
+FIRST = [
+    "Ana",
+    "Ben",
+    "Chloe",
+    "Diego",
+    "Elif",
+    "Farah",
+    "Goran",
+    "Hana",
+    "Ivan",
+    "Jun",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sven",
+    "Tara",
+    "Uma",
+    "Victor",
+    "Wen",
+    "Yusuf",
+]
+LAST = [
+    "Silva",
+    "Becker",
+    "Dubois",
+    "Garcia",
+    "Kaya",
+    "Haddad",
+    "Novak",
+    "Sato",
+    "Petrov",
+    "Kim",
+    "Mensah",
+    "Fischer",
+    "Rossi",
+    "Khan",
+    "Murphy",
+    "Patel",
+    "Lopez",
+    "Berg",
+    "Singh",
+    "Moreau",
+    "Chen",
+    "Ali",
+]
 DOMAINS = ["example.com", "example.org", "mail.example.net", "example.co.uk"]
 LOCATIONS = ["online", "online", "store_soho", "store_midtown", "kiosk_airport"]
 INITIAL_VALUES = {"usd": [2500, 5000, 10000, 20000], "eur": [2500, 5000, 10000], "jpy": [3000, 5000, 10000, 20000]}
 MIN_AMOUNT = 100  # cents, or yen (jpy has no minor unit)
 MAX_AMOUNT = {"usd": 15000, "eur": 12000, "jpy": 15000}
-FRAUD_TYPES = ["made_with_stolen_card", "made_with_stolen_card", "unauthorized_use_of_card", "card_never_received",
-               "made_with_lost_card", "misc"]
+FRAUD_TYPES = [
+    "made_with_stolen_card",
+    "made_with_stolen_card",
+    "unauthorized_use_of_card",
+    "card_never_received",
+    "made_with_lost_card",
+    "misc",
+]
 REFUND_REASONS = ["requested_by_customer", "requested_by_customer", "duplicate", None]
 _CODE_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no I/O/0/1: codes are read aloud and typed
 _ID_CHARS = string.ascii_letters + string.digits
@@ -122,8 +174,9 @@ def _day_seconds(rng: random.Random, n: int) -> list[int]:
 _NOW = datetime.now(timezone.utc)
 
 
-def build_world(seed: int, days: list[date], redemptions_per_day: int = 40, customers: int = 60,
-                payments_per_day: int = 20) -> World:
+def build_world(
+    seed: int, days: list[date], redemptions_per_day: int = 40, customers: int = 60, payments_per_day: int = 20
+) -> World:
     """One coherent, deterministic world: the same seed and arguments give the same customers and redemptions
     (payments come from a separate random stream: `payments_per_day` does not move them)."""
     if customers < 8:
@@ -146,15 +199,24 @@ def build_world(seed: int, days: list[date], redemptions_per_day: int = 40, cust
         if i >= customers - 1:
             continue
         # person 0 is in Stripe twice under one e-mail (different case, different created)
-        for email_as_stored in ([email, _mixed_case(email)] if i == 0 else
-                                [_mixed_case(email) if rng.random() < 0.2 else email]):
+        for email_as_stored in (
+            [email, _mixed_case(email)] if i == 0 else [_mixed_case(email) if rng.random() < 0.2 else email]
+        ):
             created = int((start - timedelta(days=rng.uniform(1, 400))).timestamp())
             if person.stripe_ids:
                 created = stripe_customers[-1]["created"] + rng.randint(86400, 30 * 86400)
             cid = ids.new("cus_", 14)
             person.stripe_ids.append(cid)
-            stripe_customers.append({"id": cid, "email": email_as_stored, "name": person.name, "phone": phone,
-                                     "created": created, "metadata": {}})
+            stripe_customers.append(
+                {
+                    "id": cid,
+                    "email": email_as_stored,
+                    "name": person.name,
+                    "phone": phone,
+                    "created": created,
+                    "metadata": {},
+                }
+            )
     # people without a Stripe customer make about 10 % of the non-anonymous redemptions
     stripe_weight = sum(p.weight for p in people if p.stripe_ids)
     extra = [p for p in people if not p.stripe_ids]
@@ -167,9 +229,15 @@ def build_world(seed: int, days: list[date], redemptions_per_day: int = 40, cust
     def new_card(owner: _Person | None, currency: str, at: datetime) -> _Card:
         groups = ["".join(rng.choices(_CODE_CHARS, k=4)) for _ in range(2)]
         link = owner.stripe_ids[0] if owner and owner.stripe_ids and rng.random() < 0.2 else None
-        card = _Card(ids.new("gc_", 8), f"CRDV-{groups[0]}-{groups[1]}-{rng.randrange(10000):04d}", currency,
-                     rng.choice(INITIAL_VALUES[currency]), link,
-                     at - timedelta(days=rng.randint(1, 120), seconds=rng.randrange(86400)), owner)
+        card = _Card(
+            ids.new("gc_", 8),
+            f"CRDV-{groups[0]}-{groups[1]}-{rng.randrange(10000):04d}",
+            currency,
+            rng.choice(INITIAL_VALUES[currency]),
+            link,
+            at - timedelta(days=rng.randint(1, 120), seconds=rng.randrange(86400)),
+            owner,
+        )
         cards.append(card)
         if owner:
             owner.cards.append(card)
@@ -200,22 +268,34 @@ def build_world(seed: int, days: list[date], redemptions_per_day: int = 40, cust
             card.uses.append((at, amount, voided_at))
             customer = None
             if person is not None:
-                customer = {"email": _as_typed(rng, person.email) if rng.random() > 0.02 else None,
-                            "name": person.name if rng.random() > 0.04 else None, "phone": person.phone}
-            redemptions.append(({
-                "id": ids.new("rdm_", 10),
-                "status": "voided" if voided_at else "completed",
-                "amount": amount,
-                "currency": card.currency,
-                "balance_after": available - amount,
-                "gift_card": {"id": card.id, "code": card.code, "initial_value": card.initial_value,
-                              "currency": card.currency},
-                "customer": customer,
-                "stripe_customer_id": None,
-                "location": rng.choice(LOCATIONS) if person else rng.choice(LOCATIONS[2:]),
-                "redeemed_at": format_time(at),
-                "updated_at": format_time(voided_at or at),
-            }, card))
+                customer = {
+                    "email": _as_typed(rng, person.email) if rng.random() > 0.02 else None,
+                    "name": person.name if rng.random() > 0.04 else None,
+                    "phone": person.phone,
+                }
+            redemptions.append(
+                (
+                    {
+                        "id": ids.new("rdm_", 10),
+                        "status": "voided" if voided_at else "completed",
+                        "amount": amount,
+                        "currency": card.currency,
+                        "balance_after": available - amount,
+                        "gift_card": {
+                            "id": card.id,
+                            "code": card.code,
+                            "initial_value": card.initial_value,
+                            "currency": card.currency,
+                        },
+                        "customer": customer,
+                        "stripe_customer_id": None,
+                        "location": rng.choice(LOCATIONS) if person else rng.choice(LOCATIONS[2:]),
+                        "redeemed_at": format_time(at),
+                        "updated_at": format_time(voided_at or at),
+                    },
+                    card,
+                )
+            )
 
     # one card linked to a Stripe customer that no longer exists (deleted, or a typo by the merchant)
     linked = [c for c in cards if c.link]
@@ -228,16 +308,28 @@ def build_world(seed: int, days: list[date], redemptions_per_day: int = 40, cust
     for card in cards:
         balance = card.initial_value - sum(a for _, a, voided in card.uses if voided is None)
         purchaser = rng.choice([None, card.owner, rng.choice(people)])
-        gift_cards.append({
-            "id": card.id, "code": card.code, "initial_value": card.initial_value, "balance": balance,
-            "currency": card.currency, "status": "active" if balance else "redeemed",
-            "recipient": {"email": card.owner.email, "name": card.owner.name} if card.owner else None,
-            "purchaser": {"email": purchaser.email, "name": purchaser.name} if purchaser else None,
-            "created_at": format_time(card.created_at),
-            "expires_at": format_time(card.created_at + timedelta(days=730)) if rng.random() < 0.7 else None,
-        })
-    return World(seed, days, stripe_customers, [r for r, _ in redemptions], gift_cards,
-                 *_payments(seed, days, stripe_customers, payments_per_day))
+        gift_cards.append(
+            {
+                "id": card.id,
+                "code": card.code,
+                "initial_value": card.initial_value,
+                "balance": balance,
+                "currency": card.currency,
+                "status": "active" if balance else "redeemed",
+                "recipient": {"email": card.owner.email, "name": card.owner.name} if card.owner else None,
+                "purchaser": {"email": purchaser.email, "name": purchaser.name} if purchaser else None,
+                "created_at": format_time(card.created_at),
+                "expires_at": format_time(card.created_at + timedelta(days=730)) if rng.random() < 0.7 else None,
+            }
+        )
+    return World(
+        seed,
+        days,
+        stripe_customers,
+        [r for r, _ in redemptions],
+        gift_cards,
+        *_payments(seed, days, stripe_customers, payments_per_day),
+    )
 
 
 def _payments(seed: int, days: list[date], customers: list[dict], per_day: int) -> tuple[list, list, list]:
@@ -255,58 +347,125 @@ def _payments(seed: int, days: list[date], customers: list[dict], per_day: int) 
 
     def pay(at: int, currency: str, amount: int, with_customer: bool = True, status: str = "succeeded") -> dict | None:
         order = f"{rng.randrange(100000, 999999)}"
-        pi = {"id": ids.new("pi_", 24), "object": "payment_intent", "amount": amount, "amount_received": 0,
-              "currency": currency, "customer": rng.choice(customer_ids) if with_customer else None, "created": at,
-              "status": status, "latest_charge": None, "payment_method": None, "description": f"Order #{order}",
-              "metadata": {"order_id": order}, "canceled_at": None, "cancellation_reason": None}
+        pi = {
+            "id": ids.new("pi_", 24),
+            "object": "payment_intent",
+            "amount": amount,
+            "amount_received": 0,
+            "currency": currency,
+            "customer": rng.choice(customer_ids) if with_customer else None,
+            "created": at,
+            "status": status,
+            "latest_charge": None,
+            "payment_method": None,
+            "description": f"Order #{order}",
+            "metadata": {"order_id": order},
+            "canceled_at": None,
+            "cancellation_reason": None,
+        }
         intents.append(pi)
         if status == "canceled":
-            pi.update(canceled_at=min(at + rng.randint(900, 86400), max(at, world_end)),
-                      cancellation_reason="abandoned")
+            pi.update(canceled_at=min(at + rng.randint(900, 86400), max(at, world_end)), cancellation_reason="abandoned")
         if status != "succeeded":
             return None
         charge_id = ids.new("ch_", 24)
         pi.update(amount_received=amount, latest_charge=charge_id, payment_method=ids.new("pm_", 24))
-        charges.append({
-            "id": charge_id, "object": "charge", "amount": amount, "amount_captured": amount, "amount_refunded": 0,
-            "refunded": False, "disputed": False, "currency": currency, "customer": pi["customer"],
-            "payment_intent": pi["id"], "payment_method": pi["payment_method"], "created": at,
-            "description": pi["description"], "metadata": dict(pi["metadata"]), "status": "succeeded", "paid": True,
-            "refunds": {"object": "list", "data": [], "has_more": False, "total_count": 0,
-                        "url": f"/v1/charges/{charge_id}/refunds"}})
+        charges.append(
+            {
+                "id": charge_id,
+                "object": "charge",
+                "amount": amount,
+                "amount_captured": amount,
+                "amount_refunded": 0,
+                "refunded": False,
+                "disputed": False,
+                "currency": currency,
+                "customer": pi["customer"],
+                "payment_intent": pi["id"],
+                "payment_method": pi["payment_method"],
+                "created": at,
+                "description": pi["description"],
+                "metadata": dict(pi["metadata"]),
+                "status": "succeeded",
+                "paid": True,
+                "refunds": {
+                    "object": "list",
+                    "data": [],
+                    "has_more": False,
+                    "total_count": 0,
+                    "url": f"/v1/charges/{charge_id}/refunds",
+                },
+            }
+        )
         return charges[-1]
 
     def refund(charge: dict, amount: int, at: int) -> None:
-        charge["refunds"]["data"].insert(0, {
-            "id": ids.new("re_", 24), "object": "refund", "amount": amount, "charge": charge["id"],
-            "payment_intent": charge["payment_intent"], "currency": charge["currency"], "customer": charge["customer"],
-            "created": min(at, max(world_end, charge["created"])), "reason": rng.choice(REFUND_REASONS),
-            "status": "succeeded", "metadata": {}})
+        charge["refunds"]["data"].insert(
+            0,
+            {
+                "id": ids.new("re_", 24),
+                "object": "refund",
+                "amount": amount,
+                "charge": charge["id"],
+                "payment_intent": charge["payment_intent"],
+                "currency": charge["currency"],
+                "customer": charge["customer"],
+                "created": min(at, max(world_end, charge["created"])),
+                "reason": rng.choice(REFUND_REASONS),
+                "status": "succeeded",
+                "metadata": {},
+            },
+        )
         charge["refunds"]["total_count"] += 1
         charge["amount_refunded"] += amount
         charge["refunded"] = charge["amount_refunded"] == charge["amount"]
 
     def warn(charge: dict, at: int) -> None:
-        warnings.append({"id": ids.new("issfr_", 24), "object": "radar.early_fraud_warning", "charge": charge["id"],
-                         "payment_intent": charge["payment_intent"], "fraud_type": rng.choice(FRAUD_TYPES),
-                         "actionable": not (charge["refunded"] or charge["disputed"]), "created": at,
-                         "livemode": False})
+        warnings.append(
+            {
+                "id": ids.new("issfr_", 24),
+                "object": "radar.early_fraud_warning",
+                "charge": charge["id"],
+                "payment_intent": charge["payment_intent"],
+                "fraud_type": rng.choice(FRAUD_TYPES),
+                "actionable": not (charge["refunded"] or charge["disputed"]),
+                "created": at,
+                "livemode": False,
+            }
+        )
 
     # once in a world each, on days in turn: (kind, currency, amount, with customer)
-    specials = [("partly_refunded", "usd", 3000, True), ("fully_refunded", "usd", rng.randint(1000, 8000), True),
-                ("disputed", "usd", rng.randint(500, 1499), True), ("small", "eur", rng.randint(500, 1499), True),
-                ("small", "usd", 1500, True), ("small", "usd", rng.randint(500, 1499), False)]
+    specials = [
+        ("partly_refunded", "usd", 3000, True),
+        ("fully_refunded", "usd", rng.randint(1000, 8000), True),
+        ("disputed", "usd", rng.randint(500, 1499), True),
+        ("small", "eur", rng.randint(500, 1499), True),
+        ("small", "usd", 1500, True),
+        ("small", "usd", rng.randint(500, 1499), False),
+    ]
     for i, day in enumerate(days):
         midnight = int(datetime.combine(day, time(), timezone.utc).timestamp())
-        specs = [("usd", 100000, True), ("usd", rng.randint(100001, 199999), True), ("usd", 200000, True),
-                 ("usd", rng.randint(200001, 900000), True), ("usd", rng.randint(200001, 500000), False),
-                 ("usd", rng.randint(90000, 99999), True), ("eur", rng.randint(100001, 400000), True),
-                 ("usd", rng.randint(200001, 400000), True, "requires_payment_method")]
+        specs = [
+            ("usd", 100000, True),
+            ("usd", rng.randint(100001, 199999), True),
+            ("usd", 200000, True),
+            ("usd", rng.randint(200001, 900000), True),
+            ("usd", rng.randint(200001, 500000), False),
+            ("usd", rng.randint(90000, 99999), True),
+            ("eur", rng.randint(100001, 400000), True),
+            ("usd", rng.randint(200001, 400000), True, "requires_payment_method"),
+        ]
         while len(specs) < per_day:
             currency = rng.choices(["usd", "eur"], [85, 15])[0]
             size = rng.choices([(500, 1499), (1500, 25000), (25000, 95000), (100001, 300000)], [25, 52, 20, 3])[0]
-            specs.append((currency, rng.randint(*size), rng.random() < 0.88,
-                          rng.choices(["succeeded", "requires_payment_method", "canceled"], [88, 7, 5])[0]))
+            specs.append(
+                (
+                    currency,
+                    rng.randint(*size),
+                    rng.random() < 0.88,
+                    rng.choices(["succeeded", "requires_payment_method", "canceled"], [88, 7, 5])[0],
+                )
+            )
         rng.shuffle(specs)
         for second, spec in zip(_day_seconds(rng, len(specs)), specs):
             charge = pay(midnight + second, *spec)
@@ -314,15 +473,21 @@ def _payments(seed: int, days: list[date], customers: list[dict], per_day: int) 
             if charge is None:
                 continue
             if r < 0.08:
-                refund(charge, max(1, charge["amount"] * rng.choice([10, 25, 50]) // 100), charge["created"] +
-                       rng.randint(600, 3 * 86400))
+                refund(
+                    charge,
+                    max(1, charge["amount"] * rng.choice([10, 25, 50]) // 100),
+                    charge["created"] + rng.randint(600, 3 * 86400),
+                )
             elif r < 0.12:
                 refund(charge, charge["amount"], charge["created"] + rng.randint(600, 3 * 86400))
             elif r < 0.15:
                 charge["disputed"] = True
         # warnings arrive hours after their charge: two small, one large and the specials of the day
-        targets = [("small", "usd", rng.randint(500, 1499), True), ("small", "usd", rng.randint(500, 1499), True),
-                   ("large", "usd", rng.randint(30000, 95000), True)]
+        targets = [
+            ("small", "usd", rng.randint(500, 1499), True),
+            ("small", "usd", rng.randint(500, 1499), True),
+            ("large", "usd", rng.randint(30000, 95000), True),
+        ]
         targets += [s for j, s in enumerate(specials) if j % len(days) == i]
         for kind, currency, amount, with_customer in targets:
             at = midnight + rng.randrange(72000)
@@ -336,8 +501,16 @@ def _payments(seed: int, days: list[date], customers: list[dict], per_day: int) 
             warn(charge, at + rng.randint(3600, 14400))
         # and one comes days late, on a charge of an earlier day
         warned = {w["charge"] for w in warnings}
-        earlier = [c for c in charges if c["created"] < midnight and c["currency"] == "usd" and c["amount"] >= 1500
-                   and not c["amount_refunded"] and not c["disputed"] and c["id"] not in warned]
+        earlier = [
+            c
+            for c in charges
+            if c["created"] < midnight
+            and c["currency"] == "usd"
+            and c["amount"] >= 1500
+            and not c["amount_refunded"]
+            and not c["disputed"]
+            and c["id"] not in warned
+        ]
         if earlier:
             warn(rng.choice(earlier), midnight + rng.randrange(86400))
     by_created = lambda o: (o["created"], o["id"])  # noqa: E731

@@ -13,8 +13,9 @@ class BackgroundServer:
 
     def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         # lifespan off: the simulators need no startup hooks, and it saves a round trip at start.
-        self._config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
-                                      timeout_graceful_shutdown=1)
+        self._config = uvicorn.Config(
+            app, host=host, port=port, log_level=log_level, lifespan="off", timeout_graceful_shutdown=1
+        )
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.base_url: str | None = None

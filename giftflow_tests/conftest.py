@@ -56,9 +56,10 @@ class Simulators:
         self.cardivo_state = cardivo.CardivoState.from_world(world)
         self.stripe_state = stripe.StripeState.from_world(world)
         self.stripe_key = stripe_key
-        self._servers = [BackgroundServer(cardivo.create_app(self.cardivo_state, CARDIVO_KEY)),
-                         BackgroundServer(stripe.create_app(self.stripe_state, api_key=stripe_key,
-                                                            rate_limit_per_s=stripe_rps))]
+        self._servers = [
+            BackgroundServer(cardivo.create_app(self.cardivo_state, CARDIVO_KEY)),
+            BackgroundServer(stripe.create_app(self.stripe_state, api_key=stripe_key, rate_limit_per_s=stripe_rps)),
+        ]
 
     def __enter__(self) -> Simulators:
         self.cardivo_url, self.stripe_url = (s.start() for s in self._servers)
@@ -103,9 +104,16 @@ class Giftflow:
 @pytest.fixture
 def giftflow(sims, tmp_path) -> Giftflow:
     """giftflow pointed at `sims`, its database and files under `tmp_path`, every other setting at its default."""
-    return Giftflow(Settings.of(
-        cardivo_api_base=sims.cardivo_url, cardivo_api_key=CARDIVO_KEY, stripe_api_base=sims.stripe_url,
-        stripe_api_key=sims.stripe_key, database_url=f"sqlite:///{tmp_path}/giftflow.sqlite", dagster_home=tmp_path))
+    return Giftflow(
+        Settings.of(
+            cardivo_api_base=sims.cardivo_url,
+            cardivo_api_key=CARDIVO_KEY,
+            stripe_api_base=sims.stripe_url,
+            stripe_api_key=sims.stripe_key,
+            database_url=f"sqlite:///{tmp_path}/giftflow.sqlite",
+            dagster_home=tmp_path,
+        )
+    )
 
 
 @pytest.fixture
@@ -114,8 +122,9 @@ def localstripe():
     port = free_port()
     exe = Path(sys.executable).with_name("localstripe")
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen([str(exe), "--port", str(port), "--from-scratch"], cwd=tmp,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [str(exe), "--port", str(port), "--from-scratch"], cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             wait_for(base + "/v1/customers")

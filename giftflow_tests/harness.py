@@ -49,6 +49,7 @@ def wait_for(url: str, timeout: float = 20.0) -> None:
 
 def pg_bindir() -> Path | None:
     """The server binaries of the highest PostgreSQL version installed, by number (16 after 9.6, not before)."""
+
     def version(path: str) -> tuple[int, ...]:
         number = Path(path).parents[1].name
         return tuple(int(p) for p in number.split(".")) if number.replace(".", "").isdigit() else ()
@@ -69,11 +70,25 @@ def throwaway_postgres() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(tmp, "nobody")
     port, data = free_port(), f"{tmp}/data"
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", data, "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", data, "-l", f"{tmp}/log", "-w", "-o",
-                    f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c max_connections=300", "start"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", data, "-A", "trust", "-U", "postgres"], check=True, capture_output=True
+    )
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            data,
+            "-l",
+            f"{tmp}/log",
+            "-w",
+            "-o",
+            f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c max_connections=300",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     finally:
@@ -102,8 +117,14 @@ class Stack:
     workspace: Path = ROOT / "workspace.yaml"  # the repo's (python_module), or the test's grpc_server one
 
     def dagster(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "dagster", *args, "-w", str(self.workspace)], env=self.env,
-                              cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "dagster", *args, "-w", str(self.workspace)],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60)
@@ -118,9 +139,18 @@ class Stack:
 
 
 @contextlib.contextmanager
-def production_stack(postgres_url: str, workdir: Path, days: list[date], *, stripe_limit: int,
-                     redemptions_per_day: int = 6, customers: int = 40, sensor_interval_s: int | None = 2,
-                     extra_env: dict | None = None, grpc: bool = False) -> Iterator[Stack]:
+def production_stack(
+    postgres_url: str,
+    workdir: Path,
+    days: list[date],
+    *,
+    stripe_limit: int,
+    redemptions_per_day: int = 6,
+    customers: int = 40,
+    sensor_interval_s: int | None = 2,
+    extra_env: dict | None = None,
+    grpc: bool = False,
+) -> Iterator[Stack]:
     """dagster-webserver and dagster-daemon on the repo's dagster.yaml (PostgreSQL), giftflow's store on
     PostgreSQL, the simulators in this process; the Stripe simulator refuses calls past `stripe_limit`/s and
     giftflow is given the same budget. `sensor_interval_s=None` keeps giftflow's default interval.
@@ -139,42 +169,85 @@ def production_stack(postgres_url: str, workdir: Path, days: list[date], *, stri
     giftflow_db = create_database(postgres_url, f"giftflow_{suffix}")
     pg = urlparse(dagster_db)
     procs: list[subprocess.Popen] = []
-    with BackgroundServer(cardivo.create_app(cardivo_state, "ck")) as c_srv, \
-            BackgroundServer(stripe.create_app(stripe_state, api_key="sk_test_e2e",
-                                               rate_limit_per_s=stripe_limit)) as s_srv:
+    with (
+        BackgroundServer(cardivo.create_app(cardivo_state, "ck")) as c_srv,
+        BackgroundServer(stripe.create_app(stripe_state, api_key="sk_test_e2e", rate_limit_per_s=stripe_limit)) as s_srv,
+    ):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GIFTFLOW_", "DAGSTER_"))}
-        env.update({"DAGSTER_HOME": str(home), "TMPDIR": str(workdir),
-                    "DAGSTER_POSTGRES_HOST": pg.hostname, "DAGSTER_POSTGRES_PORT": str(pg.port),
-                    "DAGSTER_POSTGRES_USER": "postgres", "DAGSTER_POSTGRES_PASSWORD": "",
-                    "DAGSTER_POSTGRES_DB": pg.path.lstrip("/"),
-                    "CARDIVO_API_BASE": c_srv.base_url, "CARDIVO_API_KEY": "ck",
-                    "STRIPE_API_BASE": s_srv.base_url, "STRIPE_API_KEY": "sk_test_e2e",
-                    "GIFTFLOW_DATABASE_URL": giftflow_db, "GIFTFLOW_STRIPE_MAX_RPS": str(stripe_limit),
-                    # As the README's production steps and deploy/ set them (README, Scale).
-                    "DAGSTER_EVENT_BATCH_SIZE": "200", "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
-                    **({"GIFTFLOW_SENSOR_INTERVAL_S": str(sensor_interval_s)} if sensor_interval_s else {}),
-                    **(extra_env or {})})
+        env.update(
+            {
+                "DAGSTER_HOME": str(home),
+                "TMPDIR": str(workdir),
+                "DAGSTER_POSTGRES_HOST": pg.hostname,
+                "DAGSTER_POSTGRES_PORT": str(pg.port),
+                "DAGSTER_POSTGRES_USER": "postgres",
+                "DAGSTER_POSTGRES_PASSWORD": "",
+                "DAGSTER_POSTGRES_DB": pg.path.lstrip("/"),
+                "CARDIVO_API_BASE": c_srv.base_url,
+                "CARDIVO_API_KEY": "ck",
+                "STRIPE_API_BASE": s_srv.base_url,
+                "STRIPE_API_KEY": "sk_test_e2e",
+                "GIFTFLOW_DATABASE_URL": giftflow_db,
+                "GIFTFLOW_STRIPE_MAX_RPS": str(stripe_limit),
+                # As the README's production steps and deploy/ set them (README, Scale).
+                "DAGSTER_EVENT_BATCH_SIZE": "200",
+                "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
+                **({"GIFTFLOW_SENSOR_INTERVAL_S": str(sensor_interval_s)} if sensor_interval_s else {}),
+                **(extra_env or {}),
+            }
+        )
         # Create the instance's tables once, before two processes race to do it.
-        subprocess.run([sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().dispose()"],
-                       env=env, check=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().dispose()"],
+            env=env,
+            check=True,
+            timeout=120,
+        )
         # Set the write pool's limit before runs start: left to the first runs, several initialise it at once
         # and Dagster's insert collides (seen in a 60-day backfill: one run failed on it).
-        subprocess.run([str(BIN / "dagster"), "instance", "concurrency", "set", "stripe_customer_writes", "1"],
-                       env=env, check=True, timeout=120, capture_output=True)
+        subprocess.run(
+            [str(BIN / "dagster"), "instance", "concurrency", "set", "stripe_customer_writes", "1"],
+            env=env,
+            check=True,
+            timeout=120,
+            capture_output=True,
+        )
         port, workspace = free_port(), ROOT / "workspace.yaml"
         try:
             if grpc:
                 workspace = workdir / "workspace.yaml"
                 code_port = free_port()
-                workspace.write_text(f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {code_port}\n"
-                                     "      location_name: giftflow\n")
-                procs.append(_start("code_server", [str(BIN / "dagster"), "code-server", "start", "-m", "giftflow",
-                                                    "-d", str(ROOT), "-h", "127.0.0.1", "-p", str(code_port),
-                                                    "--location-name", "giftflow"], env, workdir))
+                workspace.write_text(
+                    f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {code_port}\n"
+                    "      location_name: giftflow\n"
+                )
+                procs.append(
+                    _start(
+                        "code_server",
+                        [
+                            str(BIN / "dagster"),
+                            "code-server",
+                            "start",
+                            "-m",
+                            "giftflow",
+                            "-d",
+                            str(ROOT),
+                            "-h",
+                            "127.0.0.1",
+                            "-p",
+                            str(code_port),
+                            "--location-name",
+                            "giftflow",
+                        ],
+                        env,
+                        workdir,
+                    )
+                )
                 wait_for_grpc(code_port, env, timeout=120)
-            for name, cmd in (("webserver", [str(BIN / "dagster-webserver"), "-w", str(workspace), "-h", "127.0.0.1",
-                                             "-p", str(port)]),
-                              ("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)])):
+            for name, cmd in (
+                ("webserver", [str(BIN / "dagster-webserver"), "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]),
+                ("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)]),
+            ):
                 procs.append(_start(name, cmd, env, workdir))
             url = f"http://127.0.0.1:{port}"
             wait_for(url + "/server_info", timeout=120)
@@ -202,8 +275,12 @@ def wait_for_grpc(port: int, env: dict, timeout: float = 120.0) -> None:
     """Until a Dagster code server on 127.0.0.1:`port` answers its health check (it loads the code first)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        checked = subprocess.run([str(BIN / "dagster"), "api", "grpc-health-check", "-h", "127.0.0.1", "-p", str(port)],
-                                 env=env, capture_output=True, timeout=60)
+        checked = subprocess.run(
+            [str(BIN / "dagster"), "api", "grpc-health-check", "-h", "127.0.0.1", "-p", str(port)],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
         if checked.returncode == 0:
             return
         time.sleep(0.5)
@@ -221,10 +298,18 @@ BACKFILL_STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: 
 
 
 def launch_backfill(stack: Stack, job: str, partitions: list[str]) -> str:
-    launched = stack.graphql(LAUNCH_BACKFILL, {"params": {
-        "selector": {"partitionSetName": f"{job}_partition_set",
-                     "repositorySelector": {"repositoryLocationName": "giftflow", "repositoryName": "__repository__"}},
-        "partitionNames": partitions}})["launchPartitionBackfill"]
+    launched = stack.graphql(
+        LAUNCH_BACKFILL,
+        {
+            "params": {
+                "selector": {
+                    "partitionSetName": f"{job}_partition_set",
+                    "repositorySelector": {"repositoryLocationName": "giftflow", "repositoryName": "__repository__"},
+                },
+                "partitionNames": partitions,
+            }
+        },
+    )["launchPartitionBackfill"]
     if launched["__typename"] != "LaunchBackfillSuccess":
         raise RuntimeError(launched)
     return launched["backfillId"]
@@ -232,15 +317,18 @@ def launch_backfill(stack: Stack, job: str, partitions: list[str]) -> str:
 
 def backfill_runs(stack: Stack, backfill_id: str) -> list[dict]:
     """The backfill's runs as dicts (status, start, end), read from the instance's PostgreSQL storage."""
-    code = ("import json, sys, dagster as dg\n"
-            "with dg.DagsterInstance.get() as i:\n"
-            "    rs = i.get_run_records(filters=dg.RunsFilter(tags={'dagster/backfill': sys.argv[1]}))\n"
-            "    print(json.dumps([{'status': r.dagster_run.status.value, 'start': r.start_time, 'end': r.end_time}"
-            " for r in rs]))")
+    code = (
+        "import json, sys, dagster as dg\n"
+        "with dg.DagsterInstance.get() as i:\n"
+        "    rs = i.get_run_records(filters=dg.RunsFilter(tags={'dagster/backfill': sys.argv[1]}))\n"
+        "    print(json.dumps([{'status': r.dagster_run.status.value, 'start': r.start_time, 'end': r.end_time}"
+        " for r in rs]))"
+    )
     import json
 
-    out = subprocess.run([sys.executable, "-c", code, backfill_id], env=stack.env, capture_output=True, text=True,
-                         timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, backfill_id], env=stack.env, capture_output=True, text=True, timeout=120, check=True
+    )
     return json.loads(out.stdout)
 
 
@@ -289,8 +377,14 @@ def run_timelines(stack: Stack, job: str, limit: int = 200) -> list[dict]:
     """The job's latest runs with their event times (creation, queue, launch, each step, end), from the instance."""
     import json
 
-    out = subprocess.run([sys.executable, "-c", RUN_EVENTS, job, str(limit)], env=stack.env, capture_output=True,
-                         text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", RUN_EVENTS, job, str(limit)],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 

@@ -124,8 +124,11 @@ def differs(spec: SyncSpec, field: str, want, have) -> bool:
 
 def created_fields(want: dict) -> frozenset[str]:
     """The fields a create sends: those with a value, address and shipping as a whole."""
-    return frozenset(f.split(".")[0] if f.startswith(("address.", "shipping.")) else f
-                     for f, v in want.items() if v is not None and f != "id")
+    return frozenset(
+        f.split(".")[0] if f.startswith(("address.", "shipping.")) else f
+        for f, v in want.items()
+        if v is not None and f != "id"
+    )
 
 
 def norm_email(value) -> str | None:
@@ -133,8 +136,9 @@ def norm_email(value) -> str | None:
     return value.lower() if value else None
 
 
-def plan(spec: SyncSpec, rows: list[dict], customers: list[dict],
-         written_back: dict[str, str] | None = None) -> list[Decision]:
+def plan(
+    spec: SyncSpec, rows: list[dict], customers: list[dict], written_back: dict[str, str] | None = None
+) -> list[Decision]:
     """One decision per source row, in order."""
     written_back = written_back or {}
     by_id: dict[str, dict] = {}
@@ -185,8 +189,13 @@ def plan(spec: SyncSpec, rows: list[dict], customers: list[dict],
             changed = frozenset(f for f in fields if differs(spec, f, want[f], current_value(customer, f)))
             out.append(Decision(Action.UPDATE if changed else Action.NONE, frozenset(), changed, customer["id"], None))
         elif spec.mode == "update":
-            out.append(reject(RejectReason.NO_CUSTOMER_WITH_ID_UPDATE if spec.identifier == "id"
-                              else RejectReason.NO_CUSTOMER_WITH_EMAIL_UPDATE))
+            out.append(
+                reject(
+                    RejectReason.NO_CUSTOMER_WITH_ID_UPDATE
+                    if spec.identifier == "id"
+                    else RejectReason.NO_CUSTOMER_WITH_EMAIL_UPDATE
+                )
+            )
         elif spec.identifier == "id":
             if given_id is not None:
                 out.append(reject(RejectReason.NO_CUSTOMER_WITH_ID))

@@ -57,11 +57,13 @@ def test_a_daemon_that_was_down_at_the_hour_fires_at_its_next_tick_that_day_only
 def test_the_sensor_itself_requests_the_backfill_on_a_real_tick(monkeypatch):
     monkeypatch.setattr(sensors, "BACKFILL_HOUR_UTC", 0)  # due at any hour
     today = datetime.now(timezone.utc).date()
-    ctx = dg.build_sensor_context(definitions=giftflow.defs, instance=dg.DagsterInstance.ephemeral(),
-                                  cursor=(today - timedelta(days=1)).isoformat())
+    ctx = dg.build_sensor_context(
+        definitions=giftflow.defs, instance=dg.DagsterInstance.ephemeral(), cursor=(today - timedelta(days=1)).isoformat()
+    )
     result = sensors.build_late_data_backfill()(ctx)
     [request] = result.run_requests
     assert _days(request) == _expected(today, sensors.RERUN_DAYS) and result.cursor == today.isoformat()
-    again = sensors.build_late_data_backfill()(dg.build_sensor_context(
-        definitions=giftflow.defs, instance=dg.DagsterInstance.ephemeral(), cursor=result.cursor))
+    again = sensors.build_late_data_backfill()(
+        dg.build_sensor_context(definitions=giftflow.defs, instance=dg.DagsterInstance.ephemeral(), cursor=result.cursor)
+    )
     assert not again.run_requests

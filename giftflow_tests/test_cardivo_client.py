@@ -38,8 +38,7 @@ def test_day_window_with_paging(world):
 @pytest.mark.e2e  # waits out real Retry-After delays: ~4 s
 def test_retries_5xx_and_429_with_retry_after(world):
     with serve(world, error_rate=0.3, rate_limit_rate=0.2, seed=5, retry_after_s=0) as srv:
-        got = client(srv.base_url, page_size=10, max_attempts=12).list_redemptions(
-            redeemed_after=START, redeemed_before=END)
+        got = client(srv.base_url, page_size=10, max_attempts=12).list_redemptions(redeemed_after=START, redeemed_before=END)
         stats = srv_stats(srv)
     assert len({r["id"] for r in got.records}) == 120
     assert stats["faults"] > 0

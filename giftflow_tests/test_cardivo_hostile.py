@@ -34,10 +34,17 @@ class Hostile:
 
     def app(self):
         async def endpoint(request):
-            self.seen.append({"at": time.monotonic(), "path": request.url.path, "query": dict(request.query_params),
-                              "auth": request.headers.get("authorization")})
+            self.seen.append(
+                {
+                    "at": time.monotonic(),
+                    "path": request.url.path,
+                    "query": dict(request.query_params),
+                    "auth": request.headers.get("authorization"),
+                }
+            )
             answer = self.respond(len(self.seen), request)
             return await answer if asyncio.iscoroutine(answer) else answer
+
         return Starlette(routes=[Route("/{path:path}", endpoint)])
 
     def __enter__(self):
@@ -103,26 +110,32 @@ def client(url, **over):
 
 # 1. Paging that never ends ------------------------------------------------------------------------------------
 
+
 def _cursor_pages(step, give_up_after=200):
     """Pages whose next_cursor is step(the request's cursor); after `give_up_after` requests the paging ends,
     so a client with no defence finishes (and fails its test) rather than hanging."""
+
     def respond(n, request):
         if n > give_up_after:
             return JSONResponse(END_PAGE)
         return JSONResponse({"data": [], "next_cursor": step(request.query_params.get("cursor"))})
+
     return respond
 
 
-@pytest.mark.parametrize("step, start, requests", [
-    (lambda c: "c0", None, 2),                                          # the same cursor again
-    (lambda c: f"c{(int((c or 'c0')[1:]) + 1) % 3}", None, 4),           # a cycle c1 -> c2 -> c0 -> c1
-    (lambda c: c, "c7", 1),                                             # the sensor's one page, given back its own cursor
-], ids=["same", "cycle", "sensor-page"])
+@pytest.mark.parametrize(
+    "step, start, requests",
+    [
+        (lambda c: "c0", None, 2),  # the same cursor again
+        (lambda c: f"c{(int((c or 'c0')[1:]) + 1) % 3}", None, 4),  # a cycle c1 -> c2 -> c0 -> c1
+        (lambda c: c, "c7", 1),  # the sensor's one page, given back its own cursor
+    ],
+    ids=["same", "cycle", "sensor-page"],
+)
 def test_a_repeated_next_cursor_stops_the_fetch(step, start, requests):
     with Hostile(_cursor_pages(step)) as srv:
         with pytest.raises(CardivoError, match="repeated next_cursor") as err:
-            client(srv.base_url).list_redemptions(updated_after=START, cursor=start,
-                                                  max_pages=1 if start else None)
+            client(srv.base_url).list_redemptions(updated_after=START, cursor=start, max_pages=1 if start else None)
     assert len(srv.seen) == requests and err.value.error_type == "bad_response"
 
 
@@ -140,6 +153,7 @@ def _slow_fresh_pages():
     async def respond(n, request):
         await asyncio.sleep(0.25)
         return _cursor_pages(lambda c: f"c{n}", give_up_after=60)(n, request)
+
     return respond
 
 
@@ -157,6 +171,7 @@ def test_every_fetch_has_an_overall_deadline(how):
 
 # 2. A 3xx is an error, never a page, and is not followed -------------------------------------------------------
 
+
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_a_redirect_is_an_error_and_is_not_followed(status):
     with Hostile(lambda n, r: JSONResponse(END_PAGE)) as elsewhere:
@@ -170,13 +185,16 @@ def test_a_redirect_is_an_error_and_is_not_followed(status):
 
 # 3. Retry-After: seconds or an HTTP-date, clamped, garbage ignored, bounded by the deadline ----------------------
 
+
 def _limited_once(retry_after):
     def respond(n, request):
         if n == 1:
             header = retry_after() if callable(retry_after) else retry_after
-            return JSONResponse({"error": {"type": "rate_limited", "message": "slow down"}}, status_code=429,
-                                headers={"Retry-After": header})
+            return JSONResponse(
+                {"error": {"type": "rate_limited", "message": "slow down"}}, status_code=429, headers={"Retry-After": header}
+            )
         return JSONResponse(END_PAGE)
+
     return respond
 
 
@@ -211,10 +229,23 @@ def test_a_retry_after_past_the_deadline_gives_up_at_once():
     assert time.monotonic() - started < 0.5 and len(srv.seen) == 1 and err.value.status == 429
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("5", 5.0), ("1.5", 1.5), ("0", 0.0), ("-5", 0.0), ("120", 60.0), ("", None), (None, None), ("soon", None),
-    ("nan", None), ("inf", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("Wed, 99 Foo 2026", None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("5", 5.0),
+        ("1.5", 1.5),
+        ("0", 0.0),
+        ("-5", 0.0),
+        ("120", 60.0),
+        ("", None),
+        (None, None),
+        ("soon", None),
+        ("nan", None),
+        ("inf", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+        ("Wed, 99 Foo 2026", None),
+    ],
+)
 def test_retry_after_parsing(value, expected):
     from giftflow.adapters.cardivo import _retry_after
 
@@ -229,8 +260,10 @@ def test_retry_after_http_date_ahead():
 
 # 4. Drip-fed and huge responses ---------------------------------------------------------------------------------
 
-BODY_DRIP = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
-             b'{"data": [' + b" " * 1000)
+BODY_DRIP = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
+    b'{"data": [' + b" " * 1000,
+)
 
 
 @pytest.mark.e2e  # waits out a 3 s deadline
@@ -259,6 +292,7 @@ def test_dripping_headers_are_cut_at_timeout_s_per_request():
 def test_a_huge_page_is_refused():
     def respond(n, request):
         return StreamingResponse((b" " * 2**20 for _ in range(64)), media_type="application/json")
+
     with Hostile(respond) as srv:
         with pytest.raises(CardivoError, match="10 MiB") as err:
             client(srv.base_url).list_redemptions(updated_after=START)
@@ -267,10 +301,20 @@ def test_a_huge_page_is_refused():
 
 # 5. The page's shape -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("first", [
-    {"data": {}}, {"next_cursor": None}, {"data": [], "next_cursor": 5}, {"data": [], "next_cursor": ["c1"]},
-    {"data": [], "next_cursor": "c" * 2049}, [], None, "page",
-])
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        {"data": {}},
+        {"next_cursor": None},
+        {"data": [], "next_cursor": 5},
+        {"data": [], "next_cursor": ["c1"]},
+        {"data": [], "next_cursor": "c" * 2049},
+        [],
+        None,
+        "page",
+    ],
+)
 def test_a_malformed_page_is_refused(first):
     with Hostile(lambda n, r: JSONResponse(first if n == 1 else END_PAGE)) as srv:
         with pytest.raises(CardivoError) as err:
@@ -280,8 +324,7 @@ def test_a_malformed_page_is_refused(first):
 
 def test_a_long_but_allowed_cursor_is_followed():
     cursor = "c" * 2048
-    with Hostile(lambda n, r: JSONResponse({"data": [{"id": n}], "next_cursor": cursor} if n == 1 else END_PAGE)) \
-            as srv:
+    with Hostile(lambda n, r: JSONResponse({"data": [{"id": n}], "next_cursor": cursor} if n == 1 else END_PAGE)) as srv:
         got = client(srv.base_url).list_redemptions(updated_after=START)
     assert got.calls == 2 and srv.seen[1]["query"]["cursor"] == cursor
 
@@ -295,6 +338,7 @@ def test_a_gift_card_that_is_not_an_object_is_refused():
 
 # 6. Errors carry neither the key nor the body ----------------------------------------------------------------
 
+
 def _echo(status, as_error_json):
     def respond(n, request):
         echoed = f"you sent {request.headers['authorization']}\n\x1b[31m" + "filler " * 20_000 + KEY
@@ -302,11 +346,13 @@ def _echo(status, as_error_json):
             body = json.dumps({"error": {"type": f"boom {KEY}", "message": echoed}})
             return Response(body, status_code=status, media_type="application/json")
         return Response(echoed, status_code=status, media_type="text/plain")
+
     return respond
 
 
-@pytest.mark.parametrize("status, as_error_json", [(400, True), (401, False), (500, True), (503, False),
-                                                   (302, False), (200, False)])
+@pytest.mark.parametrize(
+    "status, as_error_json", [(400, True), (401, False), (500, True), (503, False), (302, False), (200, False)]
+)
 def test_errors_never_carry_the_key_or_the_body(status, as_error_json):
     with Hostile(_echo(status, as_error_json)) as srv:
         with pytest.raises(CardivoError) as err:

@@ -48,7 +48,7 @@ def test_a_broken_setup_names_each_problem_and_exits_1(env, capsys, tmp_path):
     rules = tmp_path / "rules.yaml"
     text = DEFAULT_RULES.read_text()
     rules.write_text(text.replace("amount_gt", "amont_gt", 1))
-    line = text[:text.index("amount_gt")].count("\n") + 1
+    line = text[: text.index("amount_gt")].count("\n") + 1
     env.setenv("GIFTFLOW_RULES", str(rules))
     env.setenv("STRIPE_API_KEY", "sk_test_wrongkey_2e2e")
     env.setenv("CARDIVO_API_KEY", "not-the-demo-key-abcd")

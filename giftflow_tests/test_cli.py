@@ -16,8 +16,9 @@ def test_demo_runs_and_the_rerun_writes_nothing(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GIFTFLOW_", "STRIPE_", "CARDIVO_", "DAGSTER_"))}
     env["TMPDIR"] = str(tmp_path)
     env["PYTHONPATH"] = str(ROOT)  # this checkout, whichever one the console script was installed from
-    done = subprocess.run([str(exe), "demo", "--days", "2"], capture_output=True, text=True, timeout=240, env=env,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [str(exe), "demo", "--days", "2"], capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "First run: giftcard_sync per day" in out
@@ -49,8 +50,12 @@ def test_help_lists_every_command_with_a_summary():
 def test_syncs_report_says_which_database_it_read(tmp_path):
     exe = Path(sys.executable).with_name("giftflow")
     url = f"sqlite:///{tmp_path}/empty.sqlite"
-    done = subprocess.run([str(exe), "syncs", "report", "nothing_here", "--database-url", url],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [str(exe), "syncs", "report", "nothing_here", "--database-url", url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 1 and f"in {url} (--database-url)" in done.stderr, done.stderr
 
 

@@ -19,7 +19,7 @@ def _session_members(sid: int) -> list[str]:
             continue
         try:
             stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
+            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp session ...
             if int(fields[3]) == sid and fields[0] != "Z":
                 command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")[:120]
                 members.append(f"{entry.name} {command!r}")
@@ -33,9 +33,15 @@ def test_dev_serves_the_ui_and_ctrl_c_stops_everything(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GIFTFLOW_", "STRIPE_", "CARDIVO_", "DAGSTER_"))}
     env["PYTHONPATH"] = str(ROOT)
     home = tmp_path / "home"
-    proc = subprocess.Popen([sys.executable, "-m", "giftflow.cli", "dev", "--port", str(port), "--days", "1",
-                             "--dagster-home", str(home)], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "giftflow.cli", "dev", "--port", str(port), "--days", "1", "--dagster-home", str(home)],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     pgid = proc.pid
     try:
         wait_for(f"http://127.0.0.1:{port}/server_info", timeout=180)

@@ -31,15 +31,18 @@ def test_every_asset_has_description_group_and_kinds():
         assert spec.kinds, spec.key
 
 
-@pytest.mark.parametrize("name,value,allowed", [
-    ("GIFTFLOW_SYNC_MODE", "merge", "one of update, upsert"),
-    ("GIFTFLOW_DRY_RUN", "maybe", "true, false, 1, 0, yes, no, on, off"),
-    ("GIFTFLOW_REFUNDS_ENABLED", "t", "true, false, 1, 0, yes, no, on, off"),  # pydantic's lax bool would take it
-    ("GIFTFLOW_SMTP_PORT", "70000", "an integer >= 1 and <= 65535"),
-    ("GIFTFLOW_BACKFILL_HOUR_UTC", "24", "an integer >= 0 and <= 23"),
-    ("GIFTFLOW_STRIPE_MAX_RPS", "fast", "an integer >= 1"),
-    ("GIFTFLOW_WEBHOOK_READ_TIMEOUT_S", "0", "a number > 0"),
-])
+@pytest.mark.parametrize(
+    "name,value,allowed",
+    [
+        ("GIFTFLOW_SYNC_MODE", "merge", "one of update, upsert"),
+        ("GIFTFLOW_DRY_RUN", "maybe", "true, false, 1, 0, yes, no, on, off"),
+        ("GIFTFLOW_REFUNDS_ENABLED", "t", "true, false, 1, 0, yes, no, on, off"),  # pydantic's lax bool would take it
+        ("GIFTFLOW_SMTP_PORT", "70000", "an integer >= 1 and <= 65535"),
+        ("GIFTFLOW_BACKFILL_HOUR_UTC", "24", "an integer >= 0 and <= 23"),
+        ("GIFTFLOW_STRIPE_MAX_RPS", "fast", "an integer >= 1"),
+        ("GIFTFLOW_WEBHOOK_READ_TIMEOUT_S", "0", "a number > 0"),
+    ],
+)
 def test_a_bad_setting_names_the_variable_its_value_and_what_is_allowed(monkeypatch, name, value, allowed):
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as raised:
@@ -62,14 +65,19 @@ def test_settings_from_env(monkeypatch):
     monkeypatch.setenv("GIFTFLOW_SMTP_STARTTLS", "off")
     monkeypatch.setenv("GIFTFLOW_TEAM_EMAIL", "")  # empty is unset
     settings = Settings.from_env()
-    assert (settings.sync_mode, settings.dry_run, settings.smtp_starttls, settings.team_email) == \
-        ("upsert", True, False, None)
+    assert (settings.sync_mode, settings.dry_run, settings.smtp_starttls, settings.team_email) == (
+        "upsert",
+        True,
+        False,
+        None,
+    )
 
 
 def test_a_misspelt_variable_warns_with_the_name_meant(monkeypatch):
     monkeypatch.setenv("GIFTFLOW_DRYRUN", "true")
-    with pytest.warns(SettingsWarning, match="GIFTFLOW_DRYRUN is not a giftflow setting and is ignored: "
-                                             "did you mean GIFTFLOW_DRY_RUN"):
+    with pytest.warns(
+        SettingsWarning, match="GIFTFLOW_DRYRUN is not a giftflow setting and is ignored: did you mean GIFTFLOW_DRY_RUN"
+    ):
         settings = Settings.from_env()
     assert settings.dry_run is False and settings.notices
 
@@ -83,8 +91,11 @@ def test_every_variable_of_the_readme_is_a_setting_with_its_default():
 
 
 def test_sensors_take_their_intervals_from_the_settings(monkeypatch):
-    for name, value in {"GIFTFLOW_SENSOR_INTERVAL_S": "42", "GIFTFLOW_RERUN_DAYS": "3",
-                        "GIFTFLOW_BACKFILL_HOUR_UTC": "5"}.items():
+    for name, value in {
+        "GIFTFLOW_SENSOR_INTERVAL_S": "42",
+        "GIFTFLOW_RERUN_DAYS": "3",
+        "GIFTFLOW_BACKFILL_HOUR_UTC": "5",
+    }.items():
         monkeypatch.setenv(name, value)
     defs = build_defs()
     assert defs.resolve_sensor_def("cardivo_redemptions_sensor").minimum_interval_seconds == 42
@@ -115,9 +126,17 @@ def test_bad_settings_keep_the_code_location_and_fail_every_asset_naming_them(mo
     assert "GIFTFLOW_DRY_RUN='maybe' is not valid; allowed: true, false, 1, 0, yes, no, on, off" in message
 
 
-HOSTILE = {"GIFTFLOW_SYNC_MODE": "bogus", "GIFTFLOW_DRY_RUN": "maybe", "GIFTFLOW_SENSOR_INTERVAL_S": "soon",
-           "GIFTFLOW_CARDIVO_LOOKBACK_S": "-1", "GIFTFLOW_RERUN_DAYS": "x", "GIFTFLOW_BACKFILL_HOUR_UTC": "99",
-           "GIFTFLOW_STRIPE_MAX_RPS": "0", "GIFTFLOW_WEBHOOK_MAX_BODY_BYTES": "big", "GIFTFLOW_DRYRUN": "true"}
+HOSTILE = {
+    "GIFTFLOW_SYNC_MODE": "bogus",
+    "GIFTFLOW_DRY_RUN": "maybe",
+    "GIFTFLOW_SENSOR_INTERVAL_S": "soon",
+    "GIFTFLOW_CARDIVO_LOOKBACK_S": "-1",
+    "GIFTFLOW_RERUN_DAYS": "x",
+    "GIFTFLOW_BACKFILL_HOUR_UTC": "99",
+    "GIFTFLOW_STRIPE_MAX_RPS": "0",
+    "GIFTFLOW_WEBHOOK_MAX_BODY_BYTES": "big",
+    "GIFTFLOW_DRYRUN": "true",
+}
 
 
 def _hostile_env(tmp_path) -> dict:
@@ -128,15 +147,23 @@ def _hostile_env(tmp_path) -> dict:
 @pytest.mark.e2e  # Python subprocesses importing giftflow and Dagster: ~12 s
 def test_importing_every_module_reads_no_environment(tmp_path):
     """Every module of giftflow imports under settings that are all wrong: nothing is read at import."""
-    code = ("import importlib, pkgutil, giftflow\n"
-            "names = [m.name for m in pkgutil.walk_packages(giftflow.__path__, 'giftflow.')\n"
-            # Alembic's env.py and revisions are scripts Alembic runs, not modules to import.
-            "         if '.migrations.' not in m.name]\n"
-            "for name in names: importlib.import_module(name)\n"
-            "assert 'defs' not in vars(giftflow), 'import giftflow built the Definitions'\n"
-            "print(len(names))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_hostile_env(tmp_path),
-                          cwd=Path(__file__).parents[1], timeout=120)
+    code = (
+        "import importlib, pkgutil, giftflow\n"
+        "names = [m.name for m in pkgutil.walk_packages(giftflow.__path__, 'giftflow.')\n"
+        # Alembic's env.py and revisions are scripts Alembic runs, not modules to import.
+        "         if '.migrations.' not in m.name]\n"
+        "for name in names: importlib.import_module(name)\n"
+        "assert 'defs' not in vars(giftflow), 'import giftflow built the Definitions'\n"
+        "print(len(names))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_hostile_env(tmp_path),
+        cwd=Path(__file__).parents[1],
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.split()[-1]) > 30
 
@@ -146,16 +173,20 @@ def test_giftflow_defs_and_dagster_validate_load_with_bad_settings(tmp_path):
     """`giftflow.defs` loads and `dagster definitions validate` passes (the code location loads), logging the
     problems; the jobs are there, their assets fail naming each bad variable."""
     env = _hostile_env(tmp_path)
-    code = ("import giftflow\n"
-            "job = giftflow.defs.resolve_job_def('giftcard_sync')\n"
-            "print(job.name)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=Path(__file__).parents[1], timeout=120)
+    code = "import giftflow\njob = giftflow.defs.resolve_job_def('giftcard_sync')\nprint(job.name)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1], timeout=120
+    )
     assert done.returncode == 0 and "giftcard_sync" in done.stdout, done.stderr
     assert "did you mean GIFTFLOW_DRY_RUN" in done.stderr
-    validate = subprocess.run([str(Path(sys.executable).with_name("dagster")), "definitions", "validate",
-                               "-m", "giftflow"], capture_output=True, text=True, env=env,
-                              cwd=Path(__file__).parents[1], timeout=180)
+    validate = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-m", "giftflow"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[1],
+        timeout=180,
+    )
     assert validate.returncode == 0, validate.stdout + validate.stderr
     logs = validate.stdout + validate.stderr
     for name in ("GIFTFLOW_SYNC_MODE", "GIFTFLOW_DRY_RUN", "GIFTFLOW_SENSOR_INTERVAL_S", "GIFTFLOW_BACKFILL_HOUR_UTC"):

@@ -34,41 +34,119 @@ def test_helm_values_keep_secrets_in_secrets_and_the_ui_internal():
 # models in helm/dagster/schema/schema/charts/) accepts at the paths giftflow's values use. The models forbid
 # unknown keys under the run coordinator, the run launcher and the daemon, so a misspelt key fails `helm install`.
 CHART_KEYS = {
-    "": {"dagsterWebserver", "ingress", "global", "dagster-user-deployments", "runLauncher", "postgresql",
-         "generatePostgresqlPasswordSecret", "dagsterDaemon", "computeLogManager", "pythonLogs", "retention"},
+    "": {
+        "dagsterWebserver",
+        "ingress",
+        "global",
+        "dagster-user-deployments",
+        "runLauncher",
+        "postgresql",
+        "generatePostgresqlPasswordSecret",
+        "dagsterDaemon",
+        "computeLogManager",
+        "pythonLogs",
+        "retention",
+    },
     "dagsterWebserver": {"replicaCount", "image", "service", "env", "envConfigMaps", "envSecrets", "resources"},
     "dagsterWebserver.service": {"type", "port", "annotations"},
     "ingress": {"enabled", "annotations"},
     "global": {"postgresqlSecretName", "dagsterHome", "serviceAccountName", "celeryConfigSecretName"},
     "dagster-user-deployments": {"enabled", "enableSubchart", "imagePullSecrets", "deployments"},
     "dagster-user-deployments.deployments[]": {
-        "name", "image", "port", "dagsterApiGrpcArgs", "codeServerArgs", "includeConfigInLaunchedRuns", "env",
-        "envConfigMaps", "envSecrets", "annotations", "nodeSelector", "affinity", "tolerations", "podSecurityContext",
-        "securityContext", "resources", "livenessProbe", "readinessProbe", "startupProbe", "labels", "volumeMounts",
-        "volumes", "schedulerName"},
+        "name",
+        "image",
+        "port",
+        "dagsterApiGrpcArgs",
+        "codeServerArgs",
+        "includeConfigInLaunchedRuns",
+        "env",
+        "envConfigMaps",
+        "envSecrets",
+        "annotations",
+        "nodeSelector",
+        "affinity",
+        "tolerations",
+        "podSecurityContext",
+        "securityContext",
+        "resources",
+        "livenessProbe",
+        "readinessProbe",
+        "startupProbe",
+        "labels",
+        "volumeMounts",
+        "volumes",
+        "schedulerName",
+    },
     "dagster-user-deployments.deployments[].image": {"repository", "tag", "pullPolicy"},
     "dagster-user-deployments.deployments[].envSecrets[]": {"name"},
     "dagster-user-deployments.deployments[].env[]": {"name", "value", "valueFrom"},
     "runLauncher": {"type", "config"},
     "runLauncher.config": {"k8sRunLauncher", "celeryK8sRunLauncher", "customRunLauncher"},
     "runLauncher.config.k8sRunLauncher": {
-        "image", "imagePullPolicy", "jobNamespace", "loadInclusterConfig", "kubeconfigFile", "envConfigMaps",
-        "envSecrets", "envVars", "volumeMounts", "volumes", "labels", "failPodOnRunFailure", "resources",
-        "runK8sConfig"},
+        "image",
+        "imagePullPolicy",
+        "jobNamespace",
+        "loadInclusterConfig",
+        "kubeconfigFile",
+        "envConfigMaps",
+        "envSecrets",
+        "envVars",
+        "volumeMounts",
+        "volumes",
+        "labels",
+        "failPodOnRunFailure",
+        "resources",
+        "runK8sConfig",
+    },
     "runLauncher.config.k8sRunLauncher.envSecrets[]": {"name"},
-    "postgresql": {"postgresqlScheme", "image", "enabled", "postgresqlHost", "postgresqlUsername",
-                   "postgresqlPassword", "postgresqlDatabase", "postgresqlParams", "service"},
-    "dagsterDaemon": {"enabled", "image", "runCoordinator", "heartbeatTolerance", "env", "envConfigMaps",
-                      "envSecrets", "resources", "runMonitoring", "runRetries", "sensors", "schedules", "labels",
-                      "annotations", "nodeSelector", "affinity", "tolerations"},
+    "postgresql": {
+        "postgresqlScheme",
+        "image",
+        "enabled",
+        "postgresqlHost",
+        "postgresqlUsername",
+        "postgresqlPassword",
+        "postgresqlDatabase",
+        "postgresqlParams",
+        "service",
+    },
+    "dagsterDaemon": {
+        "enabled",
+        "image",
+        "runCoordinator",
+        "heartbeatTolerance",
+        "env",
+        "envConfigMaps",
+        "envSecrets",
+        "resources",
+        "runMonitoring",
+        "runRetries",
+        "sensors",
+        "schedules",
+        "labels",
+        "annotations",
+        "nodeSelector",
+        "affinity",
+        "tolerations",
+    },
     "dagsterDaemon.runCoordinator": {"enabled", "type", "config"},
     "dagsterDaemon.runCoordinator.config": {"queuedRunCoordinator", "customRunCoordinator"},
     "dagsterDaemon.runCoordinator.config.queuedRunCoordinator": {
-        "maxConcurrentRuns", "tagConcurrencyLimits", "dequeueIntervalSeconds", "dequeueNumWorkers",
-        "dequeueUseThreads", "blockOpConcurrencyLimitedRuns"},
+        "maxConcurrentRuns",
+        "tagConcurrencyLimits",
+        "dequeueIntervalSeconds",
+        "dequeueNumWorkers",
+        "dequeueUseThreads",
+        "blockOpConcurrencyLimitedRuns",
+    },
     "dagsterDaemon.runCoordinator.config.queuedRunCoordinator.tagConcurrencyLimits[]": {"key", "value", "limit"},
-    "dagsterDaemon.runMonitoring": {"enabled", "startTimeoutSeconds", "pollIntervalSeconds", "maxResumeRunAttempts",
-                                    "freeSlotsAfterRunEndSeconds"},
+    "dagsterDaemon.runMonitoring": {
+        "enabled",
+        "startTimeoutSeconds",
+        "pollIntervalSeconds",
+        "maxResumeRunAttempts",
+        "freeSlotsAfterRunEndSeconds",
+    },
     "dagsterDaemon.runRetries": {"enabled", "maxRetries", "retryOnAssetOrOpFailure"},
     "dagsterDaemon.sensors": {"useThreads", "numWorkers", "numSubmitWorkers"},
 }
@@ -92,9 +170,9 @@ def _unknown_keys(value, path: str = "") -> list[str]:
 def test_helm_values_use_only_keys_dagsters_chart_takes():
     values = yaml.safe_load(HELM.read_text())
     assert _unknown_keys(values) == []
-    assert _unknown_keys({"dagsterDaemon": {"runCoordinator": {"config": {"queuedRunCoordinator": {
-        "dequeue_interval_seconds": 1}}}}}) == ["dagsterDaemon.runCoordinator.config.queuedRunCoordinator."
-                                                "dequeue_interval_seconds"]
+    assert _unknown_keys(
+        {"dagsterDaemon": {"runCoordinator": {"config": {"queuedRunCoordinator": {"dequeue_interval_seconds": 1}}}}}
+    ) == ["dagsterDaemon.runCoordinator.config.queuedRunCoordinator.dequeue_interval_seconds"]
     deployment = values["dagster-user-deployments"]["deployments"][0]
     assert deployment["name"] == "giftflow" and deployment["dagsterApiGrpcArgs"] == ["-m", "giftflow"]
     assert {"name", "image", "port"} <= set(deployment)  # required by the user-deployments chart
@@ -112,8 +190,10 @@ def test_helm_values_queue_runs_as_dagster_yaml_does():
     assert queued["dequeueNumWorkers"] == coordinator["dequeue_num_workers"]
     assert queued["maxConcurrentRuns"] == instance["concurrency"]["runs"]["max_concurrent_runs"]
     assert queued["tagConcurrencyLimits"] == instance["concurrency"]["runs"]["tag_concurrency_limits"]
-    assert values["sensors"] == {"useThreads": instance["sensors"]["use_threads"],
-                                 "numWorkers": instance["sensors"]["num_workers"]}
+    assert values["sensors"] == {
+        "useThreads": instance["sensors"]["use_threads"],
+        "numWorkers": instance["sensors"]["num_workers"],
+    }
     assert values["runRetries"]["maxRetries"] == instance["run_retries"]["max_retries"]
 
 

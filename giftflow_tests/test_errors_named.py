@@ -16,8 +16,15 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 @pytest.fixture
 def env(monkeypatch, tmp_path):
-    for name in ("GIFTFLOW_DRY_RUN", "GIFTFLOW_SYNC_MODE", "GIFTFLOW_RULES", "GIFTFLOW_SYNCS_DIR",
-                 "GIFTFLOW_SMTP_HOST", "GIFTFLOW_STRIPE_RATE_DB", "GIFTFLOW_DATABASE_URL"):
+    for name in (
+        "GIFTFLOW_DRY_RUN",
+        "GIFTFLOW_SYNC_MODE",
+        "GIFTFLOW_RULES",
+        "GIFTFLOW_SYNCS_DIR",
+        "GIFTFLOW_SMTP_HOST",
+        "GIFTFLOW_STRIPE_RATE_DB",
+        "GIFTFLOW_DATABASE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     with simulators([DAY], 7) as values:
         for k, v in {**values, "DAGSTER_HOME": str(tmp_path)}.items():
@@ -31,11 +38,17 @@ def _failures(selection: list[str] | None = None) -> dict[str, dg.Failure]:
     with dg.DagsterInstance.ephemeral() as instance:
         if selection:
             job = defs.resolve_implicit_global_asset_job_def()
-            result = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False,
-                                            asset_selection=[dg.AssetKey(a) for a in selection], run_config=QUIET)
+            result = job.execute_in_process(
+                partition_key=DAY.isoformat(),
+                instance=instance,
+                raise_on_error=False,
+                asset_selection=[dg.AssetKey(a) for a in selection],
+                run_config=QUIET,
+            )
         else:
             result = defs.resolve_job_def("giftcard_sync").execute_in_process(
-                partition_key=DAY.isoformat(), instance=instance, raise_on_error=False, run_config=QUIET)
+                partition_key=DAY.isoformat(), instance=instance, raise_on_error=False, run_config=QUIET
+            )
     assert not result.success
     return {e.step_key: e.event_specific_data.error for e in result.all_events if e.is_step_failure}
 
@@ -85,5 +98,6 @@ def test_the_demo_keys_still_work(env):
     defs = build_defs()
     with dg.DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def("giftcard_sync").execute_in_process(
-            partition_key=DAY.isoformat(), instance=instance, raise_on_error=False, run_config=QUIET)
+            partition_key=DAY.isoformat(), instance=instance, raise_on_error=False, run_config=QUIET
+        )
     assert result.success

@@ -14,8 +14,13 @@ from giftflow.adapters.store import GiftflowStore
 from giftflow.orchestration.definitions import resources_for
 
 DAYS = [date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 21)]
-KEYS = ("giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions", "giftcard_last_redeemed_at",
-        "giftcard_last4")
+KEYS = (
+    "giftcard_redeemed_total",
+    "giftcard_currency",
+    "giftcard_redemptions",
+    "giftcard_last_redeemed_at",
+    "giftcard_last4",
+)
 
 
 @pytest.fixture
@@ -44,13 +49,22 @@ def expected_metadata(redemptions, customers):
             out[cid] = "multi_currency"
             continue
         if not done:
-            out[cid] = {"giftcard_redeemed_total": "0", "giftcard_redemptions": "0", "giftcard_currency": None,
-                        "giftcard_last_redeemed_at": None, "giftcard_last4": None}
+            out[cid] = {
+                "giftcard_redeemed_total": "0",
+                "giftcard_redemptions": "0",
+                "giftcard_currency": None,
+                "giftcard_last_redeemed_at": None,
+                "giftcard_last4": None,
+            }
             continue
         last = max(done, key=lambda r: (r["redeemed_at"], r["id"]))
-        out[cid] = {"giftcard_redeemed_total": str(sum(r["amount"] for r in done)),
-                    "giftcard_redemptions": str(len(done)), "giftcard_currency": done[0]["currency"],
-                    "giftcard_last_redeemed_at": last["redeemed_at"], "giftcard_last4": last["gift_card"]["code"][-4:]}
+        out[cid] = {
+            "giftcard_redeemed_total": str(sum(r["amount"] for r in done)),
+            "giftcard_redemptions": str(len(done)),
+            "giftcard_currency": done[0]["currency"],
+            "giftcard_last_redeemed_at": last["redeemed_at"],
+            "giftcard_last4": last["gift_card"]["code"][-4:],
+        }
     return out
 
 
@@ -65,10 +79,14 @@ def test_partitions_out_of_order_reach_the_contract_state_and_rerun_writes_nothi
     assert all(r.success for r in results)
     assert sims.writes() > 0
     known = {c["id"] for c in world.customers}
-    anonymous = [r for r in world.redemptions if not ((r["customer"] or {}).get("email") or "").strip()
-                 and r["stripe_customer_id"] not in known]
-    reported = sum(r.asset_materializations_for_node("giftcard_customer_plan")[0].metadata["left_out_anonymous"].value
-                   for r in results)
+    anonymous = [
+        r
+        for r in world.redemptions
+        if not ((r["customer"] or {}).get("email") or "").strip() and r["stripe_customer_id"] not in known
+    ]
+    reported = sum(
+        r.asset_materializations_for_node("giftcard_customer_plan")[0].metadata["left_out_anonymous"].value for r in results
+    )
     assert anonymous and reported == len(anonymous)  # left out, but reported with their reason
 
     expected = expected_metadata(world.redemptions, world.customers)
@@ -91,10 +109,15 @@ def test_partitions_out_of_order_reach_the_contract_state_and_rerun_writes_nothi
 def test_a_late_void_changes_an_old_day(sims, world, giftflow):
     instance = dg.DagsterInstance.ephemeral()
     giftflow.run("giftcard_sync", DAYS, instance)
-    victim = next(r for r in world.redemptions if r["status"] == "completed" and r["stripe_customer_id"] is None
-                  and r["customer"] and r["customer"]["email"]
-                  and expected_metadata(world.redemptions, world.customers).get(
-                      _customer_of(r, world)) not in (None, "multi_currency"))
+    victim = next(
+        r
+        for r in world.redemptions
+        if r["status"] == "completed"
+        and r["stripe_customer_id"] is None
+        and r["customer"]
+        and r["customer"]["email"]
+        and expected_metadata(world.redemptions, world.customers).get(_customer_of(r, world)) not in (None, "multi_currency")
+    )
     cid = _customer_of(victim, world)
     sims.cardivo_state.void(victim["id"], datetime(2026, 11, 24, tzinfo=timezone.utc))
     day = date.fromisoformat(victim["redeemed_at"][:10])
@@ -105,8 +128,10 @@ def test_a_late_void_changes_an_old_day(sims, world, giftflow):
 
 def _customer_of(redemption, world):
     email = redemption["customer"]["email"].strip().lower()
-    matches = sorted((c for c in world.customers if (c.get("email") or "").strip().lower() == email),
-                     key=lambda c: (c["created"], c["id"]))
+    matches = sorted(
+        (c for c in world.customers if (c.get("email") or "").strip().lower() == email),
+        key=lambda c: (c["created"], c["id"]),
+    )
     return matches[-1]["id"] if matches else None
 
 
@@ -134,7 +159,8 @@ def test_a_dry_run_is_chosen_per_run_by_tag_for_the_gift_card_sync_and_the_sync_
     defs, instance = giftflow.defs(), dg.DagsterInstance.ephemeral()
     tags = {"giftflow/dry_run": "true"}
     result = defs.resolve_job_def("giftcard_sync").execute_in_process(
-        partition_key=DAYS[0].isoformat(), instance=instance, tags=tags)
+        partition_key=DAYS[0].isoformat(), instance=instance, tags=tags
+    )
     sync = defs.resolve_job_def("sync_crm_customers_job").execute_in_process(instance=instance, tags=tags)
     assert sims.writes() == 0
     mat = result.asset_materializations_for_node("giftcard_customer_updates")[0]
@@ -142,8 +168,10 @@ def test_a_dry_run_is_chosen_per_run_by_tag_for_the_gift_card_sync_and_the_sync_
     assert sync.asset_materializations_for_node("sync_crm_customers")[0].metadata["dry_run"].value is True
     # run config on the settings resource says the same; without either the run writes
     configured = defs.resolve_job_def("giftcard_sync").execute_in_process(
-        partition_key=DAYS[0].isoformat(), instance=instance,
-        run_config={"resources": {"settings": {"config": {"dry_run": True}}}})
+        partition_key=DAYS[0].isoformat(),
+        instance=instance,
+        run_config={"resources": {"settings": {"config": {"dry_run": True}}}},
+    )
     assert configured.success and sims.writes() == 0
     defs.resolve_job_def("giftcard_sync").execute_in_process(partition_key=DAYS[0].isoformat(), instance=instance)
     assert sims.writes() > 0
@@ -152,8 +180,9 @@ def test_a_dry_run_is_chosen_per_run_by_tag_for_the_gift_card_sync_and_the_sync_
 def test_a_bad_dry_run_tag_fails_the_run_naming_it(sims, giftflow):
     job = giftflow.job("giftcard_sync")
     with pytest.raises(dg.DagsterResourceFunctionError) as raised:  # the settings resource refuses the tag
-        job.execute_in_process(partition_key=DAYS[0].isoformat(), instance=dg.DagsterInstance.ephemeral(),
-                               tags={"giftflow/dry_run": "maybe"})
+        job.execute_in_process(
+            partition_key=DAYS[0].isoformat(), instance=dg.DagsterInstance.ephemeral(), tags={"giftflow/dry_run": "maybe"}
+        )
     assert sims.writes() == 0
     failure = raised.value.__cause__
     assert isinstance(failure, dg.Failure), failure
@@ -188,26 +217,31 @@ def test_crash_between_create_and_ledger_does_not_create_twice(sims, world, gift
     store.delete_customers(list(creates["stripe_object_id"]))
     customers_before = len(sims.stripe_state.customers())
     stale_mirror = upsert.but(customer_mirror_max_age_s=3600)  # keep the stale mirror: the worst case
-    assert stale_mirror.job("giftcard_sync").execute_in_process(partition_key=DAYS[0].isoformat(),
-                                                                instance=instance).success
+    assert stale_mirror.job("giftcard_sync").execute_in_process(partition_key=DAYS[0].isoformat(), instance=instance).success
     assert len(sims.stripe_state.customers()) == customers_before
 
 
 def test_a_customer_stripe_refuses_is_rejected_and_the_others_are_written(sims, world, giftflow):
     instance = dg.DagsterInstance.ephemeral()
     expected = expected_metadata(world.redemptions, world.customers)
-    victim, partition = next((c["id"], d.isoformat()) for d in DAYS for c in world.customers
-                             if isinstance(expected.get(c["id"]), dict) and _touches(world, c["id"], d))
+    victim, partition = next(
+        (c["id"], d.isoformat())
+        for d in DAYS
+        for c in world.customers
+        if isinstance(expected.get(c["id"]), dict) and _touches(world, c["id"], d)
+    )
     # Stripe refuses writes to one customer: delete it at Stripe after the mirror was taken.
     job = giftflow.job("giftcard_sync")
-    first = job.execute_in_process(partition_key=partition, instance=instance,
-                                   op_selection=["cardivo_redemptions", "stripe_customers", "giftcard_customer_plan"])
+    first = job.execute_in_process(
+        partition_key=partition,
+        instance=instance,
+        op_selection=["cardivo_redemptions", "stripe_customers", "giftcard_customer_plan"],
+    )
     assert first.success
     deleted = httpx.delete(f"{sims.stripe_url}/v1/customers/{victim}", headers={"Authorization": "Bearer sk_test_x"})
     assert deleted.json()["deleted"] is True
     before = sims.writes()
-    applied = job.execute_in_process(partition_key=partition, instance=instance,
-                                     op_selection=["giftcard_customer_updates"])
+    applied = job.execute_in_process(partition_key=partition, instance=instance, op_selection=["giftcard_customer_updates"])
     md = applied.asset_materializations_for_node("giftcard_customer_updates")[0].metadata
     [rejected] = [r.data for r in md["rejected_rows"].records]  # a table in the UI
     assert md["rejected"].value == 1 and rejected["customer_id"] == victim and "No such customer" in rejected["reason"]
@@ -221,17 +255,18 @@ def test_failed_writes_fail_the_step_and_a_retry_sends_only_those(sims, giftflow
     partition = DAYS[0].isoformat()
     job = giftflow.job("giftcard_sync")
     sims.stripe_state.lose_next_responses(2)  # applied at Stripe, but the answers never arrive
-    no_retries = {"resources": {"stripe_api": {"config": {"max_network_retries": 0, "api_key": "sk_test_x",
-                                                          "api_base": sims.stripe_url}}}}
-    failing = job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False,
-                                     run_config=no_retries)
+    no_retries = {
+        "resources": {
+            "stripe_api": {"config": {"max_network_retries": 0, "api_key": "sk_test_x", "api_base": sims.stripe_url}}
+        }
+    }
+    failing = job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False, run_config=no_retries)
     assert not failing.success
     failure = [e for e in failing.all_events if e.event_type_value == "STEP_FAILURE"][0]
     assert "2 Stripe write(s) failed" in failure.step_failure_data.error.message
     sent = sims.writes()
     assert sent > 2  # the other customers' writes went out too
-    again = job.execute_in_process(partition_key=partition, instance=instance,
-                                   op_selection=["giftcard_customer_updates"])
+    again = job.execute_in_process(partition_key=partition, instance=instance, op_selection=["giftcard_customer_updates"])
     assert again.success
     assert sims.writes() == sent  # the two lost answers are replayed by Stripe, not written again
     assert sims.stripe_state.stats()["replays"] == 2
@@ -239,8 +274,12 @@ def test_failed_writes_fail_the_step_and_a_retry_sends_only_those(sims, giftflow
 
 def _touches(world, cid, day):
     email = next(c["email"] for c in world.customers if c["id"] == cid).strip().lower()
-    return any(r["redeemed_at"].startswith(day.isoformat()) and r["customer"]
-               and (r["customer"].get("email") or "").strip().lower() == email for r in world.redemptions)
+    return any(
+        r["redeemed_at"].startswith(day.isoformat())
+        and r["customer"]
+        and (r["customer"].get("email") or "").strip().lower() == email
+        for r in world.redemptions
+    )
 
 
 @pytest.mark.e2e  # two days through dg.materialize: ~5 s
@@ -250,21 +289,32 @@ def test_a_customer_written_then_multi_currency_is_listed_by_the_warning_check(s
     from giftflow.orchestration import giftcard
     from giftflow.orchestration.giftcard_checks import no_stale_giftcard_values
 
-    assets = [giftcard.cardivo_redemptions, giftcard.stripe_customers, giftcard.giftcard_customer_plan,
-              giftcard.giftcard_customer_updates, no_stale_giftcard_values]
+    assets = [
+        giftcard.cardivo_redemptions,
+        giftcard.stripe_customers,
+        giftcard.giftcard_customer_plan,
+        giftcard.giftcard_customer_updates,
+        no_stale_giftcard_values,
+    ]
     instance = dg.DagsterInstance.ephemeral()
 
     def materialize(day):
-        return dg.materialize(assets, partition_key=day.isoformat(), instance=instance, raise_on_error=False,
-                              resources=resources_for(giftflow.settings, secrets_from_env=False))
+        return dg.materialize(
+            assets,
+            partition_key=day.isoformat(),
+            instance=instance,
+            raise_on_error=False,
+            resources=resources_for(giftflow.settings, secrets_from_env=False),
+        )
 
     def check_of(result):
         [evaluation] = result.get_asset_check_evaluations()
         return evaluation
 
     day = DAYS[0]
-    expected = expected_metadata([r for r in world.redemptions if r["redeemed_at"].startswith(day.isoformat())],
-                                 world.customers)
+    expected = expected_metadata(
+        [r for r in world.redemptions if r["redeemed_at"].startswith(day.isoformat())], world.customers
+    )
     cid = next(c for c, want in sorted(expected.items()) if want != "multi_currency" and want["giftcard_currency"])
     first = materialize(day)
     assert first.success and check_of(first).passed
@@ -272,15 +322,26 @@ def test_a_customer_written_then_multi_currency_is_listed_by_the_warning_check(s
     assert held == expected[cid]
 
     # The next day the same customer redeems a card in another currency.
-    mine = next(r for r in world.redemptions if r["status"] == "completed" and r["redeemed_at"].startswith(
-        day.isoformat()) and (r["stripe_customer_id"] == cid or (r["customer"] or {}).get("email")
-                              and _customer_of(r, world) == cid))
+    mine = next(
+        r
+        for r in world.redemptions
+        if r["status"] == "completed"
+        and r["redeemed_at"].startswith(day.isoformat())
+        and (r["stripe_customer_id"] == cid or (r["customer"] or {}).get("email") and _customer_of(r, world) == cid)
+    )
     other = "usd" if held["giftcard_currency"] != "usd" else "eur"
     later = day.replace(day=day.day + 1).isoformat() + "T12:00:00Z"
-    sims.cardivo_state.add({**mine, "id": "rdm_other_currency", "currency": other, "amount": 700,
-                            "gift_card": {**mine["gift_card"], "id": "gc_other", "code": "CRDV-OTHR-CURR-0042",
-                                          "currency": other},
-                            "redeemed_at": later, "updated_at": later})
+    sims.cardivo_state.add(
+        {
+            **mine,
+            "id": "rdm_other_currency",
+            "currency": other,
+            "amount": 700,
+            "gift_card": {**mine["gift_card"], "id": "gc_other", "code": "CRDV-OTHR-CURR-0042", "currency": other},
+            "redeemed_at": later,
+            "updated_at": later,
+        }
+    )
     second = materialize(DAYS[1])
     assert second.success  # a warning, not a failure: the run goes on
     evaluation = check_of(second)
@@ -297,13 +358,14 @@ def test_a_customer_written_then_multi_currency_is_listed_by_the_warning_check(s
     assert stripe_metadata(sims)[cid] == held  # not written: still the first day's values
 
 
-RANGE_TAGS = {"dagster/asset_partition_range_start": DAYS[0].isoformat(),
-              "dagster/asset_partition_range_end": DAYS[-1].isoformat()}
+RANGE_TAGS = {
+    "dagster/asset_partition_range_start": DAYS[0].isoformat(),
+    "dagster/asset_partition_range_end": DAYS[-1].isoformat(),
+}
 
 
 @pytest.mark.e2e  # two in-process runs: ~6 s
-def test_a_range_is_one_run_one_cardivo_fetch_one_write_per_customer_and_every_day_materialized(sims, world,
-                                                                                                giftflow):
+def test_a_range_is_one_run_one_cardivo_fetch_one_write_per_customer_and_every_day_materialized(sims, world, giftflow):
     """What a single-run backfill does: the range's run reads Cardivo once (one paged fetch), plans the range as
     one and writes each customer once with its final values, and Dagster records every day as materialized."""
     instance = dg.DagsterInstance.ephemeral()
@@ -311,8 +373,9 @@ def test_a_range_is_one_run_one_cardivo_fetch_one_write_per_customer_and_every_d
     result = job.execute_in_process(instance=instance, tags=RANGE_TAGS, raise_on_error=False)
     assert result.success
     fetches = sims.cardivo_state.stats()["requests"]
-    assert sum(fetches.values()) == result.asset_materializations_for_node("cardivo_redemptions")[0] \
-        .metadata["api_calls"].value
+    assert (
+        sum(fetches.values()) == result.asset_materializations_for_node("cardivo_redemptions")[0].metadata["api_calls"].value
+    )
     expected = expected_metadata(world.redemptions, world.customers)
     actual = stripe_metadata(sims)
     for cid, want in expected.items():
@@ -337,10 +400,24 @@ def test_a_daily_run_without_the_events_sensor_looks_up_only_what_the_mirror_lac
     [first] = giftflow.run("giftcard_sync", [DAYS[0]], instance)
     assert first.success and _mirror_step(first)["refresh"] == "relist"
     day = [r for r in world.redemptions if r["redeemed_at"].startswith(DAYS[1].isoformat())]
-    walk_in = next(r for r in day if r["customer"] and r["customer"]["email"] and _customer_of(r, world) is None
-                   and r["stripe_customer_id"] is None and r["status"] == "completed")
-    sims.stripe_state.load([{"id": "cus_joined_today", "email": walk_in["customer"]["email"].strip(),
-                             "created": int(datetime(2026, 11, 19, tzinfo=timezone.utc).timestamp())}])
+    walk_in = next(
+        r
+        for r in day
+        if r["customer"]
+        and r["customer"]["email"]
+        and _customer_of(r, world) is None
+        and r["stripe_customer_id"] is None
+        and r["status"] == "completed"
+    )
+    sims.stripe_state.load(
+        [
+            {
+                "id": "cus_joined_today",
+                "email": walk_in["customer"]["email"].strip(),
+                "created": int(datetime(2026, 11, 19, tzinfo=timezone.utc).timestamp()),
+            }
+        ]
+    )
     sims.stripe_state.reset_stats()
     [second] = giftflow.run("giftcard_sync", [DAYS[1]], instance)
     assert second.success

@@ -44,13 +44,21 @@ def reference(redemptions: list[dict], customers: list[dict], start: datetime, e
         if len(currencies) > 1:  # sums across currencies are not money: nothing is written
             return dict.fromkeys(METADATA_KEYS), len(currencies)
         if not done:
-            return {"giftcard_redeemed_total": "0", "giftcard_redemptions": "0", "giftcard_currency": None,
-                    "giftcard_last_redeemed_at": None, "giftcard_last4": None}, 0
+            return {
+                "giftcard_redeemed_total": "0",
+                "giftcard_redemptions": "0",
+                "giftcard_currency": None,
+                "giftcard_last_redeemed_at": None,
+                "giftcard_last4": None,
+            }, 0
         last = max(done, key=lambda r: (r["redeemed_at"], r["redemption_id"]))
-        return {"giftcard_redeemed_total": str(sum(r["amount"] for r in done)), "giftcard_currency": done[0]["currency"],
-                "giftcard_redemptions": str(len(done)),
-                "giftcard_last_redeemed_at": last["redeemed_at"].strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "giftcard_last4": last["card_last4"]}, 1
+        return {
+            "giftcard_redeemed_total": str(sum(r["amount"] for r in done)),
+            "giftcard_currency": done[0]["currency"],
+            "giftcard_redemptions": str(len(done)),
+            "giftcard_last_redeemed_at": last["redeemed_at"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "giftcard_last4": last["card_last4"],
+        }, 1
 
     def listed(rs: list[tuple[dict, bool]]) -> str:  # the currencies a multi-currency customer has, shown
         return ",".join(sorted({r["currency"] for r, _ in rs if r["status"] == "completed"}))
@@ -64,8 +72,9 @@ def reference(redemptions: list[dict], customers: list[dict], start: datetime, e
         note = listed(mine) if currencies > 1 else "ambiguous" if any(amb for _, amb in mine) else ""
         out.add((cid, by_id[cid]["email_norm"], action, reason, note, *(meta[k] for k in METADATA_KEYS)))
     unmatched = [r for r, c, _ in matched if c is None]
-    lost_mails = {r["email_norm"] for r, c, _ in matched if c is None and r["email_norm"]
-                  and start <= r["redeemed_at"] < end}
+    lost_mails = {
+        r["email_norm"] for r, c, _ in matched if c is None and r["email_norm"] and start <= r["redeemed_at"] < end
+    }
     for mail in lost_mails:
         meta, currencies = values([r for r in unmatched if r["email_norm"] == mail])
         if mode == "upsert" and currencies == 1:
@@ -88,30 +97,62 @@ def fast(redemptions: list[dict], customers: list[dict], start: datetime, end: d
     for row in plan.to_dict("records"):
         note = "ambiguous" if row["note"] == "ambiguous_email" else (row["note"] or "")
         clean = {k: (None if pd.isna(v) else v) for k, v in row.items() if k in (*METADATA_KEYS, "customer_id", "email")}
-        out.add((clean["customer_id"], clean["email"], row["action"], row["reason"] or "", note,
-                 *(clean[k] for k in METADATA_KEYS)))
+        out.add(
+            (
+                clean["customer_id"],
+                clean["email"],
+                row["action"],
+                row["reason"] or "",
+                note,
+                *(clean[k] for k in METADATA_KEYS),
+            )
+        )
     return out
 
 
 customers_st = st.lists(
-    st.tuples(st.sampled_from([*EMAILS, None]), st.sampled_from([" ", "", "  "]), st.booleans(),
-              st.integers(0, 3)),
+    st.tuples(st.sampled_from([*EMAILS, None]), st.sampled_from([" ", "", "  "]), st.booleans(), st.integers(0, 3)),
     max_size=6,
-).map(lambda specs: [{"id": f"cus_{i}", "email": (pad + (e.upper() if up else e)) if e else None, "created": created,
-                      "metadata": {}} for i, (e, pad, up, created) in enumerate(specs)])
+).map(
+    lambda specs: [
+        {"id": f"cus_{i}", "email": (pad + (e.upper() if up else e)) if e else None, "created": created, "metadata": {}}
+        for i, (e, pad, up, created) in enumerate(specs)
+    ]
+)
 
 redemptions_st = st.lists(
-    st.tuples(st.sampled_from([*EMAILS, None]), st.sampled_from([None, None, "cus_0", "cus_1", "cus_9"]),
-              st.sampled_from(["completed", "completed", "voided"]), st.integers(1, 5000),
-              st.sampled_from(["usd", "usd", "eur"]), st.integers(-1, 1), st.integers(0, 3)),
+    st.tuples(
+        st.sampled_from([*EMAILS, None]),
+        st.sampled_from([None, None, "cus_0", "cus_1", "cus_9"]),
+        st.sampled_from(["completed", "completed", "voided"]),
+        st.integers(1, 5000),
+        st.sampled_from(["usd", "usd", "eur"]),
+        st.integers(-1, 1),
+        st.integers(0, 3),
+    ),
     max_size=14,
-).map(lambda specs: [{
-    "redemption_id": f"rdm_{i:02d}", "status": status, "amount": amount, "currency": currency,
-    "card_last4": f"{1000 + i}", "gift_card_id": f"gc_{i}", "email": email, "email_norm": email,
-    "name": None, "phone": None, "stripe_customer_id": link, "location": "online",
-    # Same-second times on purpose: ties on redeemed_at are broken by the redemption id.
-    "redeemed_at": DAY + timedelta(days=day, seconds=sec * 3600),
-    "updated_at": DAY + timedelta(days=2)} for i, (email, link, status, amount, currency, day, sec) in enumerate(specs)])
+).map(
+    lambda specs: [
+        {
+            "redemption_id": f"rdm_{i:02d}",
+            "status": status,
+            "amount": amount,
+            "currency": currency,
+            "card_last4": f"{1000 + i}",
+            "gift_card_id": f"gc_{i}",
+            "email": email,
+            "email_norm": email,
+            "name": None,
+            "phone": None,
+            "stripe_customer_id": link,
+            "location": "online",
+            # Same-second times on purpose: ties on redeemed_at are broken by the redemption id.
+            "redeemed_at": DAY + timedelta(days=day, seconds=sec * 3600),
+            "updated_at": DAY + timedelta(days=2),
+        }
+        for i, (email, link, status, amount, currency, day, sec) in enumerate(specs)
+    ]
+)
 
 
 @settings(max_examples=120, deadline=None)

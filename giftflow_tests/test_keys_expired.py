@@ -18,8 +18,12 @@ DAY = date(2026, 11, 18)
 
 def _no_retries(sims) -> dict:
     """The first attempt's client: no SDK retry, so a lost answer stays lost (as when the process dies)."""
-    return {**QUIET, "resources": {"stripe_api": {"config": {"max_network_retries": 0, "api_key": sims.stripe_key,
-                                                             "api_base": sims.stripe_url}}}}
+    return {
+        **QUIET,
+        "resources": {
+            "stripe_api": {"config": {"max_network_retries": 0, "api_key": sims.stripe_key, "api_base": sims.stripe_url}}
+        },
+    }
 
 
 @pytest.mark.e2e  # ~4 s
@@ -28,8 +32,9 @@ def test_an_unconfirmed_create_retried_after_the_keys_expired_is_found_by_email(
     instance = dg.DagsterInstance.ephemeral()
     job = giftflow.but(sync_mode="upsert").job("giftcard_sync")
     state.lose_next_responses(10_000)  # every write is carried out at Stripe, every answer is lost
-    first = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False,
-                                   run_config=_no_retries(sims))
+    first = job.execute_in_process(
+        partition_key=DAY.isoformat(), instance=instance, raise_on_error=False, run_config=_no_retries(sims)
+    )
     assert not first.success
     ours = {c["id"] for c in world.customers}
     made = [c for c in state.customers() if c["id"] not in ours]
@@ -38,8 +43,9 @@ def test_an_unconfirmed_create_retried_after_the_keys_expired_is_found_by_email(
     assert state.expire_idempotency_keys() > 0  # "days later": Stripe has pruned every key
     creates = state.stats()["by_route"]["POST /v1/customers"]["writes"]
 
-    again = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, run_config=QUIET,
-                                   op_selection=["giftcard_customer_updates"])  # the step's retry
+    again = job.execute_in_process(
+        partition_key=DAY.isoformat(), instance=instance, run_config=QUIET, op_selection=["giftcard_customer_updates"]
+    )  # the step's retry
     assert again.success
     assert state.stats()["by_route"]["POST /v1/customers"]["writes"] == creates  # not one more create
     emails = Counter(c["email"] for c in state.customers() if c["id"] not in ours)
@@ -65,8 +71,9 @@ def test_an_unconfirmed_refund_retried_after_the_keys_expired_is_found_by_its_me
     defs = giftflow.but(refunds_enabled=True, team_email="team@shop.example").defs()
     job = defs.resolve_job_def("stripe_workflows")
     state.lose_next_responses(10_000)
-    first = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False,
-                                   run_config=_no_retries(sims))
+    first = job.execute_in_process(
+        partition_key=day.isoformat(), instance=instance, raise_on_error=False, run_config=_no_retries(sims)
+    )
     assert not first.success
 
     def ours():
@@ -80,9 +87,15 @@ def test_an_unconfirmed_refund_retried_after_the_keys_expired_is_found_by_its_me
     # The step's retry, days later, with the plan the failed run made (a retried step reads its input again).
     plan = first.output_for_node("workflow_plan")
     with dg.build_resources({name: defs.resources[name] for name in ("stripe_api", "store", "notifier")}) as r:
-        report = apply_workflow_plan(plan, r.stripe_api.get_client(), r.store.get_client(), r.notifier.get_client(),
-                                     dry_run=False,
-                                     partition=day.isoformat(), run_id="retry")
+        report = apply_workflow_plan(
+            plan,
+            r.stripe_api.get_client(),
+            r.store.get_client(),
+            r.notifier.get_client(),
+            dry_run=False,
+            partition=day.isoformat(),
+            run_id="retry",
+        )
     assert report.failures == [], report.failures
     assert report.per_rule()["refund_small_fraud_warnings"]["refunded"] == len(refunded)
     per_charge = Counter(r["charge"] for r in ours())

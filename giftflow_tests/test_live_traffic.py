@@ -39,12 +39,24 @@ def _fmt(at: datetime) -> str:
 
 def _redemption(n: int, email: str, amount: int, redeemed_at: datetime) -> dict:
     now = datetime.now(timezone.utc) - timedelta(seconds=_lag(n))
-    return {"id": f"rdm_live_{n:03d}", "status": "completed", "amount": amount, "currency": "usd",
-            "balance_after": 0, "stripe_customer_id": None, "location": "online",
-            "gift_card": {"id": f"gc_live_{n:03d}", "code": f"CRDV-LIVE-{n:04d}-{1000 + n}",
-                          "initial_value": 50000, "currency": "usd"},
-            "customer": {"email": f"  {email.upper()} ", "name": "Live Buyer", "phone": None},
-            "redeemed_at": _fmt(redeemed_at), "updated_at": _fmt(now)}
+    return {
+        "id": f"rdm_live_{n:03d}",
+        "status": "completed",
+        "amount": amount,
+        "currency": "usd",
+        "balance_after": 0,
+        "stripe_customer_id": None,
+        "location": "online",
+        "gift_card": {
+            "id": f"gc_live_{n:03d}",
+            "code": f"CRDV-LIVE-{n:04d}-{1000 + n}",
+            "initial_value": 50000,
+            "currency": "usd",
+        },
+        "customer": {"email": f"  {email.upper()} ", "name": "Live Buyer", "phone": None},
+        "redeemed_at": _fmt(redeemed_at),
+        "updated_at": _fmt(now),
+    }
 
 
 def _expected(redemptions: list[dict]) -> dict:
@@ -52,9 +64,13 @@ def _expected(redemptions: list[dict]) -> dict:
     if not done:
         return {"giftcard_redeemed_total": "0", "giftcard_redemptions": "0"}
     last = max(done, key=lambda r: (r["redeemed_at"], r["id"]))
-    return {"giftcard_redeemed_total": str(sum(r["amount"] for r in done)), "giftcard_currency": "usd",
-            "giftcard_redemptions": str(len(done)), "giftcard_last_redeemed_at": last["redeemed_at"],
-            "giftcard_last4": last["gift_card"]["code"][-4:]}
+    return {
+        "giftcard_redeemed_total": str(sum(r["amount"] for r in done)),
+        "giftcard_currency": "usd",
+        "giftcard_redemptions": str(len(done)),
+        "giftcard_last_redeemed_at": last["redeemed_at"],
+        "giftcard_last4": last["gift_card"]["code"][-4:],
+    }
 
 
 def _gift_keys(metadata: dict) -> dict:
@@ -65,12 +81,23 @@ def _gift_keys(metadata: dict) -> dict:
 def test_a_burst_of_changes_during_runs_reaches_stripe(postgres_url, tmp_path):
     today = datetime.now(timezone.utc).date()
     # Default sensor interval: ticks overlap the runs they start.
-    with production_stack(postgres_url, tmp_path, [today - timedelta(days=30)], stripe_limit=25,
-                          redemptions_per_day=1, customers=8, sensor_interval_s=15) as stack:
+    with production_stack(
+        postgres_url,
+        tmp_path,
+        [today - timedelta(days=30)],
+        stripe_limit=25,
+        redemptions_per_day=1,
+        customers=8,
+        sensor_interval_s=15,
+    ) as stack:
         auth = {"Authorization": "Bearer sk_test_e2e"}
         emails = [f"live.{i}@example.com" for i in range(CUSTOMERS)]
-        ids = {e: httpx.post(f"{stack.stripe_url}/v1/customers", data={"email": e, "metadata[keep]": "me"},
-                             headers=auth).json()["id"] for e in emails}
+        ids = {
+            e: httpx.post(
+                f"{stack.stripe_url}/v1/customers", data={"email": e, "metadata[keep]": "me"}, headers=auth
+            ).json()["id"]
+            for e in emails
+        }
         for sensor in ("cardivo_redemptions_sensor", "stripe_events_sensor"):
             started = stack.dagster("sensor", "start", sensor)
             assert started.returncode == 0, started.stdout + started.stderr
@@ -82,8 +109,11 @@ def test_a_burst_of_changes_during_runs_reaches_stripe(postgres_url, tmp_path):
         for n in range(REDEMPTIONS):
             email = emails[n % CUSTOMERS] if n < CUSTOMERS else rng.choice(emails)
             # Three of yesterday, reported only now; the rest of today (before now: Cardivo never sends the future).
-            redeemed = now - timedelta(days=1, minutes=n) if n in YESTERDAY else \
-                datetime.now(timezone.utc) - timedelta(seconds=_lag(n) + 1)
+            redeemed = (
+                now - timedelta(days=1, minutes=n)
+                if n in YESTERDAY
+                else datetime.now(timezone.utc) - timedelta(seconds=_lag(n) + 1)
+            )
             record = _redemption(n, email, rng.randrange(100, 5000), redeemed)
             httpx.post(f"{stack.cardivo_url}/_sim/redemptions", json=record).raise_for_status()
             sent[record["id"]] = record
@@ -94,8 +124,9 @@ def test_a_burst_of_changes_during_runs_reaches_stripe(postgres_url, tmp_path):
             time.sleep(max(0.0, began + (n + 1) * BURST_S / REDEMPTIONS - time.monotonic()))
         last_change = time.monotonic()
 
-        wanted = {ids[e]: _expected([r for r in sent.values() if r["customer"]["email"].strip().lower() == e])
-                  for e in emails}
+        wanted = {
+            ids[e]: _expected([r for r in sent.values() if r["customer"]["email"].strip().lower() == e]) for e in emails
+        }
         wrong = wanted
         while time.monotonic() - last_change < SETTLE_S:
             got = {cid: _gift_keys(stack.stripe.get(cid)["metadata"]) for cid in wanted}
@@ -108,5 +139,7 @@ def test_a_burst_of_changes_during_runs_reaches_stripe(postgres_url, tmp_path):
         # Other metadata keys survive every write.
         assert all(stack.stripe.get(cid)["metadata"]["keep"] == "me" for cid in wanted)
         runs = stack.graphql(RUNS)["runsOrError"]["results"]
-        print(f"\nall {CUSTOMERS} customers right {settled:.1f} s after the last of {REDEMPTIONS} changes; "
-              f"{len(runs)} giftcard_sync runs: {sorted(r['status'] for r in runs)}")
+        print(
+            f"\nall {CUSTOMERS} customers right {settled:.1f} s after the last of {REDEMPTIONS} changes; "
+            f"{len(runs)} giftcard_sync runs: {sorted(r['status'] for r in runs)}"
+        )

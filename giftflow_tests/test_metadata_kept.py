@@ -9,8 +9,13 @@ from giftflow_simulators import dataset
 from giftflow_tests.conftest import QUIET
 
 UPDATE = "POST /v1/customers/{id}"
-GIFTCARD_KEYS = {"giftcard_redeemed_total", "giftcard_currency", "giftcard_redemptions", "giftcard_last_redeemed_at",
-                 "giftcard_last4"}
+GIFTCARD_KEYS = {
+    "giftcard_redeemed_total",
+    "giftcard_currency",
+    "giftcard_redemptions",
+    "giftcard_last_redeemed_at",
+    "giftcard_last4",
+}
 
 
 def _others(i: int) -> dict:
@@ -41,8 +46,7 @@ def test_other_metadata_keys_survive_the_giftcard_sync_and_the_vip_tag(world, wo
         state.reset_stats()  # also empties the request log: this job's requests only
         job = defs.resolve_job_def(job_name)
         for day in world_days:
-            assert job.execute_in_process(partition_key=day.isoformat(), instance=instance,
-                                          run_config=QUIET).success
+            assert job.execute_in_process(partition_key=day.isoformat(), instance=instance, run_config=QUIET).success
             stored_others_intact()  # after every run, not only at the end
         sent = [r["params"].get("metadata") for r in state.requests_to(UPDATE)]
         assert sent and all(isinstance(m, dict) for m in sent), sent  # it wrote, and never `metadata=""`

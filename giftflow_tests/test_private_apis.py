@@ -13,9 +13,11 @@ from giftflow.orchestration import dagster_internals
 from giftflow.orchestration.dagster_internals import MISSING_PUBLIC_API, backfill_run_request
 
 ROOT = Path(__file__).resolve().parents[1]
-UPGRADE_BROKE = ("A Dagster upgrade broke giftflow/orchestration/dagster_internals.py:backfill_run_request ({what}); the "
-                 "late_data_backfill sensor cannot launch its backfill. Rebuild it with Dagster's current internals "
-                 "or, better, the public API that now exists for: " + MISSING_PUBLIC_API)
+UPGRADE_BROKE = (
+    "A Dagster upgrade broke giftflow/orchestration/dagster_internals.py:backfill_run_request ({what}); the "
+    "late_data_backfill sensor cannot launch its backfill. Rebuild it with Dagster's current internals "
+    "or, better, the public API that now exists for: " + MISSING_PUBLIC_API
+)
 
 daily = dg.DailyPartitionsDefinition(start_date="2026-01-01")
 
@@ -47,8 +49,9 @@ def test_the_backfill_request_still_covers_every_partition_of_every_selected_ass
     want = {(asset, day) for asset in ("upstream", "downstream") for day in days}
     assert got == want, UPGRADE_BROKE.format(what=f"the subset is {sorted(got)}, not {sorted(want)}")
     assert daemon, UPGRADE_BROKE.format(what="the request no longer goes to the backfill daemon")
-    assert again == request and request.tags == {"giftflow/trigger": "t"}, \
-        UPGRADE_BROKE.format(what="the request no longer round-trips through serialisation with its tags")
+    assert again == request and request.tags == {"giftflow/trigger": "t"}, UPGRADE_BROKE.format(
+        what="the request no longer round-trips through serialisation with its tags"
+    )
 
 
 PRIVATE_MODULES = ("dagster._", "httpx._", "httpcore._", "stripe._", "pydantic._", "sqlalchemy._")
@@ -58,11 +61,20 @@ def _private_uses(path: Path) -> list[str]:
     """Imports of private modules and attributes with a leading underscore read off another package's objects."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-            [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        names = (
+            [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else []
+        )
         found += [f"{path.relative_to(ROOT)}:{node.lineno}: import {n}" for n in names if n.startswith(PRIVATE_MODULES)]
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
-                node.value.id in ("dg", "dagster", "httpx", "httpcore", "stripe") and node.attr.startswith("_"):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("dg", "dagster", "httpx", "httpcore", "stripe")
+            and node.attr.startswith("_")
+        ):
             found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value.id}.{node.attr}")
     return found
 

@@ -15,6 +15,7 @@ def _drop(path):
         for p in parents:
             target = target[p]
         del target[last]
+
     return mutate
 
 
@@ -25,6 +26,7 @@ def _set(path, value):
         for p in parents:
             target = target[p]
         target[last] = value
+
     return mutate
 
 
@@ -71,8 +73,13 @@ def test_malformed_record_is_quarantined_with_reason(kind):
     frame, bad = validate_redemptions([good, bad_record])
     assert list(frame["redemption_id"]) == [good["id"]]
     assert len(bad) == 1 and bad[0]["reason"]
-    assert bad_record["gift_card"]["code"] not in str(bad) if isinstance(bad_record.get("gift_card"), dict) \
-        and isinstance(bad_record["gift_card"].get("code"), str) and len(bad_record["gift_card"]["code"]) > 4 else True
+    assert (
+        bad_record["gift_card"]["code"] not in str(bad)
+        if isinstance(bad_record.get("gift_card"), dict)
+        and isinstance(bad_record["gift_card"].get("code"), str)
+        and len(bad_record["gift_card"]["code"]) > 4
+        else True
+    )
 
 
 @pytest.mark.parametrize("junk", [None, "rdm_1", 42, ["rdm_1"]])

@@ -20,23 +20,47 @@ TEAM = "team@shop.example"
 
 
 def pis(*specs):
-    return pd.DataFrame([{"id": f"pi_{i}", "amount": amount, "currency": cur, "customer": cus, "status": status,
-                          "latest_charge": f"ch_p{i}"}
-                         for i, (amount, cur, cus, status) in enumerate(specs)])
+    return pd.DataFrame(
+        [
+            {
+                "id": f"pi_{i}",
+                "amount": amount,
+                "currency": cur,
+                "customer": cus,
+                "status": status,
+                "latest_charge": f"ch_p{i}",
+            }
+            for i, (amount, cur, cus, status) in enumerate(specs)
+        ]
+    )
 
 
 def pi_plan(*specs, meta=None):
-    return evaluate_rules(RULES, {PAYMENT_SUCCEEDED: payment_triggers(pis(*specs))}, customer_meta=meta or {},
-                          team_email=TEAM)
+    return evaluate_rules(
+        RULES, {PAYMENT_SUCCEEDED: payment_triggers(pis(*specs))}, customer_meta=meta or {}, team_email=TEAM
+    )
 
 
 def efw_plan(*charges, refunds_enabled=True, done=()):
-    ch = pd.DataFrame([{"id": f"ch_{i}", "amount": a, "amount_refunded": r, "currency": cur, "customer": "cus_1",
-                        "disputed": d, "refunded": a == r, "payment_intent": f"pi_c{i}"}
-                       for i, (a, r, cur, d) in enumerate(charges)])
+    ch = pd.DataFrame(
+        [
+            {
+                "id": f"ch_{i}",
+                "amount": a,
+                "amount_refunded": r,
+                "currency": cur,
+                "customer": "cus_1",
+                "disputed": d,
+                "refunded": a == r,
+                "payment_intent": f"pi_c{i}",
+            }
+            for i, (a, r, cur, d) in enumerate(charges)
+        ]
+    )
     warnings = pd.DataFrame([{"id": f"issfr_{i}", "charge": f"ch_{i}"} for i in range(len(charges))])
-    return evaluate_rules(RULES, {FRAUD_WARNING: fraud_triggers(warnings, ch)}, team_email=TEAM,
-                          refunds_enabled=refunds_enabled, done=done)
+    return evaluate_rules(
+        RULES, {FRAUD_WARNING: fraud_triggers(warnings, ch)}, team_email=TEAM, refunds_enabled=refunds_enabled, done=done
+    )
 
 
 @pytest.mark.parametrize("amount,mailed", [(99_999, False), (100_000, False), (100_001, True)])
@@ -55,14 +79,20 @@ def test_vip_boundary(amount, tagged):
 
 
 def test_other_currencies_and_unsucceeded_payments_do_nothing():
-    plan = pi_plan((500_000, "eur", "cus_1", "succeeded"), (500_000, "jpy", "cus_1", "succeeded"),
-                   (500_000, "usd", "cus_1", "requires_payment_method"))
+    plan = pi_plan(
+        (500_000, "eur", "cus_1", "succeeded"),
+        (500_000, "jpy", "cus_1", "succeeded"),
+        (500_000, "usd", "cus_1", "requires_payment_method"),
+    )
     assert plan.empty
 
 
 def test_vip_already_tagged_gets_no_write_and_payment_without_customer_is_not_tagged():
-    plan = pi_plan((300_000, "usd", "cus_1", "succeeded"), (300_000, "usd", None, "succeeded"),
-                   meta={"cus_1": {"Tier": "VIP", "other": "x"}})
+    plan = pi_plan(
+        (300_000, "usd", "cus_1", "succeeded"),
+        (300_000, "usd", None, "succeeded"),
+        meta={"cus_1": {"Tier": "VIP", "other": "x"}},
+    )
     vip = plan[plan["rule"] == "tag_vip_customers"].set_index("object_id")
     assert vip.loc["pi_0", "status"] == "unchanged"
     assert "pi_1" not in vip.index
@@ -98,17 +128,22 @@ def test_fully_refunded_is_reported_and_disputed_is_escalated():
 
 def test_a_warning_giftflow_refunded_before_stays_under_its_rule_as_done_before():
     # The rerun after the refund: the charge is fully refunded now, yet the plan shows what happened to it.
-    plan = efw_plan((1_000, 1_000, "usd", False), (1_000, 1_000, "usd", False),
-                    done={"refund_small_fraud_warnings:issfr_0:0"}).set_index("object_id")
+    plan = efw_plan(
+        (1_000, 1_000, "usd", False), (1_000, 1_000, "usd", False), done={"refund_small_fraud_warnings:issfr_0:0"}
+    ).set_index("object_id")
     assert (plan.loc["issfr_0", "rule"], plan.loc["issfr_0", "status"]) == ("refund_small_fraud_warnings", "done_before")
     assert (plan.loc["issfr_1", "rule"], plan.loc["issfr_1", "status"]) == ("(no rule)", "not_applicable")
     assert len(plan) == 2  # and no escalation: the rule that acted still counts as matching
 
 
 def test_a_vip_tag_giftflow_wrote_before_is_done_before_not_unchanged():
-    plan = evaluate_rules(RULES, {PAYMENT_SUCCEEDED: payment_triggers(pis((300_000, "usd", "cus_1", "succeeded")))},
-                          customer_meta={"cus_1": {"Tier": "VIP"}}, team_email=TEAM,
-                          done={"tag_vip_customers:pi_0:0", "personalise_large_orders:pi_0:0"})
+    plan = evaluate_rules(
+        RULES,
+        {PAYMENT_SUCCEEDED: payment_triggers(pis((300_000, "usd", "cus_1", "succeeded")))},
+        customer_meta={"cus_1": {"Tier": "VIP"}},
+        team_email=TEAM,
+        done={"tag_vip_customers:pi_0:0", "personalise_large_orders:pi_0:0"},
+    )
     assert set(plan["status"]) == {"done_before"} and len(plan) == 2
 
 
@@ -117,10 +152,29 @@ def test_small_warning_in_other_currency_is_escalated():
 
 
 def test_refunds_are_off_by_default():
-    plan = evaluate_rules(RULES, {FRAUD_WARNING: fraud_triggers(
-        pd.DataFrame([{"id": "issfr_1", "charge": "ch_1"}]),
-        pd.DataFrame([{"id": "ch_1", "amount": 500, "amount_refunded": 0, "currency": "usd", "customer": None,
-                       "disputed": False, "refunded": False, "payment_intent": None}]))}, team_email=TEAM)
+    plan = evaluate_rules(
+        RULES,
+        {
+            FRAUD_WARNING: fraud_triggers(
+                pd.DataFrame([{"id": "issfr_1", "charge": "ch_1"}]),
+                pd.DataFrame(
+                    [
+                        {
+                            "id": "ch_1",
+                            "amount": 500,
+                            "amount_refunded": 0,
+                            "currency": "usd",
+                            "customer": None,
+                            "disputed": False,
+                            "refunded": False,
+                            "payment_intent": None,
+                        }
+                    ]
+                ),
+            )
+        },
+        team_email=TEAM,
+    )
     assert list(plan["status"]) == ["would_refund"]
 
 
@@ -156,34 +210,48 @@ def test_a_custom_rules_file_parses():
     assert parse_rules(GOOD).rules[0].conditions.currency == ["usd"]
 
 
-@pytest.mark.parametrize("bad,expected", [
-    (GOOD.replace("type: email", "type: sms"), r"<rules>:7: rules\.0\.actions\.0"),
-    (GOOD.replace("to: team", "to: "), r"<rules>:8: rules\.0\.actions\.0\.to"),
-    (GOOD.replace("        to: team\n", ""), r"rules\.0\.actions\.0\.to: Field required"),
-    (GOOD.replace("amount_gt: 10", "amount_gt: -5"), r"<rules>:5: rules\.0\.conditions\.amount_gt"),
-    (GOOD.replace("currency: usd", "currency: USD"), r"unknown currency"),
-    (GOOD.replace("trigger: payment_intent.succeeded", "trigger: charge.failed"), r":4: rules\.0\.trigger"),
-    (GOOD.replace("amount_gt: 10", "amount_gt: 10, colour: red"), r"conditions\.colour: Extra inputs are not permitted$"),
-    (GOOD.replace("amount_gt", "amont_gt"), r"<rules>:5: rules\.0\.conditions\.amont_gt: Extra inputs are not "
-                                            r"permitted \(did you mean amount_gt\?\)"),
-    (GOOD + "  - name: r\n    trigger: payment_intent.succeeded\n    actions: [{type: refund}]\n", r"refund action needs"),
-    ("version: 1\nrules: [", r"not valid YAML"),
-    # Templates: plain {field} only, checked at load with the line.
-    (GOOD.replace("subject: s", "subject: '{amount:>50000000}'"),
-     r"<rules>:9: rules\.0\.actions\.0\.subject: \{amount\}: no format spec or conversion"),
-    (GOOD.replace("body: b", "body: '{0}'"), r"<rules>:10: rules\.0\.actions\.0\.body: \{0\} is not a template field"),
-    (GOOD.replace("body: b", "body: '{customer.__class__}'"), r":10: .*\{customer\.__class__\} is not a template"),
-    (GOOD.replace("body: b", "body: '{charge[0]}'"), r":10: .*\{charge\[0\]\} is not a template field"),
-    (GOOD.replace("body: b", "body: '{customer!r}'"), r":10: .*no format spec or conversion"),
-    (GOOD.replace("body: b", "body: '{nope}'"), r":10: .*\{nope\} is not a template field"),
-    (GOOD.replace("body: b", "body: 'a { b'"), r":10: .*not a valid template"),
-    (GOOD.replace("body: b", "body: " + "x" * 5000), r":10: .*at most 4096 characters"),
-    (GOOD.replace("subject: s", 'subject: "hi\\r\\nBcc: all@x.com"'), r":9: .*subject: a subject is one line"),
-    (GOOD.replace("to: team", 'to: "ops@x.com\\nBcc: all@x.com"'), r":8: .*recipient must be"),
-    (GOOD.replace("to: team", 'to: "ops@x.com\\n"'), r":8: .*recipient must be"),
-    (GOOD.replace("body: b", "body: b\n        fields: [amount, secret]"), r":11: .*'secret' is not a template field"),
-    ("- just a list", r"a rules file is a mapping"),
-])
+@pytest.mark.parametrize(
+    "bad,expected",
+    [
+        (GOOD.replace("type: email", "type: sms"), r"<rules>:7: rules\.0\.actions\.0"),
+        (GOOD.replace("to: team", "to: "), r"<rules>:8: rules\.0\.actions\.0\.to"),
+        (GOOD.replace("        to: team\n", ""), r"rules\.0\.actions\.0\.to: Field required"),
+        (GOOD.replace("amount_gt: 10", "amount_gt: -5"), r"<rules>:5: rules\.0\.conditions\.amount_gt"),
+        (GOOD.replace("currency: usd", "currency: USD"), r"unknown currency"),
+        (GOOD.replace("trigger: payment_intent.succeeded", "trigger: charge.failed"), r":4: rules\.0\.trigger"),
+        (
+            GOOD.replace("amount_gt: 10", "amount_gt: 10, colour: red"),
+            r"conditions\.colour: Extra inputs are not permitted$",
+        ),
+        (
+            GOOD.replace("amount_gt", "amont_gt"),
+            r"<rules>:5: rules\.0\.conditions\.amont_gt: Extra inputs are not "
+            r"permitted \(did you mean amount_gt\?\)",
+        ),
+        (
+            GOOD + "  - name: r\n    trigger: payment_intent.succeeded\n    actions: [{type: refund}]\n",
+            r"refund action needs",
+        ),
+        ("version: 1\nrules: [", r"not valid YAML"),
+        # Templates: plain {field} only, checked at load with the line.
+        (
+            GOOD.replace("subject: s", "subject: '{amount:>50000000}'"),
+            r"<rules>:9: rules\.0\.actions\.0\.subject: \{amount\}: no format spec or conversion",
+        ),
+        (GOOD.replace("body: b", "body: '{0}'"), r"<rules>:10: rules\.0\.actions\.0\.body: \{0\} is not a template field"),
+        (GOOD.replace("body: b", "body: '{customer.__class__}'"), r":10: .*\{customer\.__class__\} is not a template"),
+        (GOOD.replace("body: b", "body: '{charge[0]}'"), r":10: .*\{charge\[0\]\} is not a template field"),
+        (GOOD.replace("body: b", "body: '{customer!r}'"), r":10: .*no format spec or conversion"),
+        (GOOD.replace("body: b", "body: '{nope}'"), r":10: .*\{nope\} is not a template field"),
+        (GOOD.replace("body: b", "body: 'a { b'"), r":10: .*not a valid template"),
+        (GOOD.replace("body: b", "body: " + "x" * 5000), r":10: .*at most 4096 characters"),
+        (GOOD.replace("subject: s", 'subject: "hi\\r\\nBcc: all@x.com"'), r":9: .*subject: a subject is one line"),
+        (GOOD.replace("to: team", 'to: "ops@x.com\\nBcc: all@x.com"'), r":8: .*recipient must be"),
+        (GOOD.replace("to: team", 'to: "ops@x.com\\n"'), r":8: .*recipient must be"),
+        (GOOD.replace("body: b", "body: b\n        fields: [amount, secret]"), r":11: .*'secret' is not a template field"),
+        ("- just a list", r"a rules file is a mapping"),
+    ],
+)
 def test_bad_rules_files_give_clear_errors(bad, expected):
     with pytest.raises(RulesError, match=expected):
         parse_rules(bad)
@@ -196,8 +264,16 @@ def test_missing_rules_file_is_a_clear_error(tmp_path):
 
 def test_every_template_field_has_a_value_and_the_default_templates_use_known_ones():
     from giftflow.domain.rules import TEMPLATE_FIELDS, _context
-    row = {"object_id": "issfr_1", "payment_intent": "pi_1", "customer_id": None, "charge_id": "ch_1",
-           "amount": 5000, "currency": "usd", "unrefunded": 5000}
+
+    row = {
+        "object_id": "issfr_1",
+        "payment_intent": "pi_1",
+        "customer_id": None,
+        "charge_id": "ch_1",
+        "amount": 5000,
+        "currency": "usd",
+        "unrefunded": 5000,
+    }
     assert set(_context(row)) == set(TEMPLATE_FIELDS)
     mails = efw_plan((90_000, 0, "usd", False))
     assert "{" not in mails.loc[mails["action"] == "email", "body"].iloc[0]

@@ -48,29 +48,36 @@ def _utc(text):
 
 def as_resources(**adapters) -> dict:
     """The sensors' Dagster resources for these adapters."""
-    made = {"store": lambda s: StoreResource(database_url=s.database_url),
-            "cardivo": lambda c: CardivoResource(api_base=c.api_base, api_key=c.api_key, page_size=c.page_size),
-            "stripe_api": lambda a: StripeResource(api_key=a.api_key, api_base=a.api_base,
-                                                   max_requests_per_second=a.max_requests_per_second)}
+    made = {
+        "store": lambda s: StoreResource(database_url=s.database_url),
+        "cardivo": lambda c: CardivoResource(api_base=c.api_base, api_key=c.api_key, page_size=c.page_size),
+        "stripe_api": lambda a: StripeResource(
+            api_key=a.api_key, api_base=a.api_base, max_requests_per_second=a.max_requests_per_second
+        ),
+    }
     return {name: made[name](adapter) for name, adapter in adapters.items()}
 
 
 def tick(sensor, cursor, **adapters):
-    ctx = dg.build_sensor_context(cursor=cursor, resources=as_resources(**adapters),
-                                  instance=dg.DagsterInstance.ephemeral())
+    ctx = dg.build_sensor_context(cursor=cursor, resources=as_resources(**adapters), instance=dg.DagsterInstance.ephemeral())
     result = sensor(ctx)
     return result, result.cursor
 
 
 def cardivo_tick(url, store, cursor, page_size=10):
-    return tick(sensors.build_cardivo_sensor(), cursor, store=store,
-                cardivo=CardivoClient(api_base=url, api_key="k", page_size=page_size))
+    return tick(
+        sensors.build_cardivo_sensor(),
+        cursor,
+        store=store,
+        cardivo=CardivoClient(api_base=url, api_key="k", page_size=page_size),
+    )
 
 
 def test_cardivo_sensor_requests_each_changed_day_once(cardivo_sim, store, world):
     state, url = cardivo_sim
-    start = json.dumps({"updated_after": (datetime.combine(DAYS[0], datetime.min.time(), timezone.utc)
-                                          - timedelta(seconds=5)).isoformat()})
+    start = json.dumps(
+        {"updated_after": (datetime.combine(DAYS[0], datetime.min.time(), timezone.utc) - timedelta(seconds=5)).isoformat()}
+    )
     result, cursor = cardivo_tick(url, store, start, page_size=100)
     requested = {r.partition_key for r in result.run_requests}
     assert requested == {d.isoformat() for d in DAYS} & {r["redeemed_at"][:10] for r in world.redemptions}
@@ -80,8 +87,9 @@ def test_cardivo_sensor_requests_each_changed_day_once(cardivo_sim, store, world
     assert again.run_requests == []  # nothing changed: no day requested twice
 
     # A late void changes an old day, and only that day.
-    victim = next(r for r in world.redemptions if r["redeemed_at"].startswith(DAYS[0].isoformat())
-                  and r["status"] == "completed")
+    victim = next(
+        r for r in world.redemptions if r["redeemed_at"].startswith(DAYS[0].isoformat()) and r["status"] == "completed"
+    )
     later = max(_utc(r["updated_at"]) for r in world.redemptions) + timedelta(minutes=1)
     httpx.post(f"{url}/_sim/redemptions/{victim['id']}/void", json={"at": later.strftime("%Y-%m-%dT%H:%M:%SZ")})
     voided, _ = cardivo_tick(url, store, cursor2, page_size=100)
@@ -116,8 +124,12 @@ def _edge_cursor(at: datetime) -> str:
 def test_cardivo_sensor_picks_up_pushed_deliveries(cardivo_sim, store, world):
     _, url = cardivo_sim
     latest = max(_utc(r["updated_at"]) for r in world.redemptions)
-    redemption = {**world.redemptions[0], "id": "rdm_pushed", "redeemed_at": f"{DAYS[1]}T10:00:00Z",
-                  "updated_at": latest.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    redemption = {
+        **world.redemptions[0],
+        "id": "rdm_pushed",
+        "redeemed_at": f"{DAYS[1]}T10:00:00Z",
+        "updated_at": latest.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
     store.record_webhook_event("cardivo", "evt_1", "redemption.created", {"id": "evt_1", "data": redemption})
     cursor = _edge_cursor(latest + timedelta(seconds=sensors.LOOKBACK_S + 2))
     result, after = cardivo_tick(url, store, cursor)
@@ -133,16 +145,24 @@ def _dump(store) -> dict:
     import sqlalchemy as sa
 
     from giftflow.adapters.store import metadata_obj
+
     with store.engine.connect() as conn:
         return {t.name: sorted(map(str, conn.execute(sa.select(t)).all())) for t in metadata_obj.sorted_tables}
 
 
 def test_a_cardivo_tick_writes_nothing(cardivo_sim, store, world):
     state, url = cardivo_sim
-    store.record_webhook_event("cardivo", "evt_bad", "redemption.created",
-                               {"id": "evt_bad", "data": {"id": "rdm_bad", "amount": "lots"}})
-    state.add({**world.redemptions[0], "id": "rdm_bad2", "amount": -5,
-               "updated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    store.record_webhook_event(
+        "cardivo", "evt_bad", "redemption.created", {"id": "evt_bad", "data": {"id": "rdm_bad", "amount": "lots"}}
+    )
+    state.add(
+        {
+            **world.redemptions[0],
+            "id": "rdm_bad2",
+            "amount": -5,
+            "updated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
     before = _dump(store)
     result, _ = cardivo_tick(url, store, None, page_size=100)
     assert result.run_requests
@@ -158,6 +178,7 @@ def test_a_change_a_running_run_already_stored_still_gets_a_run(cardivo_sim, sto
     late = {**world.redemptions[-1], "id": "rdm_during_run", "redeemed_at": now, "updated_at": now}
     state.add(late)
     from giftflow.domain.redemptions import validate_redemptions
+
     store.upsert_redemptions(validate_redemptions([late])[0])  # a running run's fetch stored it
     result, _ = cardivo_tick(url, store, cursor, page_size=100)
     assert [r.partition_key for r in result.run_requests] == [now[:10]]
@@ -181,13 +202,20 @@ def test_a_queued_run_of_the_day_takes_in_new_changes(cardivo_sim, store, world)
 
     def run_tick(cursor):
         result = sensors.build_cardivo_sensor()(
-            dg.build_sensor_context(cursor=cursor, resources=resources, instance=instance))
+            dg.build_sensor_context(cursor=cursor, resources=resources, instance=instance)
+        )
         return result, result.cursor
 
     _, cursor = run_tick(None)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    instance.add_run(dg.DagsterRun(job_name="giftcard_sync", run_id="waiting", status=dg.DagsterRunStatus.NOT_STARTED,
-                                   tags={"dagster/partition": now[:10]}))
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="giftcard_sync",
+            run_id="waiting",
+            status=dg.DagsterRunStatus.NOT_STARTED,
+            tags={"dagster/partition": now[:10]},
+        )
+    )
     state.add({**world.redemptions[-1], "id": "rdm_q1", "redeemed_at": now, "updated_at": now})
     result, cursor = run_tick(cursor)
     assert result.run_requests == []  # the waiting run fetches after this change: it takes it in
@@ -200,8 +228,14 @@ def test_a_queued_run_of_the_day_takes_in_new_changes(cardivo_sim, store, world)
 
 def test_a_future_updated_at_does_not_carry_the_edge_past_later_changes(cardivo_sim, store, world):
     state, url = cardivo_sim
-    state.add({**world.redemptions[-1], "id": "rdm_future", "redeemed_at": f"{DAYS[0]}T08:00:00Z",
-               "updated_at": "2999-01-01T00:00:00Z"})
+    state.add(
+        {
+            **world.redemptions[-1],
+            "id": "rdm_future",
+            "redeemed_at": f"{DAYS[0]}T08:00:00Z",
+            "updated_at": "2999-01-01T00:00:00Z",
+        }
+    )
     _, cursor = cardivo_tick(url, store, None, page_size=100)
     assert _utc(json.loads(cursor)["edge"]) <= datetime.now(timezone.utc)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -223,6 +257,7 @@ def test_stripe_events_sensor_requests_workflow_days_and_keeps_mirror(stripe_sim
     start = json.dumps({"created_after": int(datetime.combine(DAYS[0], datetime.min.time(), timezone.utc).timestamp())})
     result, cursor = tick(sensors.build_stripe_sensor(), start, stripe_api=api, store=store)
     days = {r.partition_key for r in result.run_requests}
+
     def day(ts):
         return datetime.fromtimestamp(ts, timezone.utc).date().isoformat()
 
@@ -246,8 +281,12 @@ def test_a_malformed_stored_stripe_event_is_no_poison_pill(stripe_sim, store, wo
     store.replace_customers(world.customers)
     pi = next(p for p in world.payment_intents if p["status"] == "succeeded")
     store.record_webhook_event("stripe", "evt_bad", "payment_intent.succeeded", {"id": "evt_bad", "data": {}})
-    store.record_webhook_event("stripe", "evt_good", "payment_intent.succeeded", {
-        "id": "evt_good", "type": "payment_intent.succeeded", "created": pi["created"], "data": {"object": pi}})
+    store.record_webhook_event(
+        "stripe",
+        "evt_good",
+        "payment_intent.succeeded",
+        {"id": "evt_good", "type": "payment_intent.succeeded", "created": pi["created"], "data": {"object": pi}},
+    )
     cursor = json.dumps({"created_after": int(datetime.now(timezone.utc).timestamp())})
     result, cursor = tick(sensors.build_stripe_sensor(), cursor, stripe_api=api, store=store)
     day = datetime.fromtimestamp(pi["created"], timezone.utc).date().isoformat()
@@ -277,8 +316,11 @@ def test_late_data_backfill_is_one_backfill_of_yesterday_and_seven_days_before()
 
 
 def test_late_data_backfill_fires_once_a_day():
-    ctx = dg.build_sensor_context(definitions=giftflow.defs, instance=dg.DagsterInstance.ephemeral(),
-                                  cursor=datetime.now(timezone.utc).date().isoformat())
+    ctx = dg.build_sensor_context(
+        definitions=giftflow.defs,
+        instance=dg.DagsterInstance.ephemeral(),
+        cursor=datetime.now(timezone.utc).date().isoformat(),
+    )
     result = sensors.build_late_data_backfill()(ctx)
     assert result.run_requests == [] or result.run_requests is None
 
@@ -320,6 +362,7 @@ def test_a_cardivo_tick_that_dies_before_dagster_commits_it_loses_nothing(cardiv
 def _hostile_cardivo(handler):
     from starlette.applications import Starlette
     from starlette.routing import Route
+
     return BackgroundServer(Starlette(routes=[Route("/v1/redemptions", handler)]))
 
 
@@ -348,6 +391,7 @@ def test_paging_that_cycles_across_ticks_stops_with_a_clear_error(store, world):
     from starlette.responses import JSONResponse
 
     from giftflow.adapters.cardivo import CardivoError
+
     record = {**world.redemptions[0], "updated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
     async def cycling(request):  # A -> B -> A -> ...: each answer alone looks fine
@@ -360,8 +404,14 @@ def test_paging_that_cycles_across_ticks_stops_with_a_clear_error(store, world):
 
 
 def _pushed(store, day, updated_at: datetime, event_id="evt_w1", rid="rdm_pushed_w") -> dict:
-    redemption = {"id": rid, "status": "completed", "amount": 100, "currency": "usd", "redeemed_at": f"{day}T10:00:00Z",
-                  "updated_at": updated_at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    redemption = {
+        "id": rid,
+        "status": "completed",
+        "amount": 100,
+        "currency": "usd",
+        "redeemed_at": f"{day}T10:00:00Z",
+        "updated_at": updated_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
     store.record_webhook_event("cardivo", event_id, "redemption.created", {"id": event_id, "data": redemption})
     return redemption
 
@@ -370,10 +420,17 @@ def _started_run(instance, day: str) -> None:
     """A giftcard_sync run of `day` that has started now (its RUN_START stored)."""
     import uuid
 
-    run = instance.add_run(dg.DagsterRun(job_name="giftcard_sync", run_id=str(uuid.uuid4()),
-                                         status=dg.DagsterRunStatus.NOT_STARTED, tags={"dagster/partition": day}))
-    instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name="giftcard_sync"),
-                                  run_id=run.run_id)
+    run = instance.add_run(
+        dg.DagsterRun(
+            job_name="giftcard_sync",
+            run_id=str(uuid.uuid4()),
+            status=dg.DagsterRunStatus.NOT_STARTED,
+            tags={"dagster/partition": day},
+        )
+    )
+    instance.report_dagster_event(
+        dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name="giftcard_sync"), run_id=run.run_id
+    )
 
 
 def test_the_webhook_sensor_requests_pushed_days_without_calling_cardivo(store):
@@ -383,8 +440,11 @@ def test_the_webhook_sensor_requests_pushed_days_without_calling_cardivo(store):
     result = sensors.build_cardivo_webhook_sensor()(ctx)  # no Cardivo resource at all: the store only
     assert [r.partition_key for r in result.run_requests] == [DAYS[1].isoformat()]
     assert result.run_requests[0].tags["giftflow/trigger"] == "cardivo_webhook_sensor"
-    again = sensors.build_cardivo_webhook_sensor()(dg.build_sensor_context(
-        cursor=result.cursor, resources=as_resources(store=store), instance=dg.DagsterInstance.ephemeral()))
+    again = sensors.build_cardivo_webhook_sensor()(
+        dg.build_sensor_context(
+            cursor=result.cursor, resources=as_resources(store=store), instance=dg.DagsterInstance.ephemeral()
+        )
+    )
     assert again.run_requests == []
     assert sensors.build_cardivo_webhook_sensor().minimum_interval_seconds == sensors.WEBHOOK_INTERVAL_S
 
@@ -393,10 +453,17 @@ def test_a_pushed_change_taken_in_by_a_run_started_after_it_is_not_requested_aga
     state, url = cardivo_sim
     now = datetime.now(timezone.utc).replace(microsecond=0)
     redemption = _pushed(store, DAYS[1], now)
-    httpx.post(f"{url}/_sim/redemptions", json={**redemption, "balance_after": 0, "stripe_customer_id": None,
-                                                "location": "online", "customer": {"email": "w@example.com"},
-                                                "gift_card": {"id": "gc_w", "code": "CRDV-AAAA-BBBB-1234",
-                                                              "initial_value": 500, "currency": "usd"}})
+    httpx.post(
+        f"{url}/_sim/redemptions",
+        json={
+            **redemption,
+            "balance_after": 0,
+            "stripe_customer_id": None,
+            "location": "online",
+            "customer": {"email": "w@example.com"},
+            "gift_card": {"id": "gc_w", "code": "CRDV-AAAA-BBBB-1234", "initial_value": 500, "currency": "usd"},
+        },
+    )
     cursor = _edge_cursor(now - timedelta(seconds=5))
     cardivo = CardivoClient(api_base=url, api_key="k", page_size=10)
     # No run yet: the polling sensor requests the day itself (the webhook sensor may be stopped).
@@ -405,8 +472,7 @@ def test_a_pushed_change_taken_in_by_a_run_started_after_it_is_not_requested_aga
     # A run of that day started after the delivery arrived (the webhook sensor's): polling requests nothing more.
     instance = dg.DagsterInstance.ephemeral()
     _started_run(instance, DAYS[1].isoformat())
-    ctx = dg.build_sensor_context(cursor=cursor, resources=as_resources(store=store, cardivo=cardivo),
-                                  instance=instance)
+    ctx = dg.build_sensor_context(cursor=cursor, resources=as_resources(store=store, cardivo=cardivo), instance=instance)
     taken = sensors.build_cardivo_sensor()(ctx)
     assert taken.run_requests == []
     assert json.loads(taken.cursor)["requested"]  # remembered, not looked up again

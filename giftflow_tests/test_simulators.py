@@ -20,9 +20,28 @@ CARDIVO_KEY = "ck_test_sim"
 STRIPE_KEY = "sk_test_sim"
 # top-level keys of Stripe's own customer example (shared/stripe/fixtures3.json), checked against the shipped copy below
 CUSTOMER_KEYS = {
-    "address", "balance", "created", "currency", "default_source", "delinquent", "description", "discount",
-    "email", "id", "invoice_prefix", "invoice_settings", "livemode", "metadata", "name", "next_invoice_sequence",
-    "object", "phone", "preferred_locales", "shipping", "tax_exempt", "test_clock",
+    "address",
+    "balance",
+    "created",
+    "currency",
+    "default_source",
+    "delinquent",
+    "description",
+    "discount",
+    "email",
+    "id",
+    "invoice_prefix",
+    "invoice_settings",
+    "livemode",
+    "metadata",
+    "name",
+    "next_invoice_sequence",
+    "object",
+    "phone",
+    "preferred_locales",
+    "shipping",
+    "tax_exempt",
+    "test_clock",
 }
 # Stripe's own example objects (from ../shared/stripe/fixtures3.json), shipped with the tests so that every
 # assertion runs with or without ../shared
@@ -50,8 +69,9 @@ def serve():
 @pytest.fixture
 def cardivo_api(world, serve):
     state = cardivo.CardivoState.from_world(world)
-    client = httpx.Client(base_url=serve(cardivo.create_app(state, CARDIVO_KEY)),
-                          headers={"Authorization": f"Bearer {CARDIVO_KEY}"})
+    client = httpx.Client(
+        base_url=serve(cardivo.create_app(state, CARDIVO_KEY)), headers={"Authorization": f"Bearer {CARDIVO_KEY}"}
+    )
     yield state, client
     client.close()
 
@@ -72,6 +92,7 @@ def _ordered(redemptions) -> list[str]:
 
 
 # -- dataset --------------------------------------------------------------------------------------------------------
+
 
 def test_dataset_is_deterministic(world):
     assert dataset.build_world(11, DAYS) == world
@@ -100,7 +121,7 @@ def test_dataset_is_realistic(world):
             by_person[r["customer"]["email"].strip().lower()].add(r["currency"])
     assert any(len(c) == 2 for c in by_person.values())
     shared = Counter(c["email"].lower() for c in world.customers)
-    (email, twice), = [(e, k) for e, k in shared.items() if k > 1]
+    ((email, twice),) = [(e, k) for e, k in shared.items() if k > 1]
     pair = [c for c in world.customers if c["email"].lower() == email]
     assert pair[0]["email"] != pair[1]["email"] and pair[0]["created"] != pair[1]["created"]
     linked = [r["stripe_customer_id"] for r in rs if r["stripe_customer_id"]]
@@ -118,13 +139,18 @@ def test_dataset_is_realistic(world):
     for card in world.gift_cards:
         uses = [r for r in rs if r["gift_card"]["id"] == card["id"]]
         for r in uses:
-            spent = sum(u["amount"] for u in uses if u["redeemed_at"] <= r["redeemed_at"]
-                        and (u["status"] == "completed" or u["updated_at"] > r["redeemed_at"]))
+            spent = sum(
+                u["amount"]
+                for u in uses
+                if u["redeemed_at"] <= r["redeemed_at"]
+                and (u["status"] == "completed" or u["updated_at"] > r["redeemed_at"])
+            )
             assert r["balance_after"] == card["initial_value"] - spent >= 0
         assert card["balance"] == card["initial_value"] - sum(u["amount"] for u in uses if u["status"] == "completed")
 
 
 # -- Cardivo ----------------------------------------------------------------------------------------------------------
+
 
 def test_cardivo_pages_through_everything_at_every_limit(world, cardivo_api):
     _, client = cardivo_api
@@ -144,8 +170,9 @@ def test_cardivo_max_page_size_caps_limit(world, serve):
 
 def test_cardivo_day_window_is_half_open(world, cardivo_api):
     _, client = cardivo_api
-    got = [r for p in _pages(client, redeemed_after="2026-11-21T00:00:00Z", redeemed_before="2026-11-22T00:00:00Z")
-           for r in p]
+    got = [
+        r for p in _pages(client, redeemed_after="2026-11-21T00:00:00Z", redeemed_before="2026-11-22T00:00:00Z") for r in p
+    ]
     stamps = {r["redeemed_at"] for r in got}
     assert "2026-11-21T00:00:00Z" in stamps and "2026-11-21T23:59:59Z" in stamps
     assert "2026-11-22T00:00:00Z" not in stamps and "2026-11-20T23:59:59Z" not in stamps
@@ -167,7 +194,7 @@ def test_cardivo_updated_after_is_strict_and_voids_reappear(world, cardivo_api):
     assert _pages(client, updated_after=latest) == [[]]
     response = client.post(f"/_sim/redemptions/{old['id']}/void", json={"at": "2026-11-30T10:00:00Z"})
     assert response.status_code == 200 and response.json()["updated_at"] == "2026-11-30T10:00:00Z"
-    (again,), = _pages(client, updated_after=latest)
+    ((again,),) = _pages(client, updated_after=latest)
     assert again["id"] == old["id"] and again["status"] == "voided" and again["redeemed_at"] == old["redeemed_at"]
     # voided while paging: never lost, it comes again on a later page
     first = client.get("/v1/redemptions", params={"limit": 10}).json()
@@ -190,19 +217,28 @@ def test_cardivo_errors(world, cardivo_api):
         response = client.get("/v1/redemptions", headers=headers)
         assert response.status_code == 401 and response.json()["error"]["type"] == "authentication"
         assert set(response.json()["error"]) == {"type", "message"}
-    for params in ({"limit": 0}, {"limit": 101}, {"limit": "x"}, {"redeemed_after": "yesterday"},
-                   {"redeemed_after": "2026-11-20T00:00:00"}, {"updated_after": "2026-11-20"}, {"status": "voided"},
-                   {"cursor": "not-a-cursor"}, {"redeemed_after": "2026-11-22T00:00:00Z",
-                                                "redeemed_before": "2026-11-21T00:00:00Z"}):
+    for params in (
+        {"limit": 0},
+        {"limit": 101},
+        {"limit": "x"},
+        {"redeemed_after": "yesterday"},
+        {"redeemed_after": "2026-11-20T00:00:00"},
+        {"updated_after": "2026-11-20"},
+        {"status": "voided"},
+        {"cursor": "not-a-cursor"},
+        {"redeemed_after": "2026-11-22T00:00:00Z", "redeemed_before": "2026-11-21T00:00:00Z"},
+    ):
         response = client.get("/v1/redemptions", params=params)
         assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request", params
     cursor = client.get("/v1/redemptions", params={"limit": 1, "updated_after": "2026-11-20T00:00:00Z"}).json()
-    response = client.get("/v1/redemptions", params={"cursor": cursor["next_cursor"],
-                                                     "updated_after": "2026-11-21T00:00:00Z"})
+    response = client.get(
+        "/v1/redemptions", params={"cursor": cursor["next_cursor"], "updated_after": "2026-11-21T00:00:00Z"}
+    )
     assert response.status_code == 400  # a cursor keeps its filters
     response = client.get("/v1/gift_cards/CRDV-0000-0000-0000")
-    assert response.status_code == 404 and response.json() == {"error": {"type": "not_found",
-                                                                         "message": response.json()["error"]["message"]}}
+    assert response.status_code == 404 and response.json() == {
+        "error": {"type": "not_found", "message": response.json()["error"]["message"]}
+    }
     assert "CRDV" not in response.text
     card = world.gift_cards[0]
     assert client.get(f"/v1/gift_cards/{card['code']}").json() == card
@@ -225,6 +261,7 @@ def test_cardivo_forced_faults(world, serve):
 
 # -- Stripe -----------------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def stripe_api(serve):
     def start(state: stripe_sim.StripeState | None = None, retries: int = 0, **options):
@@ -232,6 +269,7 @@ def stripe_api(serve):
         base = serve(stripe_sim.create_app(state, api_key=STRIPE_KEY, **options))
         client = stripe.StripeClient(STRIPE_KEY, base_addresses={"api": base}, max_network_retries=retries)
         return state, client, base
+
     return start
 
 
@@ -246,8 +284,14 @@ def test_stripe_customer_has_every_key_of_stripes_example(stripe_api):
 
 def test_stripe_create_retrieve_update_delete(stripe_api):
     state, client, _ = stripe_api()
-    created = client.v1.customers.create(params={"email": "Ana.Silva@example.com", "name": "Ana Silva",
-                                                 "phone": "+14155550100", "metadata": {"a": "1", "b": "2"}})
+    created = client.v1.customers.create(
+        params={
+            "email": "Ana.Silva@example.com",
+            "name": "Ana Silva",
+            "phone": "+14155550100",
+            "metadata": {"a": "1", "b": "2"},
+        }
+    )
     assert client.v1.customers.retrieve(created.id).to_dict() == created.to_dict()
     updated = client.v1.customers.update(created.id, params={"metadata": {"b": "", "c": "3"}, "name": "Ana S."})
     assert updated.to_dict()["metadata"] == {"a": "1", "c": "3"} and updated.name == "Ana S."
@@ -289,8 +333,11 @@ def test_stripe_list_pages_newest_first_and_filters(world, stripe_api):
     back = client.v1.customers.list(params={"limit": 3, "ending_before": newest_first[10]})
     assert [c.id for c in back.data] == newest_first[7:10] and back.has_more
     # e-mail filter is exact and case-sensitive, like Stripe's
-    pair = [c for c in world.customers if c["email"].lower() == Counter(
-        x["email"].lower() for x in world.customers).most_common(1)[0][0]]
+    pair = [
+        c
+        for c in world.customers
+        if c["email"].lower() == Counter(x["email"].lower() for x in world.customers).most_common(1)[0][0]
+    ]
     for customer in pair:
         assert [c.id for c in client.v1.customers.list(params={"email": customer["email"]}).data] == [customer["id"]]
     assert client.v1.customers.list(params={"email": pair[0]["email"].upper()}).data == []
@@ -362,6 +409,7 @@ def test_stripe_auth_rate_limit_and_request_ids(stripe_api):
 
 def test_background_server_starts_fast_and_stops(world):
     import time
+
     started = time.monotonic()
     server = BackgroundServer(cardivo.create_app(cardivo.CardivoState(), CARDIVO_KEY))
     with server:

@@ -31,9 +31,12 @@ def test_pruning_webhook_deliveries_deletes_only_the_old_ones_in_batches(store):
     for i in range(7):
         store.record_webhook_event("stripe" if i % 2 else "cardivo", f"evt_{i}", "x.y", {"n": i})
     with store.engine.begin() as conn:  # five of them received in 2020
-        conn.execute(sa.text("UPDATE webhook_events SET received_at = :t WHERE event_id IN "
-                             "('evt_0', 'evt_1', 'evt_2', 'evt_3', 'evt_4')"),
-                     {"t": datetime(2020, 1, 1, tzinfo=timezone.utc)})
+        conn.execute(
+            sa.text(
+                "UPDATE webhook_events SET received_at = :t WHERE event_id IN ('evt_0', 'evt_1', 'evt_2', 'evt_3', 'evt_4')"
+            ),
+            {"t": datetime(2020, 1, 1, tzinfo=timezone.utc)},
+        )
     assert store.repos.webhook_events.prune(datetime(2021, 1, 1, tzinfo=timezone.utc), batch=2) == 5
     epoch = datetime(2000, 1, 1, tzinfo=timezone.utc)
     left = store.webhook_events_since("cardivo", epoch) + store.webhook_events_since("stripe", epoch)
@@ -69,24 +72,36 @@ def test_an_older_copy_of_a_redemption_never_replaces_a_newer_one(store):
 
 def test_a_listing_begun_before_a_write_keeps_the_written_copy(store):
     from datetime import timedelta
+
     listed_from = datetime.now(timezone.utc) - timedelta(seconds=5)
     store.upsert_customers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"total": "2"}}])
-    store.replace_customers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"total": "1"}},
-                             {"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {}}], listed_from=listed_from)
+    store.replace_customers(
+        [
+            {"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"total": "1"}},
+            {"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {}},
+        ],
+        listed_from=listed_from,
+    )
     mirror = {c["id"]: c["metadata"] for c in store.load_customers()}
     assert mirror == {"cus_1": {"total": "2"}, "cus_2": {}}
     # An event older than the mirrored copy does not take it back either.
-    store.upsert_customers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"total": "1"}}],
-                           as_of=listed_from)
+    store.upsert_customers(
+        [{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"total": "1"}}], as_of=listed_from
+    )
     assert {c["id"]: c["metadata"] for c in store.load_customers()}["cus_1"] == {"total": "2"}
 
 
 def test_customer_mirror_replace_drops_deleted(store):
-    store.replace_customers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"k": "v"}},
-                             {"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {}}])
+    store.replace_customers(
+        [
+            {"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"k": "v"}},
+            {"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {}},
+        ]
+    )
     store.replace_customers([{"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {"n": "1"}}])
-    assert store.load_customers() == [{"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {"n": "1"},
-                                       "_tax_ids": [], "_coupons": []}]
+    assert store.load_customers() == [
+        {"id": "cus_2", "email": "b@x.com", "created": 2, "metadata": {"n": "1"}, "_tax_ids": [], "_coupons": []}
+    ]
     assert store.customers_refreshed_at() is not None
     assert store.count_customers() == 1
     assert [c["id"] for c in store.load_customers(ids=["cus_2", "cus_1", "cus_nope"])] == ["cus_2"]
@@ -94,8 +109,12 @@ def test_customer_mirror_replace_drops_deleted(store):
 
 def test_one_batch_may_carry_the_same_customer_twice(store):
     # A sensor tick sees customer.created and customer.updated of one customer together.
-    store.upsert_customers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {}},
-                            {"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"v": "2"}}])
+    store.upsert_customers(
+        [
+            {"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {}},
+            {"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"v": "2"}},
+        ]
+    )
     assert store.load_customers()[0]["metadata"] == {"v": "2"}
 
 
@@ -132,8 +151,13 @@ def test_repo_dagster_yaml_runs_on_postgres(postgres_url, tmp_path, monkeypatch)
 
     shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
     parsed = urlparse(postgres_url)
-    for name, value in {"HOST": parsed.hostname, "PORT": str(parsed.port), "USER": "postgres",
-                        "PASSWORD": "", "DB": "postgres"}.items():
+    for name, value in {
+        "HOST": parsed.hostname,
+        "PORT": str(parsed.port),
+        "USER": "postgres",
+        "PASSWORD": "",
+        "DB": "postgres",
+    }.items():
         monkeypatch.setenv(f"DAGSTER_POSTGRES_{name}", value)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
 
@@ -170,26 +194,41 @@ def test_many_runs_opening_a_new_postgres_database_at_once(postgres_url):
 def test_a_batch_of_write_records_stores_what_the_calls_one_by_one_store(store):
     """The customer writer's group commit: several writes' ledger entries and answers in one transaction."""
     from giftflow.adapters.store import MirroredCustomers, PlannedWrite, WriteOutcome
+
     store.record_planned("retried", "update_customer", "cus_1", {"metadata": {"a": "1"}}, None, "run-1")
     store.record_result("retried", status="failed", error="boom")
     store.upsert_customers([{"id": "cus_9", "email": "z@x.com", "created": 1, "metadata": {}, "_tax_ids": ["eu_vat:1"]}])
-    store.record_writes([
-        PlannedWrite("retried", "update_customer", "cus_1", {"metadata": {"a": "1"}}, None, "run-2"),
-        PlannedWrite("new", "create_customer", "r1", {"email": "n@x.com"}, "2026-11-20", "run-2"),
-        WriteOutcome("older", "sent", request_id="req_0", object_id="cus_0"),  # not in the ledger: nothing to update
-        MirroredCustomers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"a": "1"}}]),
-        MirroredCustomers([{"id": "cus_9", "email": "z@x.com", "created": 1, "metadata": {"b": "2"}}],
-                          add_coupons=("c1:CODE",)),
-        MirroredCustomers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"a": "2"}}]),  # later answer
-    ])
+    store.record_writes(
+        [
+            PlannedWrite("retried", "update_customer", "cus_1", {"metadata": {"a": "1"}}, None, "run-2"),
+            PlannedWrite("new", "create_customer", "r1", {"email": "n@x.com"}, "2026-11-20", "run-2"),
+            WriteOutcome("older", "sent", request_id="req_0", object_id="cus_0"),  # not in the ledger: nothing to update
+            MirroredCustomers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"a": "1"}}]),
+            MirroredCustomers(
+                [{"id": "cus_9", "email": "z@x.com", "created": 1, "metadata": {"b": "2"}}], add_coupons=("c1:CODE",)
+            ),
+            MirroredCustomers([{"id": "cus_1", "email": "a@x.com", "created": 1, "metadata": {"a": "2"}}]),  # later answer
+        ]
+    )
     entries = store.ledger_entries(["retried", "new", "older"])
     assert set(entries) == {"retried", "new"}
-    assert (entries["retried"]["status"], entries["retried"]["attempts"], entries["retried"]["error"],
-            entries["retried"]["run_id"]) == ("planned", 2, None, "run-2")
-    assert (entries["new"]["status"], entries["new"]["attempts"], entries["new"]["partition"]) == \
-        ("planned", 1, "2026-11-20")
-    store.record_writes([WriteOutcome("retried", "sent", request_id="req_1", object_id="cus_1"),
-                         WriteOutcome("new", "refused", error="Invalid email")])
+    assert (
+        entries["retried"]["status"],
+        entries["retried"]["attempts"],
+        entries["retried"]["error"],
+        entries["retried"]["run_id"],
+    ) == ("planned", 2, None, "run-2")
+    assert (entries["new"]["status"], entries["new"]["attempts"], entries["new"]["partition"]) == (
+        "planned",
+        1,
+        "2026-11-20",
+    )
+    store.record_writes(
+        [
+            WriteOutcome("retried", "sent", request_id="req_1", object_id="cus_1"),
+            WriteOutcome("new", "refused", error="Invalid email"),
+        ]
+    )
     entries = store.ledger_entries(["retried", "new"])
     assert (entries["retried"]["status"], entries["retried"]["stripe_request_id"]) == ("sent", "req_1")
     assert (entries["new"]["status"], entries["new"]["error"]) == ("refused", "Invalid email")

@@ -39,57 +39,171 @@ def make_v1_database(url: str) -> None:
     dumps = json.dumps
     with engine.begin() as conn:
         v1.metadata_obj.create_all(conn)
-        conn.execute(v1.redemptions.insert(), [
-            {"redemption_id": "rdm_1", "status": "completed", "amount": 2500, "currency": "usd", "card_last4": "1234",
-             "gift_card_id": "gc_1", "email": "Ana@X.com", "email_norm": "ana@x.com", "name": "Ana", "phone": None,
-             "stripe_customer_id": "cus_old", "location": "online", "redeemed_at": T0, "updated_at": T0},
-            {"redemption_id": "rdm_2", "status": "voided", "amount": 900, "currency": "eur", "card_last4": "9876",
-             "gift_card_id": None, "email": None, "email_norm": None, "name": None, "phone": None,
-             "stripe_customer_id": None, "location": None, "redeemed_at": T0 + timedelta(hours=1),
-             "updated_at": T0 + timedelta(days=1)},
-        ])
+        conn.execute(
+            v1.redemptions.insert(),
+            [
+                {
+                    "redemption_id": "rdm_1",
+                    "status": "completed",
+                    "amount": 2500,
+                    "currency": "usd",
+                    "card_last4": "1234",
+                    "gift_card_id": "gc_1",
+                    "email": "Ana@X.com",
+                    "email_norm": "ana@x.com",
+                    "name": "Ana",
+                    "phone": None,
+                    "stripe_customer_id": "cus_old",
+                    "location": "online",
+                    "redeemed_at": T0,
+                    "updated_at": T0,
+                },
+                {
+                    "redemption_id": "rdm_2",
+                    "status": "voided",
+                    "amount": 900,
+                    "currency": "eur",
+                    "card_last4": "9876",
+                    "gift_card_id": None,
+                    "email": None,
+                    "email_norm": None,
+                    "name": None,
+                    "phone": None,
+                    "stripe_customer_id": None,
+                    "location": None,
+                    "redeemed_at": T0 + timedelta(hours=1),
+                    "updated_at": T0 + timedelta(days=1),
+                },
+            ],
+        )
         # The gift-card sync's old mirror: one customer only there, one in both (the object table's copy is newer).
-        conn.execute(v1.customers.insert(), [
-            {"customer_id": "cus_old", "email": " Old@X.com ", "created": 1_700_000_000,
-             "metadata": dumps({"giftcard_redeemed_total": "2500"}, sort_keys=True), "synced_at": T0},
-            {"customer_id": "cus_both", "email": "both@x.com", "created": 1_700_000_001,
-             "metadata": dumps({"stale": "yes"}, sort_keys=True), "synced_at": T0},
-        ])
-        conn.execute(v1.customer_objects.insert(), [
-            {"customer_id": "cus_both", "email_norm": "both@x.com", "created": 1_700_000_001,
-             "data": dumps({"id": "cus_both", "object": "customer", "email": "both@x.com", "created": 1_700_000_001,
-                            "name": "Both", "metadata": {"tier": "gold"}, "_tax_ids": ["eu_vat:DE1"],
-                            "_coupons": []}, sort_keys=True), "synced_at": T0 + timedelta(minutes=1)},
-        ])
-        conn.execute(v1.ledger.insert().values(
-            op_key="gf-upd-1", kind="update_customer", target="cus_old",
-            params=dumps({"metadata": {"giftcard_redeemed_total": "2500"}}, sort_keys=True), status="sent",
-            partition="2026-11-20", run_id="run-1", stripe_request_id="req_1", stripe_object_id="cus_old", error=None,
-            attempts=2, created_at=T0, updated_at=T0 + timedelta(seconds=3)))
-        conn.execute(v1.quarantine.insert().values(
-            source="cardivo", record_key="rdm_bad", reason="amount: not a number",
-            payload=dumps({"amount": "lots", "gift_card": {"code": "…4321"}}, sort_keys=True), partition="2026-11-20",
-            run_id="run-1", seen_at=T0))
-        conn.execute(v1.stripe_objects.insert().values(
-            kind="payment_intent", object_id="pi_1", created=1_763_647_391, customer_id="cus_old",
-            data=dumps({"id": "pi_1", "amount": 150000, "currency": "usd", "customer": "cus_old",
-                        "created": 1_763_647_391}, sort_keys=True), synced_at=T0))
-        conn.execute(v1.webhook_events.insert(), [
-            {"source": "stripe", "event_id": "evt_1", "type": "customer.updated",
-             "payload": dumps({"id": "evt_1", "data": {"object": {"id": "cus_old"}}}), "received_at": T0,
-             "processed_at": T0 + timedelta(seconds=1)},
-            {"source": "cardivo", "event_id": "evt_c1", "type": "redemption.created",
-             "payload": dumps({"id": "evt_c1", "data": {"id": "rdm_1"}}), "received_at": T0, "processed_at": None},
-        ])
-        conn.execute(v1.sync_runs.insert().values(
-            sync="crm", run_id="run-2", partition=None, status="failed", dry_run=False,
-            counts=dumps({"created": 1, "rejected": 1}, sort_keys=True),
-            rejections=dumps([{"row_key": "r9", "customer_id": None, "stage": "create", "reason": "bad phone"}],
-                             sort_keys=True), started_at=T0, finished_at=T0 + timedelta(minutes=2)))
-        conn.execute(v1.sync_ids.insert().values(sync="crm", row_key="r1", customer_id="cus_made", run_id="run-2",
-                                                 created_at=T0))
-        conn.execute(v1.kv.insert(), [{"key": "customers_refreshed_at", "value": T0.isoformat()},
-                                      {"key": "stripe_events_cursor", "value": "evt_1"}])
+        conn.execute(
+            v1.customers.insert(),
+            [
+                {
+                    "customer_id": "cus_old",
+                    "email": " Old@X.com ",
+                    "created": 1_700_000_000,
+                    "metadata": dumps({"giftcard_redeemed_total": "2500"}, sort_keys=True),
+                    "synced_at": T0,
+                },
+                {
+                    "customer_id": "cus_both",
+                    "email": "both@x.com",
+                    "created": 1_700_000_001,
+                    "metadata": dumps({"stale": "yes"}, sort_keys=True),
+                    "synced_at": T0,
+                },
+            ],
+        )
+        conn.execute(
+            v1.customer_objects.insert(),
+            [
+                {
+                    "customer_id": "cus_both",
+                    "email_norm": "both@x.com",
+                    "created": 1_700_000_001,
+                    "data": dumps(
+                        {
+                            "id": "cus_both",
+                            "object": "customer",
+                            "email": "both@x.com",
+                            "created": 1_700_000_001,
+                            "name": "Both",
+                            "metadata": {"tier": "gold"},
+                            "_tax_ids": ["eu_vat:DE1"],
+                            "_coupons": [],
+                        },
+                        sort_keys=True,
+                    ),
+                    "synced_at": T0 + timedelta(minutes=1),
+                },
+            ],
+        )
+        conn.execute(
+            v1.ledger.insert().values(
+                op_key="gf-upd-1",
+                kind="update_customer",
+                target="cus_old",
+                params=dumps({"metadata": {"giftcard_redeemed_total": "2500"}}, sort_keys=True),
+                status="sent",
+                partition="2026-11-20",
+                run_id="run-1",
+                stripe_request_id="req_1",
+                stripe_object_id="cus_old",
+                error=None,
+                attempts=2,
+                created_at=T0,
+                updated_at=T0 + timedelta(seconds=3),
+            )
+        )
+        conn.execute(
+            v1.quarantine.insert().values(
+                source="cardivo",
+                record_key="rdm_bad",
+                reason="amount: not a number",
+                payload=dumps({"amount": "lots", "gift_card": {"code": "…4321"}}, sort_keys=True),
+                partition="2026-11-20",
+                run_id="run-1",
+                seen_at=T0,
+            )
+        )
+        conn.execute(
+            v1.stripe_objects.insert().values(
+                kind="payment_intent",
+                object_id="pi_1",
+                created=1_763_647_391,
+                customer_id="cus_old",
+                data=dumps(
+                    {"id": "pi_1", "amount": 150000, "currency": "usd", "customer": "cus_old", "created": 1_763_647_391},
+                    sort_keys=True,
+                ),
+                synced_at=T0,
+            )
+        )
+        conn.execute(
+            v1.webhook_events.insert(),
+            [
+                {
+                    "source": "stripe",
+                    "event_id": "evt_1",
+                    "type": "customer.updated",
+                    "payload": dumps({"id": "evt_1", "data": {"object": {"id": "cus_old"}}}),
+                    "received_at": T0,
+                    "processed_at": T0 + timedelta(seconds=1),
+                },
+                {
+                    "source": "cardivo",
+                    "event_id": "evt_c1",
+                    "type": "redemption.created",
+                    "payload": dumps({"id": "evt_c1", "data": {"id": "rdm_1"}}),
+                    "received_at": T0,
+                    "processed_at": None,
+                },
+            ],
+        )
+        conn.execute(
+            v1.sync_runs.insert().values(
+                sync="crm",
+                run_id="run-2",
+                partition=None,
+                status="failed",
+                dry_run=False,
+                counts=dumps({"created": 1, "rejected": 1}, sort_keys=True),
+                rejections=dumps(
+                    [{"row_key": "r9", "customer_id": None, "stage": "create", "reason": "bad phone"}], sort_keys=True
+                ),
+                started_at=T0,
+                finished_at=T0 + timedelta(minutes=2),
+            )
+        )
+        conn.execute(
+            v1.sync_ids.insert().values(sync="crm", row_key="r1", customer_id="cus_made", run_id="run-2", created_at=T0)
+        )
+        conn.execute(
+            v1.kv.insert(),
+            [{"key": "customers_refreshed_at", "value": T0.isoformat()}, {"key": "stripe_events_cursor", "value": "evt_1"}],
+        )
     engine.dispose()
 
 
@@ -103,8 +217,14 @@ def assert_v1_rows_readable(store: GiftflowStore) -> None:
     assert store.redemption_versions(["rdm_2"]) == {"rdm_2": T0 + timedelta(days=1)}
 
     customers = {c["id"]: c for c in store.load_customers()}
-    assert customers["cus_old"] == {"id": "cus_old", "email": " Old@X.com ", "created": 1_700_000_000,
-                                    "metadata": {"giftcard_redeemed_total": "2500"}, "_tax_ids": [], "_coupons": []}
+    assert customers["cus_old"] == {
+        "id": "cus_old",
+        "email": " Old@X.com ",
+        "created": 1_700_000_000,
+        "metadata": {"giftcard_redeemed_total": "2500"},
+        "_tax_ids": [],
+        "_coupons": [],
+    }
     assert customers["cus_both"]["metadata"] == {"tier": "gold"} and customers["cus_both"]["_tax_ids"] == ["eu_vat:DE1"]
     assert store.count_customers() == 2
     assert [c["id"] for c in store.load_customers(emails=["old@x.com"])] == ["cus_old"]
@@ -171,6 +291,7 @@ def _open_and_check(url: str, barrier, errors) -> None:
         assert_v1_rows_readable(GiftflowStore(database_url=url))
     except BaseException:  # noqa: BLE001 - reported to the parent, which fails the test with it
         import traceback
+
         errors.put(traceback.format_exc()[-2000:])
 
 
@@ -213,8 +334,10 @@ def test_downgrade_to_the_old_schema_and_back_keeps_every_row(new_url):
         inspector = sa.inspect(conn)
         assert inspector.has_table("stripe_customers")
         assert "processed_at" in {c["name"] for c in inspector.get_columns("webhook_events")}
-        metadata = {r.customer_id: json.loads(r.metadata) for r in conn.execute(sa.text(
-            "SELECT customer_id, metadata FROM stripe_customers"))}
+        metadata = {
+            r.customer_id: json.loads(r.metadata)
+            for r in conn.execute(sa.text("SELECT customer_id, metadata FROM stripe_customers"))
+        }
         assert metadata == {"cus_old": {"giftcard_redeemed_total": "2500"}, "cus_both": {"tier": "gold"}}
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), "head")
@@ -223,7 +346,7 @@ def test_downgrade_to_the_old_schema_and_back_keeps_every_row(new_url):
     assert_v1_rows_readable(GiftflowStore(database_url=new_url))
 
 
-HOSTILE = {"nul": "a\u0000b", "lone_surrogate": "\ud800", "emoji": "🎁", "quote": "\"'\\", "big": 10 ** 40}
+HOSTILE = {"nul": "a\u0000b", "lone_surrogate": "\ud800", "emoji": "🎁", "quote": "\"'\\", "big": 10**40}
 
 
 def test_json_columns_keep_what_senders_and_source_files_may_hold(new_url):
@@ -236,9 +359,16 @@ def test_json_columns_keep_what_senders_and_source_files_may_hold(new_url):
     assert json.loads(store.ledger_entries(["k1"])["k1"]["params"]) == {"name": HOSTILE["nul"], "metadata": HOSTILE}
     store.quarantine("cardivo", [{"record_key": "rdm_h", "reason": "bad", "payload": HOSTILE}], None, "r")
     assert json.loads(store.quarantined().loc[0, "payload"]) == HOSTILE
-    store.record_sync_run("crm", "r", partition=None, status="success", dry_run=False, counts={"created": 0},
-                          rejections=[{"row_key": HOSTILE["nul"], "reason": HOSTILE["lone_surrogate"]}],
-                          started_at=T0)
+    store.record_sync_run(
+        "crm",
+        "r",
+        partition=None,
+        status="success",
+        dry_run=False,
+        counts={"created": 0},
+        rejections=[{"row_key": HOSTILE["nul"], "reason": HOSTILE["lone_surrogate"]}],
+        started_at=T0,
+    )
     assert store.sync_runs("crm")[0]["rejections"] == [{"row_key": "a\u0000b", "reason": "\ud800"}]
     # Values JSON has no type for are kept as their text, as the store always did.
     store.upsert_objects("charge", [{"id": "ch_1", "created": 1, "when": T0}])
@@ -253,5 +383,6 @@ def test_a_database_upgraded_by_a_newer_giftflow_is_refused_not_misread(tmp_path
         conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
     engine.dispose()
     from giftflow.adapters.store.db import SchemaTooNewError, migrate
+
     with pytest.raises(SchemaTooNewError, match="revision 9999, which this giftflow does not know"):
         migrate(sa.create_engine(url))

@@ -20,6 +20,7 @@ def _open(url: str, barrier, errors) -> None:
         GiftflowStore(database_url=url).get_state("race")  # first use creates the tables
     except Exception:  # noqa: BLE001 - reported to the parent, which fails the test with it
         import traceback
+
         errors.put(traceback.format_exc()[-1500:])
 
 

@@ -10,8 +10,12 @@ from giftflow_simulators.server import BackgroundServer
 
 KEY = "sk_test_faults"
 UPDATE = "POST /v1/customers/{id}"
-CUSTOMER = {"id": "cus_FAULTS", "email": "ana@example.com", "created": 1_700_000_000,
-            "metadata": {"crm_id": "C-7", "Tier": "gold"}}
+CUSTOMER = {
+    "id": "cus_FAULTS",
+    "email": "ana@example.com",
+    "created": 1_700_000_000,
+    "metadata": {"crm_id": "C-7", "Tier": "gold"},
+}
 
 
 @pytest.fixture
@@ -27,14 +31,18 @@ def _update(api: StripeClient) -> dict:
     return api.update_customer(CUSTOMER["id"], {"metadata": {"giftcard_redemptions": "3"}}, "giftflow-test-key-1")
 
 
-@pytest.mark.parametrize("status, retry_after, should_retry", [
-    (429, None, None),   # Stripe's usual 429: the SDK does not retry it, giftflow's backoff does
-    (429, None, True),   # a 429 Stripe marks retryable (lock timeout): the SDK retries it
-    (429, "1", None),
-    (500, None, None),   # 5xx: the SDK retries with the same idempotency key
-    (503, None, True),
-    (502, "1", None),
-], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "status, retry_after, should_retry",
+    [
+        (429, None, None),  # Stripe's usual 429: the SDK does not retry it, giftflow's backoff does
+        (429, None, True),  # a 429 Stripe marks retryable (lock timeout): the SDK retries it
+        (429, "1", None),
+        (500, None, None),  # 5xx: the SDK retries with the same idempotency key
+        (503, None, True),
+        (502, "1", None),
+    ],
+    ids=lambda v: str(v),
+)
 def test_two_failures_then_the_write_lands_once_after_three_attempts(sim, status, retry_after, should_retry):
     state, api = sim
     state.fail_next(2, status, route=UPDATE, retry_after=retry_after, should_retry=should_retry)
@@ -64,4 +72,3 @@ def test_a_429_with_retry_after_is_retried_no_sooner_than_it_asks(sim):
     _update(api)
     first, second = state.requests_to(UPDATE)
     assert second["at"] - first["at"] >= 3.0, second["at"] - first["at"]
-

@@ -45,8 +45,15 @@ def test_whole_plan_applied_then_rerun_is_noop(localstripe, tmp_path):
     for mode_pass in range(2):
         customers = [c for page, _ in api.iter_customers() for c in page]
         plan = plan_customer_updates(frame, customers_frame(customers), *day("2026-11-20"), giftcard_sync_spec("upsert"))
-        report = apply_sync_plan(plan[plan["action"] != SKIP], api, store, spec=giftcard_sync_spec("upsert"),
-                                 dry_run=False, partition="2026-11-20", run_id="r")
+        report = apply_sync_plan(
+            plan[plan["action"] != SKIP],
+            api,
+            store,
+            spec=giftcard_sync_spec("upsert"),
+            dry_run=False,
+            partition="2026-11-20",
+            run_id="r",
+        )
         assert report.failures == []
         assert report.writes == (2 if mode_pass == 0 else 0)
     after = {c["email"]: c for page, _ in api.iter_customers() for c in page}

@@ -21,7 +21,11 @@ from giftflow_tests import sync_plan_reference as reference
 
 # Optional mapping entries: Stripe field -> the source column the tests use.
 OPTIONAL = {
-    "name": "full_name", "phone": "phone", "description": "notes", "balance": "bal", "source": "tok",
+    "name": "full_name",
+    "phone": "phone",
+    "description": "notes",
+    "balance": "bal",
+    "source": "tok",
     "address": {"city": "city", "country": "country"},
     "shipping": {"name": "ship_name", "city": "ship_city"},
     "metadata": {"columns": {"tier": "tier", "plan": "plan"}},
@@ -39,8 +43,17 @@ def cell(valid, odd=(), blank=True):
 CELLS = {
     "key": cell(["k1", "k2", "k3", "k4", "k5", "k6"], [" k1 "], blank=False),
     "cid": cell(CUSTOMER_IDS, ["cus_GONE", " cus_A "]),
-    "email": cell(["ann@example.com", "ANN@Example.com", " ann@example.com\t", "bob@example.com", "Bob@example.com ",
-                   "cy@example.com"], ["not-an-email", "ann@example"]),
+    "email": cell(
+        [
+            "ann@example.com",
+            "ANN@Example.com",
+            " ann@example.com\t",
+            "bob@example.com",
+            "Bob@example.com ",
+            "cy@example.com",
+        ],
+        ["not-an-email", "ann@example"],
+    ),
     "full_name": cell(["Ann", " Ann ", "Bob"]),
     "phone": cell(["+442012345678", "+44 20 1234 5678", "+15551234567"], ["12345"]),
     "notes": cell(["vip", "VIP"]),
@@ -67,14 +80,19 @@ def specs(draw):
     for field in draw(st.lists(st.sampled_from(sorted(OPTIONAL)), unique=True, max_size=len(OPTIONAL))):
         mapping[field] = OPTIONAL[field]
     tops = sorted(f for f in mapping if f != "id")
-    text = yaml.safe_dump({
-        "version": 1, "name": "prop", "source": {"csv": "unused.csv"},
-        "mode": draw(st.sampled_from(["update", "upsert"])), "identifier": identifier,
-        "primary_key": draw(st.sampled_from(["key", None])),
-        "empty_values": draw(st.sampled_from(["leave", "clear"])),
-        "create_only": draw(st.lists(st.sampled_from(tops), unique=True, max_size=3)) if tops else [],
-        "mapping": mapping,
-    })
+    text = yaml.safe_dump(
+        {
+            "version": 1,
+            "name": "prop",
+            "source": {"csv": "unused.csv"},
+            "mode": draw(st.sampled_from(["update", "upsert"])),
+            "identifier": identifier,
+            "primary_key": draw(st.sampled_from(["key", None])),
+            "empty_values": draw(st.sampled_from(["leave", "clear"])),
+            "create_only": draw(st.lists(st.sampled_from(tops), unique=True, max_size=3)) if tops else [],
+            "mapping": mapping,
+        }
+    )
     return parse_sync(text, "prop.yaml")
 
 
@@ -82,8 +100,10 @@ def rows(max_size: int):
     row = st.fixed_dictionaries({column: cell for column, cell in CELLS.items()})
     # Duplicate rows: some rows repeat an earlier one exactly.
     return st.lists(row, max_size=max_size).flatmap(
-        lambda drawn: st.lists(st.sampled_from(drawn), max_size=3).map(lambda again: drawn + again) if drawn
-        else st.just(drawn))
+        lambda drawn: (
+            st.lists(st.sampled_from(drawn), max_size=3).map(lambda again: drawn + again) if drawn else st.just(drawn)
+        )
+    )
 
 
 @st.composite
@@ -91,25 +111,35 @@ def customers(draw, max_size: int = 5):
     ids = draw(st.lists(st.sampled_from(CUSTOMER_IDS), unique=True, max_size=max_size))
     out = []
     for cid in ids:
+
         def opt(*values):
             return draw(st.sampled_from([*values, None, ""]))
-        out.append({
-            "id": cid, "email": opt("ann@example.com", "Ann@Example.com", " ann@example.com ", "bob@example.com"),
-            "created": draw(st.sampled_from([1_700_000_000, 1_700_000_001])),  # ties are common
-            "name": opt("Ann", "Bob"), "phone": opt("+442012345678", "+44 20 1234 5678"), "description": opt("vip"),
-            "balance": draw(st.sampled_from([0, 7, -250, None])),
-            "default_source": opt("card_1"),
-            "address": {"city": opt("London"), "country": opt("GB", "gb")},
-            "shipping": draw(st.sampled_from([None, {"name": "Ann", "phone": None, "address": {"city": "London"}}])),
-            "metadata": {k: v for k, v in {"tier": opt("gold"), "plan": opt("pro")}.items() if v is not None},
-            "_tax_ids": draw(st.sampled_from([[], ["eu_vat:DE123456789"]])),
-        })
+
+        out.append(
+            {
+                "id": cid,
+                "email": opt("ann@example.com", "Ann@Example.com", " ann@example.com ", "bob@example.com"),
+                "created": draw(st.sampled_from([1_700_000_000, 1_700_000_001])),  # ties are common
+                "name": opt("Ann", "Bob"),
+                "phone": opt("+442012345678", "+44 20 1234 5678"),
+                "description": opt("vip"),
+                "balance": draw(st.sampled_from([0, 7, -250, None])),
+                "default_source": opt("card_1"),
+                "address": {"city": opt("London"), "country": opt("GB", "gb")},
+                "shipping": draw(st.sampled_from([None, {"name": "Ann", "phone": None, "address": {"city": "London"}}])),
+                "metadata": {k: v for k, v in {"tier": opt("gold"), "plan": opt("pro")}.items() if v is not None},
+                "_tax_ids": draw(st.sampled_from([[], ["eu_vat:DE123456789"]])),
+            }
+        )
     return out
 
 
 def written_back():
-    return st.dictionaries(st.sampled_from(["k1", "k2", "k3", "k4", "ann@example.com"]),
-                           st.sampled_from([*CUSTOMER_IDS, "cus_GONE"]), max_size=3)
+    return st.dictionaries(
+        st.sampled_from(["k1", "k2", "k3", "k4", "ann@example.com"]),
+        st.sampled_from([*CUSTOMER_IDS, "cus_GONE"]),
+        max_size=3,
+    )
 
 
 def decisions_of(spec, source_rows: list[dict], mirror: list[dict], back: dict) -> list[reference.Decision]:
@@ -121,13 +151,15 @@ def decisions_of(spec, source_rows: list[dict], mirror: list[dict], back: dict) 
     out = []
     for row in plan.to_dict("records"):
         action = row["action"]
-        out.append(reference.Decision(
-            action=action,
-            reasons=frozenset(row["reason"].split("; ")) if action == Action.REJECT else frozenset(),
-            changed=frozenset(row["changed"].split()),
-            customer_id=row["customer_id"] if action in (Action.UPDATE, Action.NONE) else None,
-            identity=row["identity"] if action == Action.CREATE else None,
-        ))
+        out.append(
+            reference.Decision(
+                action=action,
+                reasons=frozenset(row["reason"].split("; ")) if action == Action.REJECT else frozenset(),
+                changed=frozenset(row["changed"].split()),
+                customer_id=row["customer_id"] if action in (Action.UPDATE, Action.NONE) else None,
+                identity=row["identity"] if action == Action.CREATE else None,
+            )
+        )
     return out
 
 
@@ -151,19 +183,28 @@ def _row(**cells):
     return {column: cells.get(column) for column in CELLS}
 
 
-_TIED = [{"id": cid, "email": email, "created": 1_700_000_000, "balance": 0}
-         for cid, email in (("cus_B", " Ann@Example.com"), ("cus_A", "ann@example.com"), ("cus_C", "ann@example.com"))]
+_TIED = [
+    {"id": cid, "email": email, "created": 1_700_000_000, "balance": 0}
+    for cid, email in (("cus_B", " Ann@Example.com"), ("cus_A", "ann@example.com"), ("cus_C", "ann@example.com"))
+]
 
 
 @settings(max_examples=200, **SETTINGS)
 @given(spec=specs(), source_rows=rows(max_size=6), mirror=customers(), back=written_back())
 # Rare in random draws: a given id Stripe lacks and no e-mail; three customers tied on `created` (cus_C wins);
 # a written-back id of a deleted customer (falls back to the e-mail); a cleared balance of 0; "-0".
-@example(spec=_spec(mode="upsert", identifier="email", primary_key="key", mapping={"email": "email", "id": "cid"}),
-         source_rows=[_row(key="k1", cid="cus_GONE", email=" ")], mirror=[], back={})
-@example(spec=_spec(mode="update", identifier="email", empty_values="clear", mapping={"email": "email", "balance": "bal"}),
-         source_rows=[_row(email=" ANN@example.com "), _row(email="bob@example.com", bal="-0")],
-         mirror=_TIED, back={"ann@example.com": "cus_GONE"})
+@example(
+    spec=_spec(mode="upsert", identifier="email", primary_key="key", mapping={"email": "email", "id": "cid"}),
+    source_rows=[_row(key="k1", cid="cus_GONE", email=" ")],
+    mirror=[],
+    back={},
+)
+@example(
+    spec=_spec(mode="update", identifier="email", empty_values="clear", mapping={"email": "email", "balance": "bal"}),
+    source_rows=[_row(email=" ANN@example.com "), _row(email="bob@example.com", bal="-0")],
+    mirror=_TIED,
+    back={"ann@example.com": "cus_GONE"},
+)
 def test_plan_sync_decides_what_the_reference_decides(spec, source_rows, mirror, back):
     check(spec, source_rows, mirror, back)
 
@@ -186,10 +227,13 @@ def test_a_balance_of_minus_zero_or_cleared_is_zero_and_costs_no_write_when_zero
     balance is 0 on every run (and a clear sent balance=""). Both are 0: no write when Stripe holds 0, and
     clearing another balance sends 0."""
     spec = _spec(mode="update", identifier="email", empty_values="clear", mapping={"email": "email", "balance": "bal"})
-    mirror = [{"id": "cus_A", "email": "ann@example.com", "created": 1, "balance": 0},
-              {"id": "cus_B", "email": "bob@example.com", "created": 1, "balance": 250}]
-    source = pd.DataFrame([_row(email="ann@example.com", bal="-0"), _row(email="bob@example.com", bal=" ")],
-                          columns=list(CELLS), dtype=object)
+    mirror = [
+        {"id": "cus_A", "email": "ann@example.com", "created": 1, "balance": 0},
+        {"id": "cus_B", "email": "bob@example.com", "created": 1, "balance": 250},
+    ]
+    source = pd.DataFrame(
+        [_row(email="ann@example.com", bal="-0"), _row(email="bob@example.com", bal=" ")], columns=list(CELLS), dtype=object
+    )
     source.loc[0, "key"], source.loc[1, "key"] = "k1", "k2"
     wanted, invalid = wanted_frame(source, spec)
     plan = plan_sync(spec, wanted, invalid, current_frame(mirror, fields_of(wanted)))

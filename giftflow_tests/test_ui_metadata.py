@@ -8,18 +8,25 @@ from giftflow.orchestration.metadata import table
 
 
 def _plan() -> pd.DataFrame:
-    return pd.DataFrame({
-        "customer_id": [None, "cus_B", "cus_A", "cus_C"],
-        "email": ["x@example.com", "b@example.com", "a@example.com", "c@example.com"],
-        "action": ["skip", "update", "none", "create"],
-        "reason": ["unmatched", None, None, None],
-        "note": [None, None, None, None],
-        "changed_keys": ["", "metadata.giftcard_redeemed_total metadata.giftcard_last4", "",
-                         "email name metadata.giftcard_redemptions"],
-        "giftcard_redeemed_total": [None, "13693", "500", "700"],
-        "giftcard_currency": [None, "usd", "eur", "usd"],
-        "giftcard_redemptions": [None, "5", "1", "1"],
-    }, dtype=object)
+    return pd.DataFrame(
+        {
+            "customer_id": [None, "cus_B", "cus_A", "cus_C"],
+            "email": ["x@example.com", "b@example.com", "a@example.com", "c@example.com"],
+            "action": ["skip", "update", "none", "create"],
+            "reason": ["unmatched", None, None, None],
+            "note": [None, None, None, None],
+            "changed_keys": [
+                "",
+                "metadata.giftcard_redeemed_total metadata.giftcard_last4",
+                "",
+                "email name metadata.giftcard_redemptions",
+            ],
+            "giftcard_redeemed_total": [None, "13693", "500", "700"],
+            "giftcard_currency": [None, "usd", "eur", "usd"],
+            "giftcard_redemptions": [None, "5", "1", "1"],
+        },
+        dtype=object,
+    )
 
 
 def test_the_plan_table_has_short_typed_columns_and_the_writes_first():
@@ -47,4 +54,5 @@ def test_the_left_out_customers_have_their_own_table_with_the_reason():
     shown = table(left_out_table(_plan()), descriptions=PLAN_TABLE_COLUMNS)
     assert [c.name for c in shown.schema.columns] == ["customer_id", "email", "reason", "note"]
     assert [r.data for r in shown.records] == [
-        {"customer_id": None, "email": "x@example.com", "reason": "unmatched", "note": None}]
+        {"customer_id": None, "email": "x@example.com", "reason": "unmatched", "note": None}
+    ]

@@ -43,15 +43,32 @@ def sign(body: bytes, secret: str, ts: int | None = None) -> str:
 
 
 def cardivo_event(event_id: str = "evt_c1") -> bytes:
-    return json.dumps({"id": event_id, "type": "redemption.created", "created": "2024-05-01T12:00:00Z",
-                       "data": {"id": "rdm_1", "amount": 2500, "currency": "usd",
-                                "gift_card": {"id": "gc_1Pz9", "code": CODE, "initial_value": 5000,
-                                              "currency": "usd"}}}).encode()
+    return json.dumps(
+        {
+            "id": event_id,
+            "type": "redemption.created",
+            "created": "2024-05-01T12:00:00Z",
+            "data": {
+                "id": "rdm_1",
+                "amount": 2500,
+                "currency": "usd",
+                "gift_card": {"id": "gc_1Pz9", "code": CODE, "initial_value": 5000, "currency": "usd"},
+            },
+        }
+    ).encode()
 
 
 def stripe_event(event_id: str = "evt_s1") -> bytes:
-    return json.dumps({"id": event_id, "object": "event", "type": "customer.updated", "created": 1714564800,
-                       "livemode": False, "data": {"object": {"id": "cus_1", "object": "customer"}}}).encode()
+    return json.dumps(
+        {
+            "id": event_id,
+            "object": "event",
+            "type": "customer.updated",
+            "created": 1714564800,
+            "livemode": False,
+            "data": {"object": {"id": "cus_1", "object": "customer"}},
+        }
+    ).encode()
 
 
 SOURCES = {
@@ -130,8 +147,9 @@ def test_any_of_several_v1_signatures_may_match(base, store, source, eid):
     assert r.status_code == 200 and len(stored(store, source, eid)) == 1
 
 
-@pytest.mark.parametrize("case", ["wrong_secret", "tampered_body", "old", "future", "missing_header",
-                                  "malformed_header", "not_json", "no_id"])
+@pytest.mark.parametrize(
+    "case", ["wrong_secret", "tampered_body", "old", "future", "missing_header", "malformed_header", "not_json", "no_id"]
+)
 def test_rejected_with_400_and_not_stored(base, store, source, eid, case):
     _, secret, event = SOURCES[source]
     body, now = event(eid), int(time.time())
@@ -185,8 +203,7 @@ def test_cardivo_staleness_uses_injected_clock(tmp_path):
 def test_deliveries_older_than_the_retention_are_pruned_at_most_hourly(tmp_path):
     store = GiftflowStore(database_url=f"sqlite:///{tmp_path}/prune.sqlite")
     clock = [time.time()]
-    app = create_app(store, cardivo_secret=CARDIVO_SECRET, stripe_secret=None, clock=lambda: clock[0],
-                     retention_days=30)
+    app = create_app(store, cardivo_secret=CARDIVO_SECRET, stripe_secret=None, clock=lambda: clock[0], retention_days=30)
 
     def deliver(event_id: str) -> None:
         body = cardivo_event(event_id)
@@ -194,8 +211,10 @@ def test_deliveries_older_than_the_retention_are_pruned_at_most_hourly(tmp_path)
 
     def backdate(event_id: str, days: float) -> None:
         with store.engine.begin() as conn:
-            conn.execute(sa.text("UPDATE webhook_events SET received_at = :t WHERE event_id = :e"),
-                         {"t": datetime.now(timezone.utc) - timedelta(days=days), "e": event_id})
+            conn.execute(
+                sa.text("UPDATE webhook_events SET received_at = :t WHERE event_id = :e"),
+                {"t": datetime.now(timezone.utc) - timedelta(days=days), "e": event_id},
+            )
 
     def kept() -> set[str]:
         return {e["event_id"] for e in store.webhook_events_since("cardivo", EPOCH)}
@@ -232,8 +251,11 @@ def test_deliveries_are_read_per_source_oldest_first(base, store):
     assert read[0]["type"] == "customer.updated"
     assert read[0]["payload"]["data"]["object"]["id"] == "cus_1"
     assert read[0]["received_at"].tzinfo is not None
-    assert not [e for e in store.webhook_events_since("stripe", read[-1]["received_at"] + timedelta(seconds=1))
-                if e["event_id"].startswith("evt_proc")]
+    assert not [
+        e
+        for e in store.webhook_events_since("stripe", read[-1]["received_at"] + timedelta(seconds=1))
+        if e["event_id"].startswith("evt_proc")
+    ]
     assert stored(store, "cardivo", "evt_proc_c")
 
 
@@ -252,6 +274,7 @@ def test_create_app_from_env(monkeypatch, tmp_path):
 
 # -- the receiver faces the internet: size, time, malformed input, concurrency, secrets ---------------------------
 
+
 def connect(base: str) -> socket.socket:
     host, port = base.removeprefix("http://").split(":")
     return socket.create_connection((host, int(port)), timeout=10)
@@ -259,11 +282,16 @@ def connect(base: str) -> socket.socket:
 
 def request_head(source: str, *, signature: str | bytes | None, length: int | None = None) -> bytes:
     """The request line and headers only; without `length` the body is to come chunked."""
-    lines = [f"POST /webhooks/{source} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Content-Type: application/json",
-             b"Transfer-Encoding: chunked" if length is None else b"Content-Length: %d" % length]
+    lines = [
+        f"POST /webhooks/{source} HTTP/1.1".encode(),
+        b"Host: 127.0.0.1",
+        b"Content-Type: application/json",
+        b"Transfer-Encoding: chunked" if length is None else b"Content-Length: %d" % length,
+    ]
     if signature is not None:
-        lines.append(SOURCES[source][0].encode() + b": " + (signature if isinstance(signature, bytes)
-                                                            else signature.encode()))
+        lines.append(
+            SOURCES[source][0].encode() + b": " + (signature if isinstance(signature, bytes) else signature.encode())
+        )
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
@@ -320,8 +348,13 @@ def test_streamed_body_is_cut_off_at_the_limit(base, store, source):
 @pytest.mark.parametrize("case", ["missing", "malformed", "stale", "future", "non_ascii"])
 def test_bad_signature_header_is_refused_before_the_body_is_read(base, source, case):
     now = int(time.time())
-    signature = {"missing": None, "malformed": "t=abc,v1=00", "stale": sign(b"", "k", now - 400),
-                 "future": sign(b"", "k", now + 400), "non_ascii": f"t={now},v1=éé".encode()}[case]
+    signature = {
+        "missing": None,
+        "malformed": "t=abc,v1=00",
+        "stale": sign(b"", "k", now - 400),
+        "future": sign(b"", "k", now + 400),
+        "non_ascii": f"t={now},v1=éé".encode(),
+    }[case]
     with connect(base) as sock:
         started = time.monotonic()
         sock.sendall(request_head(source, signature=signature, length=1000))  # and no body follows
@@ -331,8 +364,9 @@ def test_bad_signature_header_is_refused_before_the_body_is_read(base, source, c
 
 @pytest.fixture(scope="module")
 def impatient_base(store):
-    app = create_app(store, cardivo_secret=CARDIVO_SECRET, stripe_secret=STRIPE_SECRET, read_timeout_s=1.0,
-                     max_body_bytes=16 * 1024)
+    app = create_app(
+        store, cardivo_secret=CARDIVO_SECRET, stripe_secret=STRIPE_SECRET, read_timeout_s=1.0, max_body_bytes=16 * 1024
+    )
     with BackgroundServer(app) as srv:
         yield srv.base_url
 
@@ -373,6 +407,7 @@ def _set(path: str, value):
         else:
             target[last] = value
         return event
+
     return change
 
 
@@ -456,9 +491,13 @@ def test_older_postgresql_webhook_table_is_widened(postgres_url, source):
     url = create_database(postgres_url, f"webhooks_{uuid.uuid4().hex[:12]}")
     old = sa.create_engine(url)
     with old.begin() as conn:  # the table as giftflow created it before ids of up to 255 characters were accepted
-        conn.execute(sa.text("CREATE TABLE webhook_events (source varchar(16), event_id varchar(128), "
-                             "type varchar(64) NOT NULL, payload text NOT NULL, received_at timestamptz NOT NULL, "
-                             "processed_at timestamptz, PRIMARY KEY (source, event_id))"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE webhook_events (source varchar(16), event_id varchar(128), "
+                "type varchar(64) NOT NULL, payload text NOT NULL, received_at timestamptz NOT NULL, "
+                "processed_at timestamptz, PRIMARY KEY (source, event_id))"
+            )
+        )
     old.dispose()
     store = GiftflowStore(database_url=url)
     _, secret, event = SOURCES[source]
@@ -476,8 +515,7 @@ def test_concurrent_duplicate_deliveries_are_all_acknowledged_and_stored_once(pg
         with httpx.Client(timeout=30) as client:  # one connection each, all sent at once
             client.get(srv.base_url + "/healthz")
             barrier.wait()
-            return client.post(f"{srv.base_url}/webhooks/{source}", content=body,
-                               headers={SOURCES[source][0]: signature})
+            return client.post(f"{srv.base_url}/webhooks/{source}", content=body, headers={SOURCES[source][0]: signature})
 
     with serve(pg_store) as srv, ThreadPoolExecutor(32) as pool:
         responses = list(pool.map(deliver, range(32)))
@@ -508,16 +546,21 @@ def test_no_full_card_code_is_stored_or_logged(tmp_path, caplog):
             body = json.dumps({"id": f"evt_code{n}", "type": "redemption.created", "data": {**redemption, **data}})
             r = post(srv.base_url, "cardivo", body.encode(), sign(body.encode(), CARDIVO_SECRET))
             assert r.status_code == 200, r.text
-        body = json.dumps({**_event("stripe", "evt_code_s"), "data": {"object": {
-            "id": "pi_1", "object": "payment_intent", "receipt_email": email, "metadata": stripe_metadata}}}).encode()
+        body = json.dumps(
+            {
+                **_event("stripe", "evt_code_s"),
+                "data": {
+                    "object": {"id": "pi_1", "object": "payment_intent", "receipt_email": email, "metadata": stripe_metadata}
+                },
+            }
+        ).encode()
         assert post(srv.base_url, "stripe", body, sign(body, STRIPE_SECRET)).status_code == 200
         refused = json.dumps({"id": "evt_refused", "type": "redemption.created", "data": [CODE]}).encode()
         assert post(srv.base_url, "cardivo", refused, sign(refused, CARDIVO_SECRET)).status_code == 400
     logged = caplog.text
     assert "evt_code0" in logged  # the receiver does log, by event id
     with sa.create_engine(f"sqlite:///{tmp_path}/codes.sqlite").connect() as conn:
-        dump = "".join(str(conn.execute(sa.text(f'SELECT * FROM "{t}"')).all())
-                       for t in sa.inspect(conn).get_table_names())
+        dump = "".join(str(conn.execute(sa.text(f'SELECT * FROM "{t}"')).all()) for t in sa.inspect(conn).get_table_names())
     files = b"".join(p.read_bytes() for p in tmp_path.glob("codes.sqlite*"))
     for code in [*c, CODE]:
         assert code not in logged and code not in dump and code.encode() not in files, code
@@ -528,11 +571,21 @@ def test_no_full_card_code_is_stored_or_logged(tmp_path, caplog):
 @pytest.mark.e2e  # the `giftflow webhooks` command as a subprocess
 def test_webhooks_command_serves_with_the_limits(tmp_path):
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GIFTFLOW_")}, "PYTHONPATH": str(ROOT),
-           "GIFTFLOW_DATABASE_URL": f"sqlite:///{tmp_path}/cli.sqlite", "GIFTFLOW_CARDIVO_WEBHOOK_SECRET": CARDIVO_SECRET,
-           "GIFTFLOW_WEBHOOK_READ_TIMEOUT_S": "1", "GIFTFLOW_WEBHOOK_MAX_BODY_BYTES": "2048"}
-    proc = subprocess.Popen([sys.executable, "-m", "giftflow.cli", "webhooks", "--port", str(port)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GIFTFLOW_")},
+        "PYTHONPATH": str(ROOT),
+        "GIFTFLOW_DATABASE_URL": f"sqlite:///{tmp_path}/cli.sqlite",
+        "GIFTFLOW_CARDIVO_WEBHOOK_SECRET": CARDIVO_SECRET,
+        "GIFTFLOW_WEBHOOK_READ_TIMEOUT_S": "1",
+        "GIFTFLOW_WEBHOOK_MAX_BODY_BYTES": "2048",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "giftflow.cli", "webhooks", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(base + "/healthz", timeout=60)

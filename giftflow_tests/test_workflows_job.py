@@ -64,8 +64,9 @@ def inbox():
 @pytest.fixture
 def giftflow(giftflow, inbox):
     """giftflow mailing the team through the SMTP server on loopback."""
-    return giftflow.but(team_email=TEAM, smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_starttls=False,
-                        mail_from="giftflow@shop.example")
+    return giftflow.but(
+        team_email=TEAM, smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_starttls=False, mail_from="giftflow@shop.example"
+    )
 
 
 def run(giftflow, days, instance, **settings):
@@ -75,6 +76,7 @@ def run(giftflow, days, instance, **settings):
 def expected_outcomes(state, day=None):
     """The contract's table over the simulator's objects as they are before any run (objects created on
     `day` only, where given). Mails are named by the payment intent or the warned charge."""
+
     def on_day(obj):
         return day is None or datetime.fromtimestamp(obj["created"], timezone.utc).date() == day
 
@@ -141,8 +143,11 @@ def test_workflows_end_to_end_with_refunds_mails_and_tags(sims, inbox, giftflow)
         for rule, c in per_rule_counts(r).items():
             for outcome, n in c.items():
                 counts[(rule, outcome)] = counts.get((rule, outcome), 0) + n
-    assert counts[("refund_small_fraud_warnings", "matched")] == counts[("refund_small_fraud_warnings", "done_before")] \
+    assert (
+        counts[("refund_small_fraud_warnings", "matched")]
+        == counts[("refund_small_fraud_warnings", "done_before")]
         == len(refunds)
+    )
     assert counts[("tag_vip_customers", "done_before")] == len(vip)
 
 
@@ -185,10 +190,15 @@ def test_the_plan_and_every_mail_are_tables_in_the_ui(sims, inbox, giftflow):
 
 def test_mails_without_smtp_list_their_eml_file(sims, inbox, giftflow, tmp_path):
     results = run(giftflow, DAYS[:2], dg.DagsterInstance.ephemeral(), smtp_host=None)
-    mails = [rec.data for r in results for rec in
-             r.asset_materializations_for_node("workflow_actions")[0].metadata["mails"].records]
-    assert mails and all(m["went_to"].startswith(str(tmp_path / "outbox")) and m["went_to"].endswith(".eml")
-                         and os.path.exists(m["went_to"]) for m in mails)
+    mails = [
+        rec.data
+        for r in results
+        for rec in r.asset_materializations_for_node("workflow_actions")[0].metadata["mails"].records
+    ]
+    assert mails and all(
+        m["went_to"].startswith(str(tmp_path / "outbox")) and m["went_to"].endswith(".eml") and os.path.exists(m["went_to"])
+        for m in mails
+    )
 
 
 def test_dry_run_sends_and_writes_nothing(sims, inbox, giftflow):
@@ -201,20 +211,24 @@ def test_dry_run_sends_and_writes_nothing(sims, inbox, giftflow):
 def test_a_dry_run_tag_makes_one_run_send_and_write_nothing(sims, inbox, giftflow):
     state = sims.stripe_state
     job = giftflow.but(refunds_enabled=True).job("stripe_workflows")
-    result = job.execute_in_process(partition_key=DAYS[0].isoformat(), instance=dg.DagsterInstance.ephemeral(),
-                                    run_config=QUIET, tags={"giftflow/dry_run": "yes"})
+    result = job.execute_in_process(
+        partition_key=DAYS[0].isoformat(),
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config=QUIET,
+        tags={"giftflow/dry_run": "yes"},
+    )
     assert result.success
     assert state.stats()["writes"] == 0 and inbox.messages == []
     assert result.asset_materializations_for_node("workflow_actions")[0].metadata["dry_run"].value is True
 
 
 def test_a_plan_over_the_refund_cap_is_blocked(sims, inbox, giftflow, tmp_path):
-    rules = (ROOT / "giftflow/default_rules.yaml").read_text().replace("max_refunds_per_run: 20",
-                                                                        "max_refunds_per_run: 0")
+    rules = (ROOT / "giftflow/default_rules.yaml").read_text().replace("max_refunds_per_run: 20", "max_refunds_per_run: 0")
     (tmp_path / "rules.yaml").write_text(rules)
     state = sims.stripe_state
-    result = run(giftflow, DAYS[:1], dg.DagsterInstance.ephemeral(), refunds_enabled=True,
-                 rules_path=str(tmp_path / "rules.yaml"))[0]
+    result = run(
+        giftflow, DAYS[:1], dg.DagsterInstance.ephemeral(), refunds_enabled=True, rules_path=str(tmp_path / "rules.yaml")
+    )[0]
     assert not result.success
     failed = {ev.check_name for ev in result.get_asset_check_evaluations() if not ev.passed}
     assert failed == {"refund_caps"}
@@ -244,17 +258,33 @@ def test_sigkill_in_the_middle_then_rerun_loses_and_duplicates_nothing(sims, inb
     mail_about, _, refunds = expected_outcomes(state, DAYS[0])
     inbox.delay_s = 0.3  # slow mail delivery so the kill lands while actions are being carried out
     day = DAYS[0].isoformat()
-    script = ("import sys, dagster as dg; from giftflow.orchestration.definitions import build_defs; "
-              "build_defs().resolve_job_def('stripe_workflows').execute_in_process("
-              "partition_key=sys.argv[1], instance=dg.DagsterInstance.get())")
+    script = (
+        "import sys, dagster as dg; from giftflow.orchestration.definitions import build_defs; "
+        "build_defs().resolve_job_def('stripe_workflows').execute_in_process("
+        "partition_key=sys.argv[1], instance=dg.DagsterInstance.get())"
+    )
     # The child reads its settings from the environment, as a production run does.
-    child_env = {**os.environ, "STRIPE_API_BASE": sims.stripe_url, "STRIPE_API_KEY": sims.stripe_key,
-                 "DAGSTER_HOME": str(tmp_path), "GIFTFLOW_DATABASE_URL": giftflow.settings.store_url,
-                 "GIFTFLOW_TEAM_EMAIL": TEAM, "GIFTFLOW_SMTP_HOST": "127.0.0.1", "GIFTFLOW_SMTP_PORT": str(inbox.port),
-                 "GIFTFLOW_SMTP_STARTTLS": "false", "GIFTFLOW_MAIL_FROM": "giftflow@shop.example",
-                 "GIFTFLOW_REFUNDS_ENABLED": "true", "TMPDIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-c", script, day], env=child_env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child_env = {
+        **os.environ,
+        "STRIPE_API_BASE": sims.stripe_url,
+        "STRIPE_API_KEY": sims.stripe_key,
+        "DAGSTER_HOME": str(tmp_path),
+        "GIFTFLOW_DATABASE_URL": giftflow.settings.store_url,
+        "GIFTFLOW_TEAM_EMAIL": TEAM,
+        "GIFTFLOW_SMTP_HOST": "127.0.0.1",
+        "GIFTFLOW_SMTP_PORT": str(inbox.port),
+        "GIFTFLOW_SMTP_STARTTLS": "false",
+        "GIFTFLOW_MAIL_FROM": "giftflow@shop.example",
+        "GIFTFLOW_REFUNDS_ENABLED": "true",
+        "TMPDIR": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, day],
+        env=child_env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     # Rules run in file order: large-order mails, VIP tags, refunds, then escalation mails. Kill once the
     # refunds have started, so both a refund and the mails around it are cut short.
@@ -283,9 +313,11 @@ def test_sigkill_in_the_middle_then_rerun_loses_and_duplicates_nothing(sims, inb
     assert {mailed_object(k) for k in day_mails} == mail_about  # nothing lost
     assert {r["charge"]: r["amount"] for r in giftflow_refunds(state)} == refunds
     assert sent_before_kill < len(mail_about)  # the kill really cut the apply step short
-    print(f"\nSIGKILL after {sent_before_kill} of {len(mail_about)} mails and {refunded_before_kill} of "
-          f"{len(refunds)} refunds; after the rerun: {len(inbox.keys())} mails ({len(day_mails)} distinct), "
-          f"{sum(by_charge.values())} refunds on {len(by_charge)} charges")
+    print(
+        f"\nSIGKILL after {sent_before_kill} of {len(mail_about)} mails and {refunded_before_kill} of "
+        f"{len(refunds)} refunds; after the rerun: {len(inbox.keys())} mails ({len(day_mails)} distinct), "
+        f"{sum(by_charge.values())} refunds on {len(by_charge)} charges"
+    )
 
 
 def _failures(result) -> str:
@@ -297,9 +329,14 @@ def _failures(result) -> str:
 @pytest.mark.e2e  # ~5 s
 def test_a_mail_the_smtp_server_refuses_fails_alone_and_the_rerun_sends_only_it(sims, inbox, giftflow, tmp_path):
     # Escalations go to their own address, which the SMTP server refuses; large-order mails go to the team.
-    rules = (ROOT / "giftflow/default_rules.yaml").read_text().replace(
-        "      - type: email\n        to: team\n        subject: \"Early fraud",
-        "      - type: email\n        to: fraud@shop.example\n        subject: \"Early fraud")
+    rules = (
+        (ROOT / "giftflow/default_rules.yaml")
+        .read_text()
+        .replace(
+            '      - type: email\n        to: team\n        subject: "Early fraud',
+            '      - type: email\n        to: fraud@shop.example\n        subject: "Early fraud',
+        )
+    )
     assert "fraud@shop.example" in rules
     (tmp_path / "rules.yaml").write_text(rules)
     state = sims.stripe_state
@@ -311,8 +348,7 @@ def test_a_mail_the_smtp_server_refuses_fails_alone_and_the_rerun_sends_only_it(
     extra = {"refunds_enabled": True, "rules_path": str(tmp_path / "rules.yaml")}
     results = run(giftflow, DAYS, instance, **extra)
     failed = [r for r in results if not r.success]
-    assert failed and all("SMTPRecipientsRefused" in _failures(r) and "mailbox unavailable" in _failures(r)
-                          for r in failed)
+    assert failed and all("SMTPRecipientsRefused" in _failures(r) and "mailbox unavailable" in _failures(r) for r in failed)
     # Everything else happened: the team mails, the refunds and the VIP tags.
     assert {rcpt[0] for rcpt, _ in inbox.messages} == {TEAM} and len(inbox.messages) == len(mail_about - escalated)
     assert {r["charge"]: r["amount"] for r in giftflow_refunds(state)} == refunds
@@ -331,8 +367,7 @@ def test_a_mail_that_cannot_be_built_is_a_failed_action_not_a_crashed_step(sims,
     state = sims.stripe_state
     _, vip, refunds = expected_outcomes(state, DAYS[0])
     injected = "giftflow@shop.example\r\nBcc: everyone@elsewhere.example"
-    result = run(giftflow, DAYS[:1], dg.DagsterInstance.ephemeral(), refunds_enabled=True,
-                 mail_from=injected)[0]
+    result = run(giftflow, DAYS[:1], dg.DagsterInstance.ephemeral(), refunds_enabled=True, mail_from=injected)[0]
     assert not result.success and inbox.messages == []
     assert "its From header contains a line break" in _failures(result)
     assert {r["charge"]: r["amount"] for r in giftflow_refunds(state)} == refunds  # the other actions went on
@@ -345,12 +380,23 @@ def test_smtp_login_without_tls_is_refused_unless_allowed(tmp_path):
     from giftflow.adapters.mailer import Mailer, MailError
 
     inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), auth_require_tls=False,
-                            authenticator=lambda *a: AuthResult(success=True))
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=free_port(),
+        auth_require_tls=False,
+        authenticator=lambda *a: AuthResult(success=True),
+    )
     controller.start()
     try:
-        plain = dict(smtp_host="127.0.0.1", smtp_port=controller.port, smtp_user="u", smtp_password="pw",
-                     smtp_starttls=False, mail_from="giftflow@shop.example")
+        plain = dict(
+            smtp_host="127.0.0.1",
+            smtp_port=controller.port,
+            smtp_user="u",
+            smtp_password="pw",
+            smtp_starttls=False,
+            mail_from="giftflow@shop.example",
+        )
         with pytest.raises(MailError, match="GIFTFLOW_SMTP_ALLOW_PLAINTEXT_LOGIN"):
             Mailer(**plain).send(TEAM, "s", "b", "k1")
         assert inbox.messages == []

@@ -41,8 +41,10 @@ def test_threads_share_commits_and_each_sees_its_own_records_committed(store):
             key = f"k{t}-{i}"
             commits.record(PlannedWrite(key, "update_customer", f"cus_{t}_{i}", {"i": i}, None, "run"))
             seen_planned.append(store.ledger_entries([key])[key]["status"] == "planned")  # committed before "sending"
-            commits.record(WriteOutcome(key, "sent", request_id=f"req_{t}_{i}", object_id=f"cus_{t}_{i}"),
-                           MirroredCustomers([{"id": f"cus_{t}_{i}", "email": None, "created": 1, "metadata": {}}]))
+            commits.record(
+                WriteOutcome(key, "sent", request_id=f"req_{t}_{i}", object_id=f"cus_{t}_{i}"),
+                MirroredCustomers([{"id": f"cus_{t}_{i}", "email": None, "created": 1, "metadata": {}}]),
+            )
 
     threads = [threading.Thread(target=writer, args=(t,)) for t in range(THREADS)]
     for t in threads:

@@ -140,8 +140,9 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._inner.close()
 
     def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname,
-                                                     _bounded(timeout, httpcore.ConnectTimeout)))
+        return _DeadlineStream(
+            self._inner.start_tls(ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout))
+        )
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -152,8 +153,9 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._inner = httpcore.SyncBackend()
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        return _DeadlineStream(self._inner.connect_tcp(host, port, _bounded(timeout, httpcore.ConnectTimeout),
-                                                       local_address, socket_options))
+        return _DeadlineStream(
+            self._inner.connect_tcp(host, port, _bounded(timeout, httpcore.ConnectTimeout), local_address, socket_options)
+        )
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
@@ -166,13 +168,19 @@ def _ssl_context() -> ssl.SSLContext:
 
 # httpcore's exceptions as the httpx ones callers catch (httpx.TransportError is retried), most specific first.
 _HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout), (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout), (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
     (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError), (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError), (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.ProxyError, httpx.ProxyError), (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError), (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
     (httpcore.ProtocolError, httpx.ProtocolError),
 )
 
@@ -213,14 +221,20 @@ class _DeadlineTransport(httpx.BaseTransport):
         core_request = httpcore.Request(
             method=request.method,
             url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
-            headers=request.headers.raw, content=request.stream, extensions=request.extensions)
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
         with _httpx_errors():
             core_response = self._connections.handle_request(core_request)
         stream = core_response.stream
         assert isinstance(stream, Iterable)  # a sync pool answers with a sync stream
-        return httpx.Response(status_code=core_response.status, headers=core_response.headers,
-                              stream=_DeadlineResponseStream(stream, core_response.close),
-                              extensions=core_response.extensions)
+        return httpx.Response(
+            status_code=core_response.status,
+            headers=core_response.headers,
+            stream=_DeadlineResponseStream(stream, core_response.close),
+            extensions=core_response.extensions,
+        )
 
     def close(self) -> None:
         self._connections.close()
@@ -261,10 +275,10 @@ class CardivoClient(BaseModel):
     timeout_s: float = Field(default=30.0, description="per-request limit: connect, headers and body together")
     max_attempts: int = Field(default=6, description="attempts per request before giving up")
     page_size: int = Field(default=100, ge=1, le=100)
-    fetch_deadline_s: float = Field(default=300.0, gt=0,
-                                    description="overall limit of one fetch (all pages and retries)")
-    max_pages_total: int = Field(default=10_000, ge=1, description="pages one fetch may follow (a day's "
-                                 "redemptions are far fewer than 1,000,000)")
+    fetch_deadline_s: float = Field(default=300.0, gt=0, description="overall limit of one fetch (all pages and retries)")
+    max_pages_total: int = Field(
+        default=10_000, ge=1, description="pages one fetch may follow (a day's redemptions are far fewer than 1,000,000)"
+    )
 
     def _excerpt(self, text: str | bytes, limit: int = EXCERPT_CHARS) -> str:
         """At most `limit` printable characters of what the server said, on one line, with no API key in it
@@ -274,7 +288,7 @@ class CardivoClient(BaseModel):
         if self.api_key:
             text = text.replace(self.api_key, "[redacted]")
         text = re.sub(r"(?i)bearer\s+\S+", "Bearer [redacted]", text)
-        text = " ".join("".join(c if c.isprintable() else " " for c in text[:limit * 4]).split())
+        text = " ".join("".join(c if c.isprintable() else " " for c in text[: limit * 4]).split())
         return text[:limit] + ("…" if len(text) > limit else "")
 
     def _refusal(self, status: int, body: bytes) -> CardivoError:
@@ -282,16 +296,22 @@ class CardivoClient(BaseModel):
             return CardivoError(status, "redirect", "redirects are not followed")
         try:
             err = json.loads(body)["error"]
-            error = CardivoError(status, self._excerpt(str(err.get("type", "unknown")), 40),
-                                 self._excerpt(str(err.get("message", ""))))
+            error = CardivoError(
+                status, self._excerpt(str(err.get("type", "unknown")), 40), self._excerpt(str(err.get("message", "")))
+            )
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             error = CardivoError(status, "unknown", self._excerpt(body))
         if status in (401, 403):  # the key: say which variable, and where it was refused
             said = str(error).removeprefix("Cardivo API ")
-            return CardivoKeyRefused(status, "authentication", (
-                f"CARDIVO_API_KEY ({mask_secret(self.api_key)}) was refused by {self.api_base.rstrip('/')} "
-                f"({said}). Set CARDIVO_API_KEY to a valid key for that CARDIVO_API_BASE; README, Configuration. "
-                "`giftflow check` tries it."))
+            return CardivoKeyRefused(
+                status,
+                "authentication",
+                (
+                    f"CARDIVO_API_KEY ({mask_secret(self.api_key)}) was refused by {self.api_base.rstrip('/')} "
+                    f"({said}). Set CARDIVO_API_KEY to a valid key for that CARDIVO_API_BASE; README, Configuration. "
+                    "`giftflow check` tries it."
+                ),
+            )
         return error
 
     @staticmethod
@@ -301,8 +321,9 @@ class CardivoClient(BaseModel):
             for chunk in response.iter_bytes():
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
-                    raise CardivoError(response.status_code, "response_too_large",
-                                       f"response larger than {MAX_RESPONSE_BYTES // 2**20} MiB")
+                    raise CardivoError(
+                        response.status_code, "response_too_large", f"response larger than {MAX_RESPONSE_BYTES // 2**20} MiB"
+                    )
         except httpx.DecodingError:
             raise CardivoError(response.status_code, "bad_response", "body cannot be decoded") from None
         return bytes(body)
@@ -311,8 +332,12 @@ class CardivoClient(BaseModel):
         """One GET with retries, all of it before `deadline` (a time.monotonic() instant)."""
         tries = 0
 
-        @retry(retry=retry_if_exception(_is_retryable), wait=_wait,
-               stop=stop_after_attempt(self.max_attempts) | _stop_past(deadline), reraise=True)
+        @retry(
+            retry=retry_if_exception(_is_retryable),
+            wait=_wait,
+            stop=stop_after_attempt(self.max_attempts) | _stop_past(deadline),
+            reraise=True,
+        )
         def attempt() -> Any:
             nonlocal tries
             tries += 1
@@ -341,14 +366,21 @@ class CardivoClient(BaseModel):
             status = exc.status if isinstance(exc, _Retryable) else None
             last = str(exc) if isinstance(exc, _Retryable) else f"{type(exc).__name__}: {self._excerpt(str(exc))}"
             if tries < self.max_attempts:
-                raise CardivoError(status, "deadline_exceeded",
-                                   f"{self._deadline_name} leaves no time for attempt {tries + 1}; last: {last}") from exc
+                raise CardivoError(
+                    status,
+                    "deadline_exceeded",
+                    f"{self._deadline_name} leaves no time for attempt {tries + 1}; last: {last}",
+                ) from exc
             raise CardivoError(status, "retries_exhausted", last) from exc
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api_base.rstrip("/"), timeout=self.timeout_s, transport=_DeadlineTransport(),
-                            follow_redirects=False,  # a 3xx is an error: the key must not go to another host
-                            headers={"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"})
+        return httpx.Client(
+            base_url=self.api_base.rstrip("/"),
+            timeout=self.timeout_s,
+            transport=_DeadlineTransport(),
+            follow_redirects=False,  # a 3xx is an error: the key must not go to another host
+            headers={"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"},
+        )
 
     @property
     def _deadline_name(self) -> str:
@@ -374,17 +406,23 @@ class CardivoClient(BaseModel):
         `max_pages_total` pages, or past `deadline` (a time.monotonic() instant) or `fetch_deadline_s`."""
         deadline = self._deadline(deadline)
         params: dict = {"limit": self.page_size}
-        for name, value in (("redeemed_after", redeemed_after), ("redeemed_before", redeemed_before),
-                            ("updated_after", updated_after)):
+        for name, value in (
+            ("redeemed_after", redeemed_after),
+            ("redeemed_before", redeemed_before),
+            ("updated_after", updated_after),
+        ):
             if value is not None:
                 params[name] = rfc3339(value)
         out = Fetched(next_cursor=cursor)
         seen = {cursor} if cursor else set()
         with self._client() as client:
             while True:
-                page = self._get(client, "/v1/redemptions",
-                                 {**params, **({"cursor": out.next_cursor} if out.next_cursor else {})},
-                                 deadline=deadline)
+                page = self._get(
+                    client,
+                    "/v1/redemptions",
+                    {**params, **({"cursor": out.next_cursor} if out.next_cursor else {})},
+                    deadline=deadline,
+                )
                 out.calls += 1
                 records, out.next_cursor = _page(page)
                 out.records.extend(records)
@@ -395,8 +433,9 @@ class CardivoClient(BaseModel):
                 if max_pages is not None and out.calls >= max_pages:
                     return out
                 if out.calls >= self.max_pages_total:
-                    raise CardivoError(None, "too_many_pages", f"more than max_pages_total={self.max_pages_total}"
-                                       " pages in one fetch")
+                    raise CardivoError(
+                        None, "too_many_pages", f"more than max_pages_total={self.max_pages_total} pages in one fetch"
+                    )
                 seen.add(out.next_cursor)
 
     def find_gift_card(self, code: str, *, deadline: float | None = None) -> dict:

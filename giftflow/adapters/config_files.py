@@ -90,11 +90,12 @@ def scan_folder(folder: str | Path | None = None) -> tuple[list[tuple[SyncSpec, 
         try:
             spec, base = load_sync(path)
             if spec.name == RESERVED:
-                raise SyncSpecError(f"{spec.where('name')}: the sync name {RESERVED!r} is the gift-card sync's (its "
-                                    "reports and created ids are kept under it); choose another")
+                raise SyncSpecError(
+                    f"{spec.where('name')}: the sync name {RESERVED!r} is the gift-card sync's (its "
+                    "reports and created ids are kept under it); choose another"
+                )
             if spec.name in seen:
-                raise SyncSpecError(f"{spec.where('name')}: sync name {spec.name!r} is already used by "
-                                    f"{seen[spec.name]}")
+                raise SyncSpecError(f"{spec.where('name')}: sync name {spec.name!r} is already used by {seen[spec.name]}")
         except SyncSpecError as exc:
             failed.append((path, str(exc)))
             continue

@@ -55,8 +55,9 @@ class Mailer(BaseModel):
     smtp_starttls: bool = Field(default=True, description="GIFTFLOW_SMTP_STARTTLS")
     smtp_allow_plaintext_login: bool = Field(default=False, description="GIFTFLOW_SMTP_ALLOW_PLAINTEXT_LOGIN")
     mail_from: str = Field(default="giftflow@localhost", description="GIFTFLOW_MAIL_FROM")
-    outbox_dir: str | None = Field(default=None, description="where .eml files go without an SMTP host "
-                                                             "(Settings: $DAGSTER_HOME/outbox)")
+    outbox_dir: str | None = Field(
+        default=None, description="where .eml files go without an SMTP host (Settings: $DAGSTER_HOME/outbox)"
+    )
     timeout_s: float = 30.0
 
     def __repr__(self) -> str:  # never print the password
@@ -81,8 +82,10 @@ class Mailer(BaseModel):
                 return str(path)
             if self.smtp_user and not self.smtp_starttls and not self.smtp_allow_plaintext_login:
                 # Without TLS the password crosses the network readable by anyone on the path.
-                raise MailError("refusing to send the SMTP password without TLS: set GIFTFLOW_SMTP_STARTTLS=true, "
-                                "or GIFTFLOW_SMTP_ALLOW_PLAINTEXT_LOGIN=true for a server on a trusted network")
+                raise MailError(
+                    "refusing to send the SMTP password without TLS: set GIFTFLOW_SMTP_STARTTLS=true, "
+                    "or GIFTFLOW_SMTP_ALLOW_PLAINTEXT_LOGIN=true for a server on a trusted network"
+                )
             with smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=self.timeout_s) as smtp:
                 if self.smtp_starttls:
                     smtp.starttls(context=ssl.create_default_context())

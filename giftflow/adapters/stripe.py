@@ -172,19 +172,25 @@ class PostgresBudget:
         self.engine = sa.create_engine(url, pool_size=4, max_overflow=28, pool_pre_ping=True, hide_parameters=True)
         with self.engine.begin() as conn:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7263532)"))  # one creator among many hosts
-            conn.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {self._TABLE} "
-                                 "(name VARCHAR(64) PRIMARY KEY, next_slot DOUBLE PRECISION NOT NULL)"))
-            conn.execute(sa.text(f"INSERT INTO {self._TABLE} VALUES (:name, 0) ON CONFLICT DO NOTHING"),
-                         {"name": name})
+            conn.execute(
+                sa.text(
+                    f"CREATE TABLE IF NOT EXISTS {self._TABLE} "
+                    "(name VARCHAR(64) PRIMARY KEY, next_slot DOUBLE PRECISION NOT NULL)"
+                )
+            )
+            conn.execute(sa.text(f"INSERT INTO {self._TABLE} VALUES (:name, 0) ON CONFLICT DO NOTHING"), {"name": name})
 
     def try_acquire(self, _item: str = "stripe") -> bool:
         """Wait for this call's slot; True when it may go."""
         now_sql = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
         with self.engine.begin() as conn:
-            slot, now = conn.execute(sa.text(
-                f"UPDATE {self._TABLE} SET next_slot = GREATEST(next_slot, {now_sql}) + :interval "
-                f"WHERE name = :name RETURNING next_slot - :interval, {now_sql}"),
-                {"interval": self.interval, "name": self.name}).one()
+            slot, now = conn.execute(
+                sa.text(
+                    f"UPDATE {self._TABLE} SET next_slot = GREATEST(next_slot, {now_sql}) + :interval "
+                    f"WHERE name = :name RETURNING next_slot - :interval, {now_sql}"
+                ),
+                {"interval": self.interval, "name": self.name},
+            ).one()
         if slot > now:
             time.sleep(slot - now)
         return True
@@ -192,8 +198,9 @@ class PostgresBudget:
 
 @lru_cache(maxsize=16)
 def _client(api_key: str, api_base: str | None, retries: int) -> stripe.StripeClient:
-    return stripe.StripeClient(api_key, base_addresses={"api": api_base.rstrip("/")} if api_base else None,
-                               max_network_retries=retries)
+    return stripe.StripeClient(
+        api_key, base_addresses={"api": api_base.rstrip("/")} if api_base else None, max_network_retries=retries
+    )
 
 
 STRIPE_API = "https://api.stripe.com"
@@ -226,18 +233,32 @@ def _key_error(exc: stripe.StripeError, api_key: str, api_base: str | None) -> s
     said = getattr(exc, "user_message", None) or str(exc)
     cls: type[StripeKeyRefused] | type[StripeKeyNotPermitted]
     if isinstance(exc, stripe.AuthenticationError):
-        cls, text = StripeKeyRefused, (
-            f"STRIPE_API_KEY ({mask_key(api_key)}) was refused by {base} (401: {said}). "
-            f"Set STRIPE_API_KEY to a secret or restricted key of that account"
-            f"{' (STRIPE_API_BASE points at a simulator or proxy: use the key it expects)' if api_base else ''}; "
-            "README, Configuration. `giftflow check` tries it.")
+        cls, text = (
+            StripeKeyRefused,
+            (
+                f"STRIPE_API_KEY ({mask_key(api_key)}) was refused by {base} (401: {said}). "
+                f"Set STRIPE_API_KEY to a secret or restricted key of that account"
+                f"{' (STRIPE_API_BASE points at a simulator or proxy: use the key it expects)' if api_base else ''}; "
+                "README, Configuration. `giftflow check` tries it."
+            ),
+        )
     else:
-        cls, text = StripeKeyNotPermitted, (
-            f"STRIPE_API_KEY ({mask_key(api_key)}) may not do this at {base} (403: {said}). "
-            "A restricted key needs read and write access to customers, charges, payment intents, refunds, "
-            "promotion codes and Radar early fraud warnings; README, Configuration.")
-    return cls(text, http_body=exc.http_body, http_status=exc.http_status, json_body=exc.json_body,
-               headers=exc.headers, code=exc.code)
+        cls, text = (
+            StripeKeyNotPermitted,
+            (
+                f"STRIPE_API_KEY ({mask_key(api_key)}) may not do this at {base} (403: {said}). "
+                "A restricted key needs read and write access to customers, charges, payment intents, refunds, "
+                "promotion codes and Radar early fraud warnings; README, Configuration."
+            ),
+        )
+    return cls(
+        text,
+        http_body=exc.http_body,
+        http_status=exc.http_status,
+        json_body=exc.json_body,
+        headers=exc.headers,
+        code=exc.code,
+    )
 
 
 MAX_RETRY_AFTER_S = 60
@@ -274,15 +295,20 @@ class StripeClient(BaseModel):
     api_key: str = Field(description="Stripe secret or restricted key (STRIPE_API_KEY)")
     api_base: str | None = Field(default=None, description="override of Stripe's API base (STRIPE_API_BASE)")
     max_requests_per_second: int = Field(
-        default=20, ge=1, description="client-side limit; Stripe allows 25/s in test mode, 100/s live")
+        default=20, ge=1, description="client-side limit; Stripe allows 25/s in test mode, 100/s live"
+    )
     max_network_retries: int = Field(default=3, ge=0)
     max_concurrent_writes: int = Field(
-        default=8, ge=1, description="writes in flight at once (GIFTFLOW_STRIPE_WRITE_CONCURRENCY); the rate "
-                                     "limit still caps the total")
+        default=8,
+        ge=1,
+        description="writes in flight at once (GIFTFLOW_STRIPE_WRITE_CONCURRENCY); the rate limit still caps the total",
+    )
     rate_limit_db: str | None = Field(
-        default=None, description="SQLite file shared by all runs on the host for one Stripe budget (Settings: "
-                                  "GIFTFLOW_STRIPE_RATE_DB or $DAGSTER_HOME/giftflow_stripe_rate.sqlite); "
-                                  "in-process when unset")
+        default=None,
+        description="SQLite file shared by all runs on the host for one Stripe budget (Settings: "
+        "GIFTFLOW_STRIPE_RATE_DB or $DAGSTER_HOME/giftflow_stripe_rate.sqlite); "
+        "in-process when unset",
+    )
 
     def __repr__(self) -> str:  # never print the key
         return f"StripeClient(api_base={self.api_base!r}, max_requests_per_second={self.max_requests_per_second})"
@@ -292,8 +318,7 @@ class StripeClient(BaseModel):
         return _client(self.api_key, self.api_base or None, self.max_network_retries)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        @retry(retry=retry_if_exception_type(stripe.RateLimitError), wait=_backoff, stop=stop_after_attempt(6),
-               reraise=True)
+        @retry(retry=retry_if_exception_type(stripe.RateLimitError), wait=_backoff, stop=stop_after_attempt(6), reraise=True)
         def paced():
             limiter = _limiter(self.max_requests_per_second, self.rate_limit_db)
             limiter.try_acquire("stripe")
@@ -354,8 +379,10 @@ class StripeClient(BaseModel):
 
     def retrieve(self, kind: str, object_id: str) -> dict:
         retrieve: dict[str, Callable[[str], Any]] = {
-            "customers": self.client.v1.customers.retrieve, "charges": self.client.v1.charges.retrieve,
-            "payment_intents": self.client.v1.payment_intents.retrieve}
+            "customers": self.client.v1.customers.retrieve,
+            "charges": self.client.v1.charges.retrieve,
+            "payment_intents": self.client.v1.payment_intents.retrieve,
+        }
         return self._call(lambda: retrieve[kind](object_id)).to_dict()
 
     def list_customers_by_email(self, email: str) -> list[dict]:
@@ -364,18 +391,27 @@ class StripeClient(BaseModel):
         return [c.to_dict() for c in page.data]
 
     def create_customer(self, params: dict, key: str) -> WriteResult:
-        obj = self._call(lambda: self.client.v1.customers.create(params=cast("CustomerCreateParams", params),
-                                                                 options={"idempotency_key": key}))
+        obj = self._call(
+            lambda: self.client.v1.customers.create(
+                params=cast("CustomerCreateParams", params), options={"idempotency_key": key}
+            )
+        )
         return WriteResult(obj.to_dict(), _request_id(obj))
 
     def create_refund(self, params: dict, key: str) -> WriteResult:
-        obj = self._call(lambda: self.client.v1.refunds.create(params=cast("RefundCreateParams", params),
-                                                               options={"idempotency_key": key}))
+        obj = self._call(
+            lambda: self.client.v1.refunds.create(
+                params=cast("RefundCreateParams", params), options={"idempotency_key": key}
+            )
+        )
         return WriteResult(obj.to_dict(), _request_id(obj))
 
     def update_customer(self, customer_id: str, params: dict, key: str) -> WriteResult:
-        obj = self._call(lambda: self.client.v1.customers.update(
-            customer_id, params=cast("CustomerUpdateParams", params), options={"idempotency_key": key}))
+        obj = self._call(
+            lambda: self.client.v1.customers.update(
+                customer_id, params=cast("CustomerUpdateParams", params), options={"idempotency_key": key}
+            )
+        )
         return WriteResult(obj.to_dict(), _request_id(obj))
 
     def apply_customer_coupon(self, customer_id: str, coupon: str, key: str) -> WriteResult:
@@ -383,13 +419,16 @@ class StripeClient(BaseModel):
         in 2025-03-31.basil, with no customer-level replacement: discounts moved to subscriptions, invoices and
         checkout), so this one request names the last version that has it (COUPON_API_VERSION) in its
         Stripe-Version header; every other request stays on the pinned version."""
-        obj = self._call(lambda: self.client.v1.customers.update(
-            customer_id, params=cast("CustomerUpdateParams", {"coupon": coupon}),
-            options={"idempotency_key": key, "stripe_version": COUPON_API_VERSION}))
+        obj = self._call(
+            lambda: self.client.v1.customers.update(
+                customer_id,
+                params=cast("CustomerUpdateParams", {"coupon": coupon}),
+                options={"idempotency_key": key, "stripe_version": COUPON_API_VERSION},
+            )
+        )
         return WriteResult(obj.to_dict(), _request_id(obj))
 
-    def iter_customer_objects(self, *, with_tax_ids: bool = False, page_size: int = 100
-                              ) -> Iterator[tuple[list[dict], int]]:
+    def iter_customer_objects(self, *, with_tax_ids: bool = False, page_size: int = 100) -> Iterator[tuple[list[dict], int]]:
         """Every customer as Stripe returns it (with its tax ids where asked), a page at a time."""
         params: dict[str, Any] = {"limit": page_size}
         if with_tax_ids:
@@ -404,13 +443,19 @@ class StripeClient(BaseModel):
         return rows, calls
 
     def create_tax_id(self, customer_id: str, params: dict, key: str) -> WriteResult:
-        obj = self._call(lambda: self.client.v1.customers.tax_ids.create(
-            customer_id, params=cast("CustomerTaxIdCreateParams", params), options={"idempotency_key": key}))
+        obj = self._call(
+            lambda: self.client.v1.customers.tax_ids.create(
+                customer_id, params=cast("CustomerTaxIdCreateParams", params), options={"idempotency_key": key}
+            )
+        )
         return WriteResult(obj.to_dict(), _request_id(obj))
 
     def create_promotion_code(self, params: dict, key: str) -> WriteResult:
-        obj = self._call(lambda: self.client.v1.promotion_codes.create(
-            params=cast("PromotionCodeCreateParams", params), options={"idempotency_key": key}))
+        obj = self._call(
+            lambda: self.client.v1.promotion_codes.create(
+                params=cast("PromotionCodeCreateParams", params), options={"idempotency_key": key}
+            )
+        )
         return WriteResult(obj.to_dict(), _request_id(obj))
 
 

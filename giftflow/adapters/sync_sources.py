@@ -22,8 +22,7 @@ READ_ONLY_BACKENDS = ("sqlite", "postgresql")
 def describe_source(spec: SyncSpec) -> str:
     src = spec.source
     if src.kind == "sql":
-        where = ("giftflow store" if not src.url else f"${src.url.env}" if isinstance(src.url, EnvRef)
-                 else _redact(src.url))
+        where = "giftflow store" if not src.url else f"${src.url.env}" if isinstance(src.url, EnvRef) else _redact(src.url)
         return f"SQL (read-only) on {where}: `{' '.join((src.sql or '').split())}`"
     return f"{src.kind} `{getattr(src, src.kind)}`"
 
@@ -54,16 +53,20 @@ def read_only_engine(url: sa.URL, where: str = "<sync>") -> sa.Engine:
     the connection is closed after the query, so nothing it changed in its session outlives it."""
     backend = url.get_backend_name()
     if backend not in READ_ONLY_BACKENDS:
-        raise SyncSourceError(f"{where}: url: {backend} is not supported; a sql source reads SQLite or PostgreSQL, "
-                              "where giftflow can make the connection read-only")
+        raise SyncSourceError(
+            f"{where}: url: {backend} is not supported; a sql source reads SQLite or PostgreSQL, "
+            "where giftflow can make the connection read-only"
+        )
     if backend == "postgresql":
-        return sa.create_engine(url, poolclass=sa.pool.NullPool,
-                                connect_args={"options": "-c default_transaction_read_only=on"})
+        return sa.create_engine(
+            url, poolclass=sa.pool.NullPool, connect_args={"options": "-c default_transaction_read_only=on"}
+        )
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
 
     @sa.event.listens_for(engine, "connect")
     def _query_only(dbapi_conn, _record):
         dbapi_conn.execute("PRAGMA query_only=ON")
+
     return engine
 
 
@@ -83,8 +86,14 @@ def _read_sql(spec: SyncSpec, url: sa.URL, params: dict) -> pd.DataFrame:
         engine.dispose()
 
 
-def read_source(spec: SyncSpec, base: Path, *, store_engine: sa.Engine | None = None,
-                partition_key: str | None = None, window: tuple[datetime, datetime] | None = None) -> pd.DataFrame:
+def read_source(
+    spec: SyncSpec,
+    base: Path,
+    *,
+    store_engine: sa.Engine | None = None,
+    partition_key: str | None = None,
+    window: tuple[datetime, datetime] | None = None,
+) -> pd.DataFrame:
     """The source rows as a DataFrame of text columns (files) or as the database typed them (SQL).
 
     Partitioned syncs: `{partition}` in a file path is the partition key; a query may use the bind
@@ -103,8 +112,9 @@ def read_source(spec: SyncSpec, base: Path, *, store_engine: sa.Engine | None = 
         except OSError as exc:
             raise SyncSourceError(f"{spec.where()}: {shown}: cannot read it: {exc.strerror}") from None
         except Exception as exc:  # a parser's message may quote the file: name the kind of problem only
-            raise SyncSourceError(f"{spec.where()}: {shown}: not a readable {src.kind} file "
-                                  f"({type(exc).__name__})") from None
+            raise SyncSourceError(
+                f"{spec.where()}: {shown}: not a readable {src.kind} file ({type(exc).__name__})"
+            ) from None
     if src.kind == "sql" and src.sql is not None:
         url = source_url(spec)
         if url is None:
@@ -113,8 +123,7 @@ def read_source(spec: SyncSpec, base: Path, *, store_engine: sa.Engine | None = 
             url = store_engine.url  # giftflow's own store: the ledger is readable here, never writable
         params = {}
         if window is not None:
-            params = {k: v for k, v in (("partition_start", window[0]), ("partition_end", window[1]))
-                      if f":{k}" in src.sql}
+            params = {k: v for k, v in (("partition_start", window[0]), ("partition_end", window[1])) if f":{k}" in src.sql}
         return _read_sql(spec, url, params)
     raise ValueError(f"sync {spec.name}: an asset source is handed in by the Dagster asset, not read here")
 
@@ -127,8 +136,9 @@ def check_columns(spec: SyncSpec, frame: pd.DataFrame) -> None:
     if missing:
         src = spec.source
         what = "the query" if src.kind == "sql" else f"{src.kind} {getattr(src, src.kind)!r}"
-        raise SyncSourceError(f"{spec.where()}: {what} has no column(s) "
-                              f"{', '.join(missing)} (the sync maps {', '.join(sorted(set(wanted)))})")
+        raise SyncSourceError(
+            f"{spec.where()}: {what} has no column(s) {', '.join(missing)} (the sync maps {', '.join(sorted(set(wanted)))})"
+        )
 
 
 def source_path(spec: SyncSpec, base: Path, partition: str | None = None) -> Path:
@@ -138,6 +148,8 @@ def source_path(spec: SyncSpec, base: Path, partition: str | None = None) -> Pat
     root = base.resolve()
     path = (root / template.format(partition=partition or "2024-01-01")).resolve()
     if not path.is_relative_to(root):
-        raise SyncSourceError(f"{spec.where()}: {spec.source.kind} {template!r}: a source file must be inside "
-                              f"the sync file's folder {root} (symlinks included)")
+        raise SyncSourceError(
+            f"{spec.where()}: {spec.source.kind} {template!r}: a source file must be inside "
+            f"the sync file's folder {root} (symlinks included)"
+        )
     return path

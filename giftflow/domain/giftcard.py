@@ -31,8 +31,16 @@ SYNC = "sync"  # not decided here: the engine diffs it
 UNMATCHED, ANONYMOUS, MULTI_CURRENCY, AMBIGUOUS_EMAIL = "unmatched", "anonymous", "multi_currency", "ambiguous_email"
 
 PLAN_COLUMNS = [
-    "customer_id", "email", "action", "reason", "note", "redemptions_in_day", *METADATA_KEYS, "changed_keys",
-    "name", "phone",
+    "customer_id",
+    "email",
+    "action",
+    "reason",
+    "note",
+    "redemptions_in_day",
+    *METADATA_KEYS,
+    "changed_keys",
+    "name",
+    "phone",
 ]
 
 
@@ -74,8 +82,11 @@ class _CustomerKeys:
 
     @classmethod
     def of(cls, customers: pd.DataFrame) -> _CustomerKeys:
-        return cls(customers["customer_id"].to_numpy(dtype=object), customers["email_norm"].to_numpy(dtype=object),
-                   customers["created"].to_numpy(dtype=np.int64))
+        return cls(
+            customers["customer_id"].to_numpy(dtype=object),
+            customers["email_norm"].to_numpy(dtype=object),
+            customers["created"].to_numpy(dtype=np.int64),
+        )
 
 
 def _match(redemptions: pd.DataFrame, customers: _CustomerKeys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -114,7 +125,7 @@ def _codes(theirs: np.ndarray, ours: np.ndarray, at: np.ndarray, n: int) -> tupl
     mine = theirs[known]
     hashes = np.fromiter(map(hash, itertools.chain(mine, ours)), dtype=np.int64, count=len(mine) + len(ours))
     codes, _ = pd.factorize(hashes)
-    head, tail = codes[: len(mine)], codes[len(mine):]
+    head, tail = codes[: len(mine)], codes[len(mine) :]
     k = int(head.max(initial=-1)) + 1
     tail = np.where(tail < k, tail, -1)
     # Codes are numbered in order of first appearance: the first value of each stands for the code.
@@ -124,7 +135,7 @@ def _codes(theirs: np.ndarray, ours: np.ndarray, at: np.ndarray, n: int) -> tupl
     # Each value against the first of its code (ours: the values that found one; the others against None).
     if not ((mine == value[head]).all() and ((ours == _take(value, tail, None)) | (tail < 0)).all()):
         codes, _ = pd.factorize(np.concatenate([mine, ours]))
-        head, tail = codes[: len(mine)], codes[len(mine):]
+        head, tail = codes[: len(mine)], codes[len(mine) :]
         k = int(head.max(initial=-1)) + 1
         tail = np.where(tail < k, tail, -1)
     out_theirs = np.full(len(theirs), -1)
@@ -171,8 +182,9 @@ def _int64(values: pd.Series) -> np.ndarray:
     return values.array.asi8 if values.dtype.kind == "M" else values.to_numpy(dtype=np.int64)
 
 
-def _pick(group: np.ndarray, groups: int, first: np.ndarray, then: pd.Series | np.ndarray, at: np.ndarray,
-          last: bool = True) -> np.ndarray:
+def _pick(
+    group: np.ndarray, groups: int, first: np.ndarray, then: pd.Series | np.ndarray, at: np.ndarray, last: bool = True
+) -> np.ndarray:
     """Per group 0..groups-1, the position in `group` of the row that a stable sort by (`first`, `then`) puts
     last (or first) in its group; -1 where a group has no row. `first` is int64 and per row of `group`;
     `then[at[i]]` is row i's second key: it is read only for rows tied on the first.
@@ -271,8 +283,9 @@ def _day_groups(codes: np.ndarray, in_day: np.ndarray, names: np.ndarray) -> tup
     return _take(number, codes, -1), touched
 
 
-def _plan_matched(redemptions: pd.DataFrame, row: np.ndarray, in_day: np.ndarray, ambiguous: np.ndarray,
-                  customers: _CustomerKeys) -> pd.DataFrame:
+def _plan_matched(
+    redemptions: pd.DataFrame, row: np.ndarray, in_day: np.ndarray, ambiguous: np.ndarray, customers: _CustomerKeys
+) -> pd.DataFrame:
     group, touched = _day_groups(row, in_day, customers.ids)
     if len(touched) == 0:
         return pd.DataFrame(columns=PLAN_COLUMNS)
@@ -315,8 +328,14 @@ def _plan_unmatched(unmatched: pd.DataFrame, in_day: np.ndarray, mode: str) -> p
         # Name and phone from the earliest redemption that has them: stable as new days arrive.
         for col in ("name", "phone"):
             has = np.flatnonzero(unmatched[col].notna().to_numpy() & (group >= 0))
-            first = _pick(group[has], len(touched), _int64(unmatched["redeemed_at"].iloc[has]),
-                          unmatched["redemption_id"], has, last=False)
+            first = _pick(
+                group[has],
+                len(touched),
+                _int64(unmatched["redeemed_at"].iloc[has]),
+                unmatched["redemption_id"],
+                has,
+                last=False,
+            )
             plan[col] = _take(unmatched[col].to_numpy(dtype=object)[has], first, np.nan)
         creatable = (mode == "upsert") & (plan["currencies"].to_numpy() == 1)
         multi = plan["currencies"].to_numpy() > 1
@@ -328,11 +347,21 @@ def _plan_unmatched(unmatched: pd.DataFrame, in_day: np.ndarray, mode: str) -> p
 
     anonymous = lost[lost["email_norm"].isna()]
     if len(anonymous):
-        rows.append(pd.DataFrame({
-            "customer_id": None, "email": None, "action": SKIP, "reason": ANONYMOUS,
-            "note": anonymous["redemption_id"].to_numpy(), "redemptions_in_day": 1,
-            "name": None, "phone": None, **{k: None for k in METADATA_KEYS},
-        }))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "customer_id": None,
+                    "email": None,
+                    "action": SKIP,
+                    "reason": ANONYMOUS,
+                    "note": anonymous["redemption_id"].to_numpy(),
+                    "redemptions_in_day": 1,
+                    "name": None,
+                    "phone": None,
+                    **{k: None for k in METADATA_KEYS},
+                }
+            )
+        )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -344,19 +373,21 @@ def summarize(plan: pd.DataFrame) -> dict[str, int]:
     return counts
 
 
-def wanted_by_customer(redemptions: pd.DataFrame, customers: pd.DataFrame, day_start: datetime, day_end: datetime,
-                       mode: str) -> pd.DataFrame:
+def wanted_by_customer(
+    redemptions: pd.DataFrame, customers: pd.DataFrame, day_start: datetime, day_end: datetime, mode: str
+) -> pd.DataFrame:
     """One row per customer touched by a redemption in [day_start, day_end): the metadata Stripe should hold,
     from all of the customer's redemptions in `redemptions` (every day giftflow has seen), with action `sync`
     (the engine diffs it) or `skip` and the reason (unmatched, anonymous, multi_currency). `_row` is a matched
     customer's position in `customers`; in `upsert` mode an unmatched e-mail is a row to create."""
     keys = _CustomerKeys.of(customers)
     row, _, ambiguous = _match(redemptions, keys)
-    in_day = ((redemptions["redeemed_at"] >= pd.Timestamp(day_start))
-              & (redemptions["redeemed_at"] < pd.Timestamp(day_end))).to_numpy()
-    used = redemptions[["redemption_id", "status", "amount", "currency", "card_last4", "email_norm", "name", "phone",
-                        "redeemed_at"]]
-    parts = [_plan_matched(used, row, in_day, ambiguous, keys),
-             _plan_unmatched(used[row < 0], in_day[row < 0], mode)]
+    in_day = (
+        (redemptions["redeemed_at"] >= pd.Timestamp(day_start)) & (redemptions["redeemed_at"] < pd.Timestamp(day_end))
+    ).to_numpy()
+    used = redemptions[
+        ["redemption_id", "status", "amount", "currency", "card_last4", "email_norm", "name", "phone", "redeemed_at"]
+    ]
+    parts = [_plan_matched(used, row, in_day, ambiguous, keys), _plan_unmatched(used[row < 0], in_day[row < 0], mode)]
     parts = [p for p in parts if len(p)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PLAN_COLUMNS)

@@ -29,8 +29,20 @@ RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 REDEMPTION_COLUMNS = [
-    "redemption_id", "status", "amount", "currency", "card_last4", "gift_card_id", "email", "email_norm",
-    "name", "phone", "stripe_customer_id", "location", "redeemed_at", "updated_at",
+    "redemption_id",
+    "status",
+    "amount",
+    "currency",
+    "card_last4",
+    "gift_card_id",
+    "email",
+    "email_norm",
+    "name",
+    "phone",
+    "stripe_customer_id",
+    "location",
+    "redeemed_at",
+    "updated_at",
 ]
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
@@ -146,22 +158,24 @@ def validate_redemptions(records: list[Any]) -> tuple[pd.DataFrame, list[dict]]:
             continue
         person = r.customer or Person()
         email = person.email.strip() if person.email else None
-        rows.append({
-            "redemption_id": r.id,
-            "status": r.status,
-            "amount": r.amount,
-            "currency": r.currency,
-            "card_last4": r.gift_card.code[-4:],
-            "gift_card_id": r.gift_card.id,
-            "email": email,
-            "email_norm": email.lower() if email else None,
-            "name": person.name,
-            "phone": person.phone,
-            "stripe_customer_id": r.stripe_customer_id,
-            "location": r.location,
-            "redeemed_at": _utc(r.redeemed_at),
-            "updated_at": _utc(r.updated_at),
-        })
+        rows.append(
+            {
+                "redemption_id": r.id,
+                "status": r.status,
+                "amount": r.amount,
+                "currency": r.currency,
+                "card_last4": r.gift_card.code[-4:],
+                "gift_card_id": r.gift_card.id,
+                "email": email,
+                "email_norm": email.lower() if email else None,
+                "name": person.name,
+                "phone": person.phone,
+                "stripe_customer_id": r.stripe_customer_id,
+                "location": r.location,
+                "redeemed_at": _utc(r.redeemed_at),
+                "updated_at": _utc(r.updated_at),
+            }
+        )
     frame = redemptions_frame(rows)
     if len(frame):
         frame = frame.sort_values(["updated_at", "redemption_id"]).drop_duplicates("redemption_id", keep="last")
@@ -174,7 +188,18 @@ def redemptions_frame(rows: list[dict]) -> pd.DataFrame:
     frame["amount"] = frame["amount"].astype("int64")
     for col in ("redeemed_at", "updated_at"):
         frame[col] = pd.to_datetime(frame[col], utc=True)
-    for col in ("redemption_id", "status", "currency", "card_last4", "gift_card_id", "email", "email_norm",
-                "name", "phone", "stripe_customer_id", "location"):
+    for col in (
+        "redemption_id",
+        "status",
+        "currency",
+        "card_last4",
+        "gift_card_id",
+        "email",
+        "email_norm",
+        "name",
+        "phone",
+        "stripe_customer_id",
+        "location",
+    ):
         frame[col] = frame[col].astype("object")
     return frame

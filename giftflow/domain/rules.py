@@ -67,8 +67,18 @@ class Conditions(_Model):
 
 
 # What a mail template may name: the values _context gives each plan row.
-TEMPLATE_FIELDS = ("payment_intent", "customer", "charge", "early_fraud_warning", "amount", "amount_minor",
-                   "currency", "unrefunded", "object", "dashboard_url")
+TEMPLATE_FIELDS = (
+    "payment_intent",
+    "customer",
+    "charge",
+    "early_fraud_warning",
+    "amount",
+    "amount_minor",
+    "currency",
+    "unrefunded",
+    "object",
+    "dashboard_url",
+)
 MAX_TEMPLATE = 4096  # characters; a mail is a note to a person, not a document
 
 
@@ -173,8 +183,9 @@ class RulesFile(_Model):
             if rule.name in seen:
                 raise ValueError(f"rule name {rule.name!r} is used twice")
             if rule.unless is not None and (rule.unless not in seen or seen[rule.unless].trigger != rule.trigger):
-                raise ValueError(f"rule {rule.name!r}: unless {rule.unless!r} must name an earlier rule "
-                                 "with the same trigger")
+                raise ValueError(
+                    f"rule {rule.name!r}: unless {rule.unless!r} must name an earlier rule with the same trigger"
+                )
             seen[rule.name] = rule
         return self
 
@@ -184,17 +195,38 @@ _ACTION_TAGS = ("email", "update_customer_metadata", "refund")  # pydantic's uni
 
 def parse_rules(text: str, source: str = "<rules>") -> RulesFile:
     """Parse and validate a rules file; a RulesError names the file, the line and the problem."""
-    return parse_yaml_model(text, source, RulesFile, RulesError,
-                            shape="a rules file is a mapping with `version` and `rules`",
-                            loc_part=lambda p: None if p in _ACTION_TAGS else p)
+    return parse_yaml_model(
+        text,
+        source,
+        RulesFile,
+        RulesError,
+        shape="a rules file is a mapping with `version` and `rules`",
+        loc_part=lambda p: None if p in _ACTION_TAGS else p,
+    )
 
 
 # -- evaluation ------------------------------------------------------------------------------------
 
 PLAN_COLUMNS = [
-    "ledger_key", "rule", "action", "status", "reason", "trigger", "object_id", "customer_id", "charge_id",
-    "amount", "currency", "unrefunded", "refund_amount", "charge_disputed", "recipient", "subject", "body",
-    "metadata", "refund_reason",
+    "ledger_key",
+    "rule",
+    "action",
+    "status",
+    "reason",
+    "trigger",
+    "object_id",
+    "customer_id",
+    "charge_id",
+    "amount",
+    "currency",
+    "unrefunded",
+    "refund_amount",
+    "charge_disputed",
+    "recipient",
+    "subject",
+    "body",
+    "metadata",
+    "refund_reason",
 ]
 # status, one name per idea (the README lists them; workflow_actions counts them under the same names):
 #   planned         will be carried out by this run
@@ -203,17 +235,30 @@ PLAN_COLUMNS = [
 #   done_before     giftflow's ledger shows an earlier run carried this action out: not done again
 #   not_applicable  reported only, nothing to do (no customer, charge fully refunded, no rule matched)
 PLANNED, WOULD_REFUND, UNCHANGED, DONE_BEFORE, NOT_APPLICABLE = (
-    "planned", "would_refund", "unchanged", "done_before", "not_applicable")
+    "planned",
+    "would_refund",
+    "unchanged",
+    "done_before",
+    "not_applicable",
+)
 
 
 def payment_triggers(payment_intents: pd.DataFrame) -> pd.DataFrame:
     """payment_intent.succeeded trigger rows from payment intents (id, amount, currency, customer, status)."""
     pis = payment_intents[payment_intents["status"] == "succeeded"]
-    return pd.DataFrame({
-        "object_id": pis["id"], "payment_intent": pis["id"], "customer_id": pis["customer"],
-        "amount": pis["amount"].astype("int64"), "currency": pis["currency"], "charge_id": pis.get("latest_charge"),
-        "unrefunded": pis["amount"].astype("int64"), "charge_disputed": False, "charge_fully_refunded": False,
-    }).reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "object_id": pis["id"],
+            "payment_intent": pis["id"],
+            "customer_id": pis["customer"],
+            "amount": pis["amount"].astype("int64"),
+            "currency": pis["currency"],
+            "charge_id": pis.get("latest_charge"),
+            "unrefunded": pis["amount"].astype("int64"),
+            "charge_disputed": False,
+            "charge_fully_refunded": False,
+        }
+    ).reset_index(drop=True)
 
 
 def fraud_triggers(warnings: pd.DataFrame, charges: pd.DataFrame) -> pd.DataFrame:
@@ -224,23 +269,34 @@ def fraud_triggers(warnings: pd.DataFrame, charges: pd.DataFrame) -> pd.DataFram
         raise ValueError(f"early fraud warnings without their charge: {list(joined.loc[missing, 'id'])}")
     amount = joined["charge_amount"].astype("int64")
     refunded = joined["charge_amount_refunded"].astype("int64")
-    return pd.DataFrame({
-        "object_id": joined["id"], "payment_intent": joined.get("charge_payment_intent"),
-        "customer_id": joined["charge_customer"], "amount": amount, "currency": joined["charge_currency"],
-        "charge_id": joined["charge_id"], "unrefunded": amount - refunded,
-        "charge_disputed": joined["charge_disputed"].astype(bool),
-        "charge_fully_refunded": joined["charge_refunded"].astype(bool) | (refunded >= amount),
-    }).reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "object_id": joined["id"],
+            "payment_intent": joined.get("charge_payment_intent"),
+            "customer_id": joined["charge_customer"],
+            "amount": amount,
+            "currency": joined["charge_currency"],
+            "charge_id": joined["charge_id"],
+            "unrefunded": amount - refunded,
+            "charge_disputed": joined["charge_disputed"].astype(bool),
+            "charge_fully_refunded": joined["charge_refunded"].astype(bool) | (refunded >= amount),
+        }
+    ).reset_index(drop=True)
 
 
-def _mask(cond: Conditions, t: pd.DataFrame, rules: RulesFile, customer_meta: dict[str, dict],
-          lifetime: dict[tuple[str, str], int]) -> np.ndarray:
+def _mask(
+    cond: Conditions, t: pd.DataFrame, rules: RulesFile, customer_meta: dict[str, dict], lifetime: dict[tuple[str, str], int]
+) -> np.ndarray:
     m = np.ones(len(t), dtype=bool)
     if cond.currency is not None:
         m &= t["currency"].isin(cond.currency).to_numpy()
     amount = t["amount"].to_numpy()
-    for value, op in ((cond.amount_gt, np.greater), (cond.amount_gte, np.greater_equal),
-                      (cond.amount_lt, np.less), (cond.amount_lte, np.less_equal)):
+    for value, op in (
+        (cond.amount_gt, np.greater),
+        (cond.amount_gte, np.greater_equal),
+        (cond.amount_lt, np.less),
+        (cond.amount_lte, np.less_equal),
+    ):
         if value is not None:
             m &= op(amount, value)
     has_customer = t["customer_id"].notna().to_numpy()
@@ -248,8 +304,13 @@ def _mask(cond: Conditions, t: pd.DataFrame, rules: RulesFile, customer_meta: di
         m &= has_customer == cond.has_customer
     if cond.customer_metadata:
         wanted = cond.customer_metadata.items()
-        m &= np.array([all(customer_meta.get(c, {}).get(k) == v for k, v in wanted) if isinstance(c, str) else False
-                       for c in t["customer_id"]], dtype=bool)
+        m &= np.array(
+            [
+                all(customer_meta.get(c, {}).get(k) == v for k, v in wanted) if isinstance(c, str) else False
+                for c in t["customer_id"]
+            ],
+            dtype=bool,
+        )
     if cond.lifetime_spend_gt is not None:
         spend = np.array([lifetime.get((c, cur), 0) for c, cur in zip(t["customer_id"], t["currency"])])
         m &= spend > cond.lifetime_spend_gt
@@ -276,11 +337,16 @@ def _context(row: dict) -> dict[str, Any]:
     # A warning is looked into on its charge's page; a payment on its own.
     linked = _text(row.get("charge_id")) if row["object_id"].startswith("issfr_") else row["object_id"]
     return {
-        "payment_intent": _text(row.get("payment_intent")), "customer": _text(row.get("customer_id"), "(none)"),
-        "charge": _text(row.get("charge_id")), "early_fraud_warning": row["object_id"],
-        "amount": format_minor(int(row["amount"]), row["currency"]), "amount_minor": int(row["amount"]),
-        "currency": row["currency"].upper(), "unrefunded": format_minor(int(row["unrefunded"]), row["currency"]),
-        "object": row["object_id"], "dashboard_url": dashboard_url(linked or row["object_id"]),
+        "payment_intent": _text(row.get("payment_intent")),
+        "customer": _text(row.get("customer_id"), "(none)"),
+        "charge": _text(row.get("charge_id")),
+        "early_fraud_warning": row["object_id"],
+        "amount": format_minor(int(row["amount"]), row["currency"]),
+        "amount_minor": int(row["amount"]),
+        "currency": row["currency"].upper(),
+        "unrefunded": format_minor(int(row["unrefunded"]), row["currency"]),
+        "object": row["object_id"],
+        "dashboard_url": dashboard_url(linked or row["object_id"]),
     }
 
 
@@ -310,8 +376,9 @@ def evaluate_rules(
         if rule.unless:
             mask &= ~matched[rule.unless]
         if done:
-            mask |= np.array([any(f"{rule.name}:{o}:{i}" in done for i in range(len(rule.actions)))
-                              for o in t["object_id"]], dtype=bool)
+            mask |= np.array(
+                [any(f"{rule.name}:{o}:{i}" in done for i in range(len(rule.actions))) for o in t["object_id"]], dtype=bool
+            )
         matched[rule.name] = mask
         for row in t[mask].to_dict("records"):
             for index, action in enumerate(rule.actions):
@@ -335,18 +402,31 @@ def evaluate_rules(
 
 def _base(rule_name: str, action: str, row: dict, index: int) -> dict:
     return {
-        "ledger_key": f"{rule_name}:{row['object_id']}:{index}", "rule": rule_name, "action": action,
-        "status": PLANNED, "reason": "", "trigger": "", "object_id": row["object_id"],
+        "ledger_key": f"{rule_name}:{row['object_id']}:{index}",
+        "rule": rule_name,
+        "action": action,
+        "status": PLANNED,
+        "reason": "",
+        "trigger": "",
+        "object_id": row["object_id"],
         "customer_id": row.get("customer_id") if isinstance(row.get("customer_id"), str) else None,
         "charge_id": row.get("charge_id") if isinstance(row.get("charge_id"), str) else None,
-        "amount": int(row["amount"]), "currency": row["currency"], "unrefunded": int(row["unrefunded"]),
-        "refund_amount": 0, "charge_disputed": bool(row["charge_disputed"]), "recipient": None, "subject": None,
-        "body": None, "metadata": None, "refund_reason": None,
+        "amount": int(row["amount"]),
+        "currency": row["currency"],
+        "unrefunded": int(row["unrefunded"]),
+        "refund_amount": 0,
+        "charge_disputed": bool(row["charge_disputed"]),
+        "recipient": None,
+        "subject": None,
+        "body": None,
+        "metadata": None,
+        "refund_reason": None,
     }
 
 
-def _plan_row(rule: Rule, index: int, action, row: dict, customer_meta: dict, team_email: str | None,
-              refunds_enabled: bool) -> dict:
+def _plan_row(
+    rule: Rule, index: int, action, row: dict, customer_meta: dict, team_email: str | None, refunds_enabled: bool
+) -> dict:
     out = _base(rule.name, action.type, row, index)
     out["trigger"] = rule.trigger
     if isinstance(action, EmailAction):
@@ -376,6 +456,7 @@ def _plan_row(rule: Rule, index: int, action, row: dict, customer_meta: dict, te
 
 # -- invariants (blocking checks on a plan) -------------------------------------------------------
 
+
 def plan_violations(plan: pd.DataFrame, limits: Limits) -> dict[str, list[str]]:
     """Each invariant's violations (empty lists = the plan may be applied)."""
     refunds = plan[(plan["action"] == "refund") & (plan["status"] == PLANNED)]
@@ -384,14 +465,26 @@ def plan_violations(plan: pd.DataFrame, limits: Limits) -> dict[str, list[str]]:
     return {
         "refund_within_unrefunded_amount": [
             f"{r.ledger_key}: refund {r.refund_amount} > unrefunded {r.unrefunded}"
-            for r in refunds.itertuples() if r.refund_amount > r.unrefunded or r.refund_amount <= 0],
-        "no_refund_of_disputed_charge": [f"{r.ledger_key}: charge {r.charge_id} is disputed"
-                                         for r in refunds.itertuples() if r.charge_disputed],
-        "refund_caps": ([f"{len(refunds)} refunds > cap {limits.max_refunds_per_run}"]
-                        if len(refunds) > limits.max_refunds_per_run else [])
-        + [f"{format_minor(int(total), cur)} refunded > cap "
-           f"{format_minor(limits.max_refund_amount_per_run.get(cur, 0), cur)}"
-           for cur, total in totals.items() if total > limits.max_refund_amount_per_run.get(cur, 0)],
-        "mail_has_recipient": [f"{r.ledger_key}: no recipient" for r in mails.itertuples()
-                               if not isinstance(r.recipient, str) or not EMAIL.fullmatch(r.recipient)],
+            for r in refunds.itertuples()
+            if r.refund_amount > r.unrefunded or r.refund_amount <= 0
+        ],
+        "no_refund_of_disputed_charge": [
+            f"{r.ledger_key}: charge {r.charge_id} is disputed" for r in refunds.itertuples() if r.charge_disputed
+        ],
+        "refund_caps": (
+            [f"{len(refunds)} refunds > cap {limits.max_refunds_per_run}"]
+            if len(refunds) > limits.max_refunds_per_run
+            else []
+        )
+        + [
+            f"{format_minor(int(total), cur)} refunded > cap "
+            f"{format_minor(limits.max_refund_amount_per_run.get(cur, 0), cur)}"
+            for cur, total in totals.items()
+            if total > limits.max_refund_amount_per_run.get(cur, 0)
+        ],
+        "mail_has_recipient": [
+            f"{r.ledger_key}: no recipient"
+            for r in mails.itertuples()
+            if not isinstance(r.recipient, str) or not EMAIL.fullmatch(r.recipient)
+        ],
     }

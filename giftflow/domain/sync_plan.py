@@ -39,7 +39,7 @@ def _text(series: pd.Series) -> pd.Series:
     """A source column as trimmed strings, missing and blank as NA (integral floats without '.0')."""
     if pd.api.types.is_float_dtype(series):
         values = series.to_numpy(dtype="float64")
-        whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2 ** 53)
+        whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2**53)
         out = series.astype(object).where(series.notna(), None)
         out[whole] = values[whole].astype(np.int64).astype(str)
         out[~whole & series.notna().to_numpy()] = series[~whole & series.notna().to_numpy()].astype(str)
@@ -57,8 +57,11 @@ class _Problems:
     def add(self, mask, reason: str | pd.Series) -> None:
         mask = np.asarray(mask, dtype=bool)
         if mask.any():
-            reasons = reason[mask].to_numpy(dtype=object) if isinstance(reason, pd.Series) else np.full(
-                mask.sum(), reason, dtype=object)
+            reasons = (
+                reason[mask].to_numpy(dtype=object)
+                if isinstance(reason, pd.Series)
+                else np.full(mask.sum(), reason, dtype=object)
+            )
             self.parts.append((np.flatnonzero(mask), reasons))
 
     def reasons(self) -> pd.Series:
@@ -76,8 +79,10 @@ def wanted_frame(source: pd.DataFrame, spec: SyncSpec) -> tuple[pd.DataFrame, pd
     columns = spec.mapping.columns()
     missing = sorted({c for c in [*columns.values(), spec.key_column] if c not in source.columns})
     if missing:
-        raise KeyError(f"sync {spec.name}: the source has no column(s) {', '.join(missing)} "
-                       f"(it has {', '.join(map(str, source.columns))})")
+        raise KeyError(
+            f"sync {spec.name}: the source has no column(s) {', '.join(missing)} "
+            f"(it has {', '.join(map(str, source.columns))})"
+        )
     n = len(source)
     problems = _Problems(n)
     out = pd.DataFrame(index=pd.RangeIndex(n))
@@ -94,15 +99,16 @@ def wanted_frame(source: pd.DataFrame, spec: SyncSpec) -> tuple[pd.DataFrame, pd
     if "email" in out:
         bad = out["email"].notna() & ~out["email"].str.fullmatch(EMAIL_RE).fillna(False).astype(bool)
         problems.add(bad | (out["email"].str.len() > 512).fillna(False), "email: not a valid e-mail address")
-    out["email_norm"] = out["email"].str.lower() if "email" in out else pd.Series(pd.NA, index=out.index,
-                                                                                    dtype="string")
+    out["email_norm"] = out["email"].str.lower() if "email" in out else pd.Series(pd.NA, index=out.index, dtype="string")
     if spec.identifier == "email":  # a row naming its customer by id needs no e-mail to be found
         problems.add(out["email_norm"].isna() & out["given_id"].isna(), "no e-mail to match on")
     for field in ("phone", "shipping.phone"):
         if field in out:
             phone = out[field].str.replace(r"[\s().\-/]", "", regex=True)
-            problems.add(out[field].notna() & ~phone.str.fullmatch(PHONE_RE).fillna(False).astype(bool),
-                         f"{field}: not an international phone number (+ country code, 7-15 digits)")
+            problems.add(
+                out[field].notna() & ~phone.str.fullmatch(PHONE_RE).fillna(False).astype(bool),
+                f"{field}: not an international phone number (+ country code, 7-15 digits)",
+            )
             out[field] = phone
     for field in ("address.country", "shipping.address.country"):
         if field in out:
@@ -113,8 +119,13 @@ def wanted_frame(source: pd.DataFrame, spec: SyncSpec) -> tuple[pd.DataFrame, pd
         whole = out["balance"].str.fullmatch(r"[+-]?[0-9]{1,15}").fillna(False).astype(bool)
         problems.add(out["balance"].notna() & ~whole, "balance: not a whole amount in minor units (cents)")
         # The integer's canonical text, as the mirror holds it: no "+", no leading zeros, "-0" is "0".
-        out["balance"] = out["balance"].where(~whole, out["balance"].str.lstrip("+").str.replace(
-            r"^(-?)0+(?=[0-9])", r"\1", regex=True).str.replace(r"^-0$", "0", regex=True))
+        out["balance"] = out["balance"].where(
+            ~whole,
+            out["balance"]
+            .str.lstrip("+")
+            .str.replace(r"^(-?)0+(?=[0-9])", r"\1", regex=True)
+            .str.replace(r"^-0$", "0", regex=True),
+        )
     _tax_id(source, spec, out, problems)
     _promotion_code(source, spec, out, problems)
     _metadata(source, spec, out, problems)
@@ -135,11 +146,15 @@ def _tax_id(source: pd.DataFrame, spec: SyncSpec, out: pd.DataFrame, problems: _
     if mapping is None:
         return
     value = _text(source[mapping.value]).reset_index(drop=True).str.replace(r"\s", "", regex=True)
-    type_ = out.pop("tax_id.type").str.lower() if mapping.type_column else pd.Series(
-        mapping.type, index=out.index, dtype="string")
+    type_ = (
+        out.pop("tax_id.type").str.lower()
+        if mapping.type_column
+        else pd.Series(mapping.type, index=out.index, dtype="string")
+    )
     problems.add(value.notna() & type_.isna(), "tax_id: a value without a type")
-    problems.add(value.notna() & type_.notna() & ~type_.isin(TAX_ID_TYPES),
-                 "tax_id: type is not one of Stripe's tax-id types")
+    problems.add(
+        value.notna() & type_.notna() & ~type_.isin(TAX_ID_TYPES), "tax_id: type is not one of Stripe's tax-id types"
+    )
     out["tax_id"] = (type_ + ":" + value).where(value.notna())
 
 
@@ -151,8 +166,10 @@ def _promotion_code(source: pd.DataFrame, spec: SyncSpec, out: pd.DataFrame, pro
     coupon = _text(source[mapping.coupon]).reset_index(drop=True)
     code = _text(source[mapping.code]).reset_index(drop=True)
     problems.add(coupon.notna() != code.notna(), "promotion_code: a coupon and a code go together")
-    problems.add(code.notna() & ~code.str.fullmatch(r"[A-Za-z0-9]{3,500}").fillna(False).astype(bool),
-                 "promotion_code: a code is 3 or more letters and digits")
+    problems.add(
+        code.notna() & ~code.str.fullmatch(r"[A-Za-z0-9]{3,500}").fillna(False).astype(bool),
+        "promotion_code: a code is 3 or more letters and digits",
+    )
     out["promotion_code"] = (coupon + ":" + code).where(coupon.notna() & code.notna())
 
 
@@ -162,8 +179,10 @@ def _metadata(source: pd.DataFrame, spec: SyncSpec, out: pd.DataFrame, problems:
         return
     for key in mapping.columns:
         col = out[f"metadata.{key}"]
-        problems.add((col.str.len() > METADATA_MAX_VALUE_LEN).fillna(False),
-                     f"metadata.{key}: longer than {METADATA_MAX_VALUE_LEN} characters")
+        problems.add(
+            (col.str.len() > METADATA_MAX_VALUE_LEN).fillna(False),
+            f"metadata.{key}: longer than {METADATA_MAX_VALUE_LEN} characters",
+        )
     if mapping.json_column:
         spread: dict[str, dict[int, str]] = {}
         bad: dict[int, str] = {}
@@ -186,11 +205,14 @@ def _metadata(source: pd.DataFrame, spec: SyncSpec, out: pd.DataFrame, problems:
         for key, values in spread.items():
             col = pd.Series(values, dtype="string").reindex(out.index)
             out[f"metadata.{key}"] = col.mask(col == "")
-            problems.add((col.str.len() > METADATA_MAX_VALUE_LEN).fillna(False),
-                         f"metadata.{key}: longer than {METADATA_MAX_VALUE_LEN} characters")
+            problems.add(
+                (col.str.len() > METADATA_MAX_VALUE_LEN).fillna(False),
+                f"metadata.{key}: longer than {METADATA_MAX_VALUE_LEN} characters",
+            )
     keys = [c for c in out.columns if c.startswith("metadata.")]
-    problems.add(out[keys].notna().sum(axis=1).to_numpy() > METADATA_MAX_KEYS,
-                 f"metadata: more than {METADATA_MAX_KEYS} keys")
+    problems.add(
+        out[keys].notna().sum(axis=1).to_numpy() > METADATA_MAX_KEYS, f"metadata: more than {METADATA_MAX_KEYS} keys"
+    )
 
 
 def _meta_value(value: Any) -> str:
@@ -225,8 +247,10 @@ def current_frame(customers: list[dict], fields: list[str]) -> pd.DataFrame:
             data[field] = [(c.get("metadata") or {}).get(key) or None for c in customers]
         elif field.startswith(("address.", "shipping.address.")):
             top, key = field.split(".")[0], field.split(".")[-1]
-            data[field] = [((c.get(top) or {}).get("address", {}) if top == "shipping" else (c.get(top) or {}))
-                           .get(key) or None for c in customers]
+            data[field] = [
+                ((c.get(top) or {}).get("address", {}) if top == "shipping" else (c.get(top) or {})).get(key) or None
+                for c in customers
+            ]
         elif field.startswith("shipping."):
             data[field] = [(c.get("shipping") or {}).get(field.split(".")[1]) or None for c in customers]
         elif field == "tax_id":
@@ -240,8 +264,15 @@ def current_frame(customers: list[dict], fields: list[str]) -> pd.DataFrame:
     return pd.DataFrame(data, index=pd.Index([c["id"] for c in customers], name="customer_id"))
 
 
-def plan_sync(spec: SyncSpec, wanted: pd.DataFrame, invalid: pd.Series, current: pd.DataFrame,
-              written_back: dict[str, str] | None = None, *, found: np.ndarray | None = None) -> pd.DataFrame:
+def plan_sync(
+    spec: SyncSpec,
+    wanted: pd.DataFrame,
+    invalid: pd.Series,
+    current: pd.DataFrame,
+    written_back: dict[str, str] | None = None,
+    *,
+    found: np.ndarray | None = None,
+) -> pd.DataFrame:
     """One row per source row: what to do at Stripe and why. `written_back`: row key -> customer id this
     sync created before (so a rerun updates instead of creating). `found`: each row's customer as a position
     in `current` (-1: none) where the caller has matched them already by the rules of step 2 (the gift-card
@@ -274,14 +305,16 @@ def _validation_problems(invalid: pd.Series, n: int) -> np.ndarray:
 
 
 # -- step 2: match ----------------------------------------------------------------------------------------
-def _match_customers(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame,
-                     written_back: dict[str, str]) -> np.ndarray:
+def _match_customers(
+    spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, written_back: dict[str, str]
+) -> np.ndarray:
     """Per row: the position in `current` of its customer, -1 for none. The first way that finds one wins:
     the mapped id, the id this sync's earlier create wrote back, the newest customer with the row's e-mail."""
     found = _by_id(current, wanted["given_id"])
     if written_back:
-        found = _fill_unmatched(found, lambda rows: _by_id(current, wanted["row_key"].iloc[rows].map(pd.Series(
-            written_back, dtype=object))))
+        found = _fill_unmatched(
+            found, lambda rows: _by_id(current, wanted["row_key"].iloc[rows].map(pd.Series(written_back, dtype=object)))
+        )
     if spec.identifier == "email":
         found = _fill_unmatched(found, lambda rows: _by_newest_email(current, wanted["email_norm"].iloc[rows]))
     return found
@@ -306,8 +339,9 @@ def _by_newest_email(current: pd.DataFrame, emails: pd.Series) -> np.ndarray:
     # Only the customers sharing a wanted e-mail need sorting.
     sharing = current[current["email_norm"].isin(emails.dropna()).to_numpy()].reset_index()
     newest = sharing.sort_values(["created", "customer_id"], kind="stable").drop_duplicates("email_norm", keep="last")
-    return current.index.get_indexer(emails.map(newest.set_index("email_norm")["customer_id"])
-                                     .to_numpy(dtype=object, na_value=None))
+    return current.index.get_indexer(
+        emails.map(newest.set_index("email_norm")["customer_id"]).to_numpy(dtype=object, na_value=None)
+    )
 
 
 # -- step 3: decide the target ----------------------------------------------------------------------------
@@ -325,14 +359,20 @@ def _targets(spec: SyncSpec, wanted: pd.DataFrame, problems: np.ndarray, found: 
     may_update = valid & matched
     may_create = valid & ~matched & (no_create == "")
     same_customer = _later_repeats(found, may_update)
-    same_email = _later_repeats(wanted["email_norm"].to_numpy(dtype=object, na_value=None), may_create) \
-        if spec.identifier == "email" else np.zeros(len(found), dtype=bool)
-    reason = _first_that_applies([
-        (~valid, problems),
-        (valid & ~matched & ~may_create, no_create),
-        (same_customer, RejectReason.SAME_CUSTOMER.value),
-        (same_email, RejectReason.SAME_EMAIL_CREATE.value),
-    ], len(found))
+    same_email = (
+        _later_repeats(wanted["email_norm"].to_numpy(dtype=object, na_value=None), may_create)
+        if spec.identifier == "email"
+        else np.zeros(len(found), dtype=bool)
+    )
+    reason = _first_that_applies(
+        [
+            (~valid, problems),
+            (valid & ~matched & ~may_create, no_create),
+            (same_customer, RejectReason.SAME_CUSTOMER.value),
+            (same_email, RejectReason.SAME_EMAIL_CREATE.value),
+        ],
+        len(found),
+    )
     return _Targets(reason, np.flatnonzero(may_update & ~same_customer), np.flatnonzero(may_create & ~same_email))
 
 
@@ -340,8 +380,15 @@ def _why_no_create(spec: SyncSpec, wanted: pd.DataFrame) -> np.ndarray:
     """Per row: why no customer may be created for it when none matches, "" when one may be."""
     n = len(wanted)
     if spec.mode == "update":
-        return np.full(n, (RejectReason.NO_CUSTOMER_WITH_ID_UPDATE if spec.identifier == "id"
-                           else RejectReason.NO_CUSTOMER_WITH_EMAIL_UPDATE).value, dtype=object)
+        return np.full(
+            n,
+            (
+                RejectReason.NO_CUSTOMER_WITH_ID_UPDATE
+                if spec.identifier == "id"
+                else RejectReason.NO_CUSTOMER_WITH_EMAIL_UPDATE
+            ).value,
+            dtype=object,
+        )
     out = np.full(n, "", dtype=object)
     if spec.identifier == "id":  # upsert by id creates the rows without an id: a given id Stripe lacks is a mistake
         out[wanted["given_id"].notna().to_numpy()] = RejectReason.NO_CUSTOMER_WITH_ID.value
@@ -367,8 +414,9 @@ def _first_that_applies(rules: list[tuple[np.ndarray, Any]], n: int) -> np.ndarr
 
 
 # -- step 4: diff fields ----------------------------------------------------------------------------------
-def _diff_fields(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fields: list[str], rows: np.ndarray,
-                 pos: np.ndarray) -> np.ndarray:
+def _diff_fields(
+    spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fields: list[str], rows: np.ndarray, pos: np.ndarray
+) -> np.ndarray:
     """rows x fields: does the field need writing (row `rows[i]` against the customer at `pos[i]`). A create_only
     field never does; the others follow the rule for their kind."""
     out = np.zeros((len(rows), len(fields)), dtype=bool)
@@ -376,8 +424,11 @@ def _diff_fields(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fi
         if _top(field) in spec.create_only:
             continue
         want = _gather(wanted[field], rows)
-        have = _gather(current[field], pos) if field in current else (np.full(len(rows), None, object),
-                                                                      np.ones(len(rows), dtype=bool))
+        have = (
+            _gather(current[field], pos)
+            if field in current
+            else (np.full(len(rows), None, object), np.ones(len(rows), dtype=bool))
+        )
         if field in ("tax_id", "coupon", "promotion_code"):
             out[:, j] = _added_when_missing(want, have)
         elif field == "source":
@@ -386,8 +437,12 @@ def _diff_fields(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fi
             out[:, j] = _balance_differs(want, have, clear=spec.empty_values == "clear")
         else:
             # The e-mail a sync matches on is never cleared: a row naming its customer by id may lack it.
-            out[:, j] = _value_differs(want, have, clear=spec.empty_values == "clear" and not (
-                field == "email" and spec.identifier == "email"), fold_case=field == "email")
+            out[:, j] = _value_differs(
+                want,
+                have,
+                clear=spec.empty_values == "clear" and not (field == "email" and spec.identifier == "email"),
+                fold_case=field == "email",
+            )
     return out
 
 
@@ -425,15 +480,24 @@ def _value_differs(want: _Gathered, have: _Gathered, clear: bool, fold_case: boo
 def _decide_actions(targets: _Targets, changes: np.ndarray) -> np.ndarray:
     """Per row: reject (it has a reason), create, update (a field differs), else none."""
     # Object arrays of the two strings: a str array made object would hold a new string per row.
-    action = np.where(targets.reason != "", np.array(Action.REJECT.value, dtype=object),
-                      np.array(Action.NONE.value, dtype=object))
+    action = np.where(
+        targets.reason != "", np.array(Action.REJECT.value, dtype=object), np.array(Action.NONE.value, dtype=object)
+    )
     action[targets.updates[changes.any(axis=1)]] = Action.UPDATE.value
     action[targets.creates] = Action.CREATE.value
     return action
 
 
-def _plan_frame(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fields: list[str], found: np.ndarray,
-                targets: _Targets, changes: np.ndarray, action: np.ndarray) -> pd.DataFrame:
+def _plan_frame(
+    spec: SyncSpec,
+    wanted: pd.DataFrame,
+    current: pd.DataFrame,
+    fields: list[str],
+    found: np.ndarray,
+    targets: _Targets,
+    changes: np.ndarray,
+    action: np.ndarray,
+) -> pd.DataFrame:
     """The plan: action, reason and changed fields per row, what a create is known by, and per field the value
     wanted and (matched rows) the value Stripe holds."""
     n = len(wanted)
@@ -449,10 +513,20 @@ def _plan_frame(spec: SyncSpec, wanted: pd.DataFrame, current: pd.DataFrame, fie
     emails = wanted["email_norm"].to_numpy(dtype=object, na_value=None)
     identity = np.full(n, None, dtype=object)
     identity[updates] = customer_id[updates]
-    identity[creates] = emails[creates] if spec.identifier == "email" else \
-        np.array([f"sync:{spec.name}:{k}" for k in keys[creates]], dtype=object)
-    columns = {"row_key": keys, "customer_id": customer_id, "email": emails, "action": action, "reason": reason,
-               "changed": changed, "identity": identity}
+    identity[creates] = (
+        emails[creates]
+        if spec.identifier == "email"
+        else np.array([f"sync:{spec.name}:{k}" for k in keys[creates]], dtype=object)
+    )
+    columns = {
+        "row_key": keys,
+        "customer_id": customer_id,
+        "email": emails,
+        "action": action,
+        "reason": reason,
+        "changed": changed,
+        "identity": identity,
+    }
     pos = found[updates]
     for f in fields:
         columns[WANT + f] = wanted[f].to_numpy(dtype=object)  # request() reads NaN as None
@@ -470,8 +544,7 @@ def _names(flags: np.ndarray, names: list[str]) -> np.ndarray:
     if width == 0:
         return np.full(len(flags), "", dtype=object)
     if width < 63:  # one integer per row sorts much faster than rows of bytes
-        patterns, inverse = np.unique(flags.astype(np.int64) @ (1 << np.arange(width, dtype=np.int64)),
-                                      return_inverse=True)
+        patterns, inverse = np.unique(flags.astype(np.int64) @ (1 << np.arange(width, dtype=np.int64)), return_inverse=True)
         bits = (patterns[:, None] >> np.arange(width)) & 1 == 1
     else:
         patterns, inverse = np.unique(np.packbits(flags, axis=1), axis=0, return_inverse=True)
@@ -504,6 +577,7 @@ def _group(field: str) -> str | None:
 
 def _nested(spec: SyncSpec, group: str, w: dict, c: dict | None, clear: bool, create: bool) -> dict:
     """The whole `address` / `shipping` hash to send: wanted values where mapped, else what Stripe has."""
+
     def pick(field: str, current: Any) -> str:
         if field in w and w[field] is not None:
             return w[field]
@@ -515,8 +589,11 @@ def _nested(spec: SyncSpec, group: str, w: dict, c: dict | None, clear: bool, cr
         cur = c.get("address") if c else None
         return {k: pick(f"address.{k}", (cur or {}).get(k)) for k in ADDRESS_KEYS}
     cur = (c.get("shipping") if c else None) or {}
-    return {"name": pick("shipping.name", cur.get("name")), "phone": pick("shipping.phone", cur.get("phone")),
-            "address": {k: pick(f"shipping.address.{k}", (cur.get("address") or {}).get(k)) for k in ADDRESS_KEYS}}
+    return {
+        "name": pick("shipping.name", cur.get("name")),
+        "phone": pick("shipping.phone", cur.get("phone")),
+        "address": {k: pick(f"shipping.address.{k}", (cur.get("address") or {}).get(k)) for k in ADDRESS_KEYS},
+    }
 
 
 class Request(NamedTuple):
@@ -530,10 +607,10 @@ def request(spec: SyncSpec, row: dict) -> Request:
     of a million rows builds no dictionaries for the rows that stay as they are."""
     # A plan that went through pandas may hold NaN for None: the idempotency key must not see a difference;
     # an empty string is no value either (a create never sends name="").
-    want = {k[len(WANT):]: None if pd.isna(v) or v == "" else v for k, v in row.items() if k.startswith(WANT)}
+    want = {k[len(WANT) :]: None if pd.isna(v) or v == "" else v for k, v in row.items() if k.startswith(WANT)}
     if row["action"] == Action.CREATE:
         return _create_request(spec, want)
-    was = {k[len(WAS):]: None if pd.isna(v) else v for k, v in row.items() if k.startswith(WAS)}
+    was = {k[len(WAS) :]: None if pd.isna(v) else v for k, v in row.items() if k.startswith(WAS)}
     params: dict = {}
     before: dict = {}
     follow: list = []
@@ -586,11 +663,19 @@ def catch_up(spec: SyncSpec, row: dict, customer: dict) -> dict | None:
     what the row wants, or None when it is there. Tax ids, coupons and payment sources are not on the customer
     object; they are left to the next run's diff against the refreshed mirror."""
     later = ("tax_id", "coupon", "promotion_code", "source")
-    fields = [k[len(WANT):] for k in row if k.startswith(WANT) and k[len(WANT):] not in later]
-    wanted = pd.DataFrame({"row_key": [row["row_key"]], "given_id": [customer["id"]], "email_norm": [row["email"]],
-                           **{f: [row[WANT + f]] for f in fields}}, dtype=object)
-    plan = plan_sync(spec.model_copy(update={"mode": "update"}), wanted, pd.Series(dtype=object),
-                     current_frame([customer], fields))
+    fields = [k[len(WANT) :] for k in row if k.startswith(WANT) and k[len(WANT) :] not in later]
+    wanted = pd.DataFrame(
+        {
+            "row_key": [row["row_key"]],
+            "given_id": [customer["id"]],
+            "email_norm": [row["email"]],
+            **{f: [row[WANT + f]] for f in fields},
+        },
+        dtype=object,
+    )
+    plan = plan_sync(
+        spec.model_copy(update={"mode": "update"}), wanted, pd.Series(dtype=object), current_frame([customer], fields)
+    )
     update = plan.iloc[0].to_dict()
     return update if update["action"] == Action.UPDATE else None
 
@@ -636,9 +721,14 @@ def _coupon_request(spec: SyncSpec, field: str, value: str) -> dict:
         return {"kind": "apply_coupon", "params": {"coupon": value}}
     assert spec.mapping.promotion_code is not None
     coupon, _, code = value.partition(":")
-    return {"kind": "create_promotion_code", "params": {
-        "promotion": {"type": "coupon", "coupon": coupon}, "code": code,
-        "max_redemptions": spec.mapping.promotion_code.max_redemptions}}
+    return {
+        "kind": "create_promotion_code",
+        "params": {
+            "promotion": {"type": "coupon", "coupon": coupon},
+            "code": code,
+            "max_redemptions": spec.mapping.promotion_code.max_redemptions,
+        },
+    }
 
 
 def _prune(value: dict) -> dict:
@@ -656,4 +746,3 @@ def describe_mapping(spec: SyncSpec) -> str:
     if spec.mapping.promotion_code:
         lines.append(f"| `promotion_code.max_redemptions` | `{spec.mapping.promotion_code.max_redemptions}` (fixed) |")
     return "\n".join(lines)
-

@@ -182,8 +182,11 @@ class Mapping(_Model):
 
     def columns(self) -> dict[str, str]:
         """Flat field path ("shipping.address.city", "metadata.tier", "tax_id.value") -> source column."""
-        out = {k: getattr(self, k) for k in ("id", "email", "name", "phone", "description", "balance", "source",
-                                              "coupon") if getattr(self, k)}
+        out = {
+            k: getattr(self, k)
+            for k in ("id", "email", "name", "phone", "description", "balance", "source", "coupon")
+            if getattr(self, k)
+        }
         if self.address:
             out |= {f"address.{k}": v for k, v in self.address.model_dump().items() if v}
         if self.shipping:
@@ -270,12 +273,19 @@ def _json_key(data: dict) -> None:
 
 def parse_sync(text: str, source: str = "<sync>") -> SyncSpec:
     """Parse and validate one sync file; a SyncSpecError names the file, the line and the problem."""
-    spec = parse_yaml_model(text, source, SyncSpec, SyncSpecError,
-                            shape="a sync file is a mapping with version, name, source, identifier, mapping",
-                            prepare=_json_key, loc_part=lambda p: "json" if p == "json_column" else p)
+    spec = parse_yaml_model(
+        text,
+        source,
+        SyncSpec,
+        SyncSpecError,
+        shape="a sync file is a mapping with version, name, source, identifier, mapping",
+        prepare=_json_key,
+        loc_part=lambda p: "json" if p == "json_column" else p,
+    )
     spec._file = source
-    spec._lines = {"source": line_in(text, ("source", spec.source.kind)), "url": line_in(text, ("source", "url")),
-                   "name": line_in(text, ("name",))}
+    spec._lines = {
+        "source": line_in(text, ("source", spec.source.kind)),
+        "url": line_in(text, ("source", "url")),
+        "name": line_in(text, ("name",)),
+    }
     return spec
-
-

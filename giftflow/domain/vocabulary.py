@@ -20,6 +20,7 @@ import sys
 if sys.version_info >= (3, 11):
     from enum import StrEnum
 else:  # pragma: no cover - Python 3.10 (requires-python), same behaviour
+
     class StrEnum(str, enum.Enum):
         """str(member) and f"{member}" give the value, as enum.StrEnum does."""
 

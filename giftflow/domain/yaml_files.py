@@ -91,6 +91,7 @@ def parse_yaml_model(
             loc = tuple(p for p in (loc_part(part) for part in err["loc"]) if p is not None)
             where = ".".join(str(p) for p in loc) or "file"
             hint = _did_you_mean(loc[-1], model) if err["type"] == "extra_forbidden" and loc else ""
-            problems.append(f"{source}:{_line_of(tree, loc) or '?'}: {where}: "
-                            f"{err['msg'].removeprefix('Value error, ')}{hint}")
+            problems.append(
+                f"{source}:{_line_of(tree, loc) or '?'}: {where}: {err['msg'].removeprefix('Value error, ')}{hint}"
+            )
         raise error("\n".join(problems)) from None

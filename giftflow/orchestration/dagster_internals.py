@@ -17,8 +17,12 @@ MISSING_PUBLIC_API = (
 )
 
 
-def backfill_run_request(repository_def: dg.RepositoryDefinition | None, selection: dg.AssetSelection,
-                         partition_keys: Iterable[str], tags: Mapping[str, str]) -> dg.RunRequest:
+def backfill_run_request(
+    repository_def: dg.RepositoryDefinition | None,
+    selection: dg.AssetSelection,
+    partition_keys: Iterable[str],
+    tags: Mapping[str, str],
+) -> dg.RunRequest:
     """A RunRequest that the daemon turns into one backfill (listed under Backfills in the UI) of every partition
     in `partition_keys` of every asset in `selection`.
 

@@ -27,6 +27,7 @@ def resources_for(settings: Settings, *, secrets_from_env: bool = True) -> dict:
     """The Definitions' resources. Secrets read from the environment stay the variables they came from
     (`dg.EnvVar`: Dagster resolves them at run time and never shows them); settings a program built itself
     (`Settings.of`) carry their values."""
+
     def _secret(field: str) -> dg.EnvVar | str | None:
         value = getattr(settings, field)
         if value is None:
@@ -43,9 +44,11 @@ def resources_for(settings: Settings, *, secrets_from_env: bool = True) -> dict:
             max_requests_per_second=settings.stripe_max_rps,
             max_concurrent_writes=settings.stripe_write_concurrency,
             # On PostgreSQL the budget lives in giftflow's database: one for every run on every host.
-            rate_limit_db=(settings.stripe_rate_db_path if settings.stripe_rate_db is not None
-                           or not settings.store_url.startswith("postgresql")
-                           else _secret("database_url")),
+            rate_limit_db=(
+                settings.stripe_rate_db_path
+                if settings.stripe_rate_db is not None or not settings.store_url.startswith("postgresql")
+                else _secret("database_url")
+            ),
         ),
         # The URL may carry a password: given as its variable where set; the default SQLite path is plain.
         "store": StoreResource(database_url=_secret("database_url") or settings.store_url),
@@ -72,11 +75,14 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
         settings, problems = Settings.from_env_or_defaults()
     for notice in settings.notices:
         log.warning(notice)
-    defs = dg.Definitions.merge(_core_defs(settings, resources_for(settings, secrets_from_env=from_env)),
-                                build_sync_definitions(settings.syncs_dir))
+    defs = dg.Definitions.merge(
+        _core_defs(settings, resources_for(settings, secrets_from_env=from_env)), build_sync_definitions(settings.syncs_dir)
+    )
     if problems:
-        log.error("giftflow settings are invalid; every asset fails until they are fixed:\n%s",
-                  "\n".join(f"  - {p}" for p in problems))
+        log.error(
+            "giftflow settings are invalid; every asset fails until they are fixed:\n%s",
+            "\n".join(f"  - {p}" for p in problems),
+        )
         return _broken(defs, problems)
     return defs
 
@@ -86,8 +92,9 @@ def _core_defs(settings: Settings, resources: dict) -> dg.Definitions:
         assets=dg.load_assets_from_modules([giftcard, workflows]),
         asset_checks=dg.load_asset_checks_from_modules([giftcard_checks]),
         jobs=[giftcard.giftcard_sync, workflows.stripe_workflows],
-        sensors=sensors.build_sensors(settings.sensor_interval_s, settings.cardivo_lookback_s, settings.rerun_days,
-                                      settings.backfill_hour_utc),
+        sensors=sensors.build_sensors(
+            settings.sensor_interval_s, settings.cardivo_lookback_s, settings.rerun_days, settings.backfill_hour_utc
+        ),
         resources=resources,
         # Runs Dagster builds from an asset selection (a backfill's range run, Materialize in the UI) run their
         # short, I/O-bound steps in one process, as the jobs do: a process per step costs seconds each.
@@ -99,8 +106,10 @@ def _core_defs(settings: Settings, resources: dict) -> dg.Definitions:
 
 
 def settings_failure(problems: list[str]) -> str:
-    return ("giftflow settings are invalid, so nothing runs until they are fixed (then reload the code "
-            "location):\n" + "\n".join(f"- {p}" for p in problems))
+    return (
+        "giftflow settings are invalid, so nothing runs until they are fixed (then reload the code "
+        "location):\n" + "\n".join(f"- {p}" for p in problems)
+    )
 
 
 def _failing_asset(assets_def: dg.AssetsDefinition, message: str) -> dg.AssetsDefinition:
@@ -108,10 +117,10 @@ def _failing_asset(assets_def: dg.AssetsDefinition, message: str) -> dg.AssetsDe
     banner = f"**Not runnable: {message.splitlines()[0]}**\n\n```\n{message}\n```"
     specs = [s.replace_attributes(description=f"{banner}\n\n{s.description or ''}") for s in assets_def.specs]
 
-    @dg.multi_asset(name=assets_def.node_def.name, specs=specs, check_specs=list(assets_def.check_specs),
-                    can_subset=True)
+    @dg.multi_asset(name=assets_def.node_def.name, specs=specs, check_specs=list(assets_def.check_specs), can_subset=True)
     def broken_settings(context: dg.AssetExecutionContext):
         raise dg.Failure(description=message)
+
     return broken_settings
 
 
@@ -119,6 +128,7 @@ def _failing_resource(message: str) -> dg.ResourceDefinition:
     @dg.resource(description=message)
     def broken_settings(_init_context) -> None:
         raise dg.Failure(description=message)
+
     return broken_settings
 
 
@@ -127,6 +137,10 @@ def _broken(defs: dg.Definitions, problems: list[str]) -> dg.Definitions:
     assets = [_failing_asset(a, message) if isinstance(a, dg.AssetsDefinition) else a for a in defs.assets or []]
     # The checks read the store and the settings: they would fail the run at resource start, before any step
     # could say why. Without them each asset fails at once, naming every bad variable.
-    return dg.Definitions(assets=assets, jobs=defs.jobs, schedules=defs.schedules,
-                          sensors=defs.sensors,
-                          resources={key: _failing_resource(message) for key in (defs.resources or {})})
+    return dg.Definitions(
+        assets=assets,
+        jobs=defs.jobs,
+        schedules=defs.schedules,
+        sensors=defs.sensors,
+        resources={key: _failing_resource(message) for key in (defs.resources or {})},
+    )

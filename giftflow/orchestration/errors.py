@@ -24,8 +24,7 @@ def _failure(exc: Exception) -> dg.Failure:
     text = str(exc)
     variable = "CARDIVO_API_KEY" if isinstance(exc, CardivoKeyRefused) else "STRIPE_API_KEY"
     status = getattr(exc, "status", None) or getattr(exc, "http_status", None) or 0
-    return dg.Failure(description=text, allow_retries=False,
-                      metadata={"variable": variable, "status": status})
+    return dg.Failure(description=text, allow_retries=False, metadata={"variable": variable, "status": status})
 
 
 @contextlib.contextmanager
@@ -40,14 +39,17 @@ def failures_named(fn):
     """Decorate an asset's body (below `@dg.asset`): a refused key fails the step with a `dg.Failure` naming the
     variable (description, metadata), instead of an exception and its traceback."""
     if inspect.isgeneratorfunction(fn):
+
         @functools.wraps(fn)
         def generator(*args, **kwargs):
             with failure_context():
                 yield from fn(*args, **kwargs)
+
         return generator
 
     @functools.wraps(fn)
     def function(*args, **kwargs):
         with failure_context():
             return fn(*args, **kwargs)
+
     return function

@@ -29,8 +29,7 @@ def _cell(value: Any, kind: str) -> str | int | float | bool | None:
     if kind in ("int", "float", "bool"):
         return value
     if isinstance(value, (list, tuple, dict)):
-        return ", ".join(map(str, value)) if not isinstance(value, dict) else \
-            ", ".join(f"{k}={v}" for k, v in value.items())
+        return ", ".join(map(str, value)) if not isinstance(value, dict) else ", ".join(f"{k}={v}" for k, v in value.items())
     return str(value)
 
 
@@ -39,8 +38,12 @@ def table(frame: pd.DataFrame, rows: int = TABLE_ROWS, descriptions: dict[str, s
     without "Show Markdown"); put the counts beside it as plain metadata entries. `descriptions` (column: text)
     show under "Show schema": there a short column name can say what it stands for."""
     kinds = {str(c): _column_type(frame[c]) for c in frame.columns}
-    records = [dg.TableRecord({str(c): _cell(v, kinds[str(c)]) for c, v in zip(frame.columns, values)})
-               for values in frame.head(rows).itertuples(index=False, name=None)]
+    records = [
+        dg.TableRecord({str(c): _cell(v, kinds[str(c)]) for c, v in zip(frame.columns, values)})
+        for values in frame.head(rows).itertuples(index=False, name=None)
+    ]
     about = descriptions or {}
-    return dg.MetadataValue.table(records=records, schema=dg.TableSchema(
-        columns=[dg.TableColumn(c, kind, description=about.get(c)) for c, kind in kinds.items()]))
+    return dg.MetadataValue.table(
+        records=records,
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, kind, description=about.get(c)) for c, kind in kinds.items()]),
+    )

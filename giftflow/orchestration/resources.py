@@ -28,8 +28,11 @@ class CardivoResource(dg.ConfigurableResource):
     def get_client(self) -> CardivoClient:
         if not self.api_base or not self.api_key:
             name = "CARDIVO_API_BASE" if not self.api_base else "CARDIVO_API_KEY"
-            raise dg.Failure(description=missing_variable(name, "this step (it calls Cardivo)"),
-                             metadata={"variable": name}, allow_retries=False)
+            raise dg.Failure(
+                description=missing_variable(name, "this step (it calls Cardivo)"),
+                metadata={"variable": name},
+                allow_retries=False,
+            )
         return CardivoClient(api_base=self.api_base, api_key=self.api_key, page_size=self.page_size)
 
 
@@ -45,12 +48,19 @@ class StripeResource(dg.ConfigurableResource):
 
     def get_client(self) -> StripeClient:
         if not self.api_key:
-            raise dg.Failure(description=missing_variable("STRIPE_API_KEY", "this step (it calls Stripe)"),
-                             metadata={"variable": "STRIPE_API_KEY"}, allow_retries=False)
-        return StripeClient(api_key=self.api_key, api_base=self.api_base,
-                            max_requests_per_second=self.max_requests_per_second,
-                            max_concurrent_writes=self.max_concurrent_writes,
-                            max_network_retries=self.max_network_retries, rate_limit_db=self.rate_limit_db)
+            raise dg.Failure(
+                description=missing_variable("STRIPE_API_KEY", "this step (it calls Stripe)"),
+                metadata={"variable": "STRIPE_API_KEY"},
+                allow_retries=False,
+            )
+        return StripeClient(
+            api_key=self.api_key,
+            api_base=self.api_base,
+            max_requests_per_second=self.max_requests_per_second,
+            max_concurrent_writes=self.max_concurrent_writes,
+            max_network_retries=self.max_network_retries,
+            rate_limit_db=self.rate_limit_db,
+        )
 
 
 class StoreResource(dg.ConfigurableResource):
@@ -75,10 +85,16 @@ class MailerResource(dg.ConfigurableResource):
     outbox_dir: str | None = None
 
     def get_client(self) -> Mailer:
-        return Mailer(smtp_host=self.smtp_host, smtp_port=self.smtp_port, smtp_user=self.smtp_user,
-                      smtp_password=self.smtp_password, smtp_starttls=self.smtp_starttls,
-                      smtp_allow_plaintext_login=self.smtp_allow_plaintext_login, mail_from=self.mail_from,
-                      outbox_dir=self.outbox_dir)
+        return Mailer(
+            smtp_host=self.smtp_host,
+            smtp_port=self.smtp_port,
+            smtp_user=self.smtp_user,
+            smtp_password=self.smtp_password,
+            smtp_starttls=self.smtp_starttls,
+            smtp_allow_plaintext_login=self.smtp_allow_plaintext_login,
+            mail_from=self.mail_from,
+            outbox_dir=self.outbox_dir,
+        )
 
 
 def run_dry_run(settings: Settings, config_value: bool | None, tags: dict[str, str]) -> tuple[bool, str]:
@@ -89,28 +105,38 @@ def run_dry_run(settings: Settings, config_value: bool | None, tags: dict[str, s
         try:
             return parse_bool(tags[DRY_RUN_TAG]), f"run tag {DRY_RUN_TAG}"
         except ValueError:
-            raise dg.Failure(description=f"run tag {DRY_RUN_TAG}={tags[DRY_RUN_TAG]!r} is not valid; allowed: "
-                                         f"{BOOL_ALLOWED}") from None
+            raise dg.Failure(
+                description=f"run tag {DRY_RUN_TAG}={tags[DRY_RUN_TAG]!r} is not valid; allowed: {BOOL_ALLOWED}"
+            ) from None
     return settings.dry_run, "GIFTFLOW_DRY_RUN"
 
 
 def settings_resource(settings: Settings) -> dg.ResourceDefinition:
     """The assets' `settings`: `settings` with this run's dry run (see the module's docstring)."""
+
     @dg.resource(
-        config_schema={"dry_run": dg.Field(
-            dg.Noneable(bool), default_value=None, is_required=False,
-            description=f"true: plan and show everything, write nothing, send nothing; overrides the run tag "
-                        f"{DRY_RUN_TAG} and GIFTFLOW_DRY_RUN (now {str(settings.dry_run).lower()}) for this run")},
+        config_schema={
+            "dry_run": dg.Field(
+                dg.Noneable(bool),
+                default_value=None,
+                is_required=False,
+                description=f"true: plan and show everything, write nothing, send nothing; overrides the run tag "
+                f"{DRY_RUN_TAG} and GIFTFLOW_DRY_RUN (now {str(settings.dry_run).lower()}) for this run",
+            )
+        },
         description=f"giftflow's settings (README, Configuration). Dry run per run: run tag {DRY_RUN_TAG}=true "
-                    f"or this resource's dry_run config.")
+        f"or this resource's dry_run config.",
+    )
     def settings_for_run(init_context: dg.InitResourceContext) -> Settings:
         run = init_context.dagster_run
-        dry_run, source = run_dry_run(settings, (init_context.resource_config or {}).get("dry_run"),
-                                      dict(run.tags) if run is not None else {})
+        dry_run, source = run_dry_run(
+            settings, (init_context.resource_config or {}).get("dry_run"), dict(run.tags) if run is not None else {}
+        )
         if (log := init_context.log) is not None:
             for notice in settings.notices:
                 log.warning(notice)
             if dry_run != settings.dry_run:
                 log.info(f"dry run {'on' if dry_run else 'off'} for this run ({source})")
         return settings.model_copy(update={"dry_run": dry_run})
+
     return settings_for_run

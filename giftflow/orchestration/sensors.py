@@ -90,22 +90,32 @@ def _waiting_days(instance: dg.DagsterInstance) -> set[str]:
 
 
 def build_cardivo_sensor(interval_s: int = INTERVAL_S, lookback_s: int = LOOKBACK_S) -> dg.SensorDefinition:
-    @dg.sensor(job=giftcard_sync, minimum_interval_seconds=interval_s, default_status=dg.DefaultSensorStatus.STOPPED,
-               description="Requests giftcard_sync for every day whose Cardivo redemptions changed (new, or voided "
-                           "later), from webhook deliveries and from polling `updated_after`.")
-    def cardivo_redemptions_sensor(context: dg.SensorEvaluationContext, cardivo: CardivoResource,
-                                   store: StoreResource) -> dg.SensorResult:
+    @dg.sensor(
+        job=giftcard_sync,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Requests giftcard_sync for every day whose Cardivo redemptions changed (new, or voided "
+        "later), from webhook deliveries and from polling `updated_after`.",
+    )
+    def cardivo_redemptions_sensor(
+        context: dg.SensorEvaluationContext, cardivo: CardivoResource, store: StoreResource
+    ) -> dg.SensorResult:
         return _cardivo_tick(context, cardivo, store, lookback_s)
+
     return cardivo_redemptions_sensor
 
 
-def build_cardivo_webhook_sensor(interval_s: int = WEBHOOK_INTERVAL_S,
-                                 lookback_s: int = LOOKBACK_S) -> dg.SensorDefinition:
-    @dg.sensor(job=giftcard_sync, minimum_interval_seconds=interval_s, default_status=dg.DefaultSensorStatus.STOPPED,
-               description="Requests giftcard_sync for the days of Cardivo webhook deliveries the receiver stored, "
-                           "within seconds; reads only giftflow's store (cardivo_redemptions_sensor polls the API).")
+def build_cardivo_webhook_sensor(interval_s: int = WEBHOOK_INTERVAL_S, lookback_s: int = LOOKBACK_S) -> dg.SensorDefinition:
+    @dg.sensor(
+        job=giftcard_sync,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Requests giftcard_sync for the days of Cardivo webhook deliveries the receiver stored, "
+        "within seconds; reads only giftflow's store (cardivo_redemptions_sensor polls the API).",
+    )
     def cardivo_webhook_sensor(context: dg.SensorEvaluationContext, store: StoreResource) -> dg.SensorResult:
         return _cardivo_tick(context, None, store, lookback_s)
+
     return cardivo_webhook_sensor
 
 
@@ -115,16 +125,18 @@ def _taken_in_after_push(instance: dg.DagsterInstance, pushed_days: dict[str, di
     the delivery, as a run requested on the delivery by this sensor would have."""
     taken: set[str] = set()
     for day, versions in pushed_days.items():
-        runs = instance.get_run_records(filters=dg.RunsFilter(job_name="giftcard_sync",
-                                                              tags={"dagster/partition": day}), limit=20)
+        runs = instance.get_run_records(
+            filters=dg.RunsFilter(job_name="giftcard_sync", tags={"dagster/partition": day}), limit=20
+        )
         starts = [r.start_time for r in runs if r.start_time is not None]
         if starts:
             taken |= {v for v, received in versions.items() if max(starts) >= received}
     return taken
 
 
-def _cardivo_tick(context: dg.SensorEvaluationContext, cardivo: CardivoResource | None, store: StoreResource,
-                  lookback_s: int) -> dg.SensorResult:
+def _cardivo_tick(
+    context: dg.SensorEvaluationContext, cardivo: CardivoResource | None, store: StoreResource, lookback_s: int
+) -> dg.SensorResult:
     """Every change Cardivo shows leads to a run of its day that starts after the change was seen: a run already
     running may have fetched before it, so only a run still queued counts as taking it in. A pushed change is
     also taken in by a run of its day that started after its delivery arrived (`cardivo_webhook_sensor` requests
@@ -162,8 +174,9 @@ def _cardivo_tick(context: dg.SensorEvaluationContext, cardivo: CardivoResource 
     cardivo_api = cardivo.get_client() if cardivo is not None else None
     while cardivo_api and pages < MAX_PAGES_PER_TICK and time.monotonic() - started < TICK_BUDGET_S:
         try:
-            fetched = cardivo_api.list_redemptions(updated_after=query_from, max_pages=1, cursor=page_cursor,
-                                               deadline=started + TICK_BUDGET_S)
+            fetched = cardivo_api.list_redemptions(
+                updated_after=query_from, max_pages=1, cursor=page_cursor, deadline=started + TICK_BUDGET_S
+            )
         except CardivoError as exc:
             if pages == 0 or exc.error_type != "deadline_exceeded":
                 raise
@@ -175,8 +188,12 @@ def _cardivo_tick(context: dg.SensorEvaluationContext, cardivo: CardivoResource 
             break
         seen_cursor = hashlib.sha256(page_cursor.encode()).hexdigest()[:12]
         if seen_cursor in cursors or len(cursors) >= MAX_PAGES_PER_WINDOW:
-            raise CardivoError(None, "bad_response", "Cardivo's paging does not end (a next_cursor came back "
-                               f"again, or more than {MAX_PAGES_PER_WINDOW} pages): the cursor stays where it was")
+            raise CardivoError(
+                None,
+                "bad_response",
+                "Cardivo's paging does not end (a next_cursor came back "
+                f"again, or more than {MAX_PAGES_PER_WINDOW} pages): the cursor stays where it was",
+            )
         cursors.add(seen_cursor)
     records += polled
 
@@ -190,8 +207,10 @@ def _cardivo_tick(context: dg.SensorEvaluationContext, cardivo: CardivoResource 
         seen_now[version] = record
         day = _redeemed_day(record)
         if day is None:
-            context.log.warning("a Cardivo record without a usable redeemed_at was left out; "
-                                "its day's run or the daily backfill quarantines it")
+            context.log.warning(
+                "a Cardivo record without a usable redeemed_at was left out; "
+                "its day's run or the daily backfill quarantines it"
+            )
             continue
         by_day[day].add(version)
     pushed_days = {day: {v: receipts[v] for v in versions if v in receipts} for day, versions in by_day.items()}
@@ -200,9 +219,15 @@ def _cardivo_tick(context: dg.SensorEvaluationContext, cardivo: CardivoResource 
     days = _day_keys(set(by_day))
     waiting = _waiting_days(context.instance) if days else set()
     sensor_name = "cardivo_redemptions_sensor" if poll else "cardivo_webhook_sensor"
-    requests = [dg.RunRequest(partition_key=day, run_key=_run_key("cardivo", day, sorted(by_day[day])),
-                              tags={"giftflow/trigger": sensor_name, "giftflow/changes": str(len(by_day[day]))})
-                for day in days if day not in waiting]
+    requests = [
+        dg.RunRequest(
+            partition_key=day,
+            run_key=_run_key("cardivo", day, sorted(by_day[day])),
+            tags={"giftflow/trigger": sensor_name, "giftflow/changes": str(len(by_day[day]))},
+        )
+        for day in days
+        if day not in waiting
+    ]
 
     stamp = now.timestamp()
     # A time in the future (a skewed or hostile clock) must not carry the edge past changes still to come.
@@ -214,21 +239,29 @@ def _cardivo_tick(context: dg.SensorEvaluationContext, cardivo: CardivoResource 
         new_edge = max(new_edge, state["pending_edge"])
     requested.update({v: [_updated_epoch(r) or stamp, stamp] for v, r in seen_now.items()})
     # Keep a version while polling (from the edge less LOOKBACK_S) or the pushed deliveries can return it.
-    requested = {v: t for v, t in requested.items()
-                 if t[0] > new_edge - lookback_s - 2 or t[1] > stamp - 2 * lookback_s - 2}
+    requested = {v: t for v, t in requested.items() if t[0] > new_edge - lookback_s - 2 or t[1] > stamp - 2 * lookback_s - 2}
     new_pushed_edge = max([pushed_edge, *(e["received_at"] for e in pushed)])
-    new_state = {"edge": datetime.fromtimestamp(new_edge, timezone.utc).isoformat(), "requested": requested,
-                 "pushed_edge": new_pushed_edge.isoformat()}
+    new_state = {
+        "edge": datetime.fromtimestamp(new_edge, timezone.utc).isoformat(),
+        "requested": requested,
+        "pushed_edge": new_pushed_edge.isoformat(),
+    }
     if page_cursor:
-        new_state.update(page_cursor=page_cursor, query_from=query_from.isoformat(), pending_edge=pending,
-                         cursors=sorted(cursors))
+        new_state.update(
+            page_cursor=page_cursor, query_from=query_from.isoformat(), pending_edge=pending, cursors=sorted(cursors)
+        )
     skipped = [d for d in days if d in waiting]
-    context.log.info(f"{len(records)} records ({len(pushed)} pushed) in {pages} page(s), {len(seen_now)} new, "
-                     f"{len(bad)} bad; runs for {[r.partition_key for r in requests] or 'no day'}"
-                     + (f"; taken in by queued runs: {skipped}" if skipped else "")
-                     + (f"; {len(taken)} pushed, taken in by runs started after their delivery" if taken else ""))
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_state),
-                           skip_reason=None if requests else dg.SkipReason("no new Cardivo changes"))
+    context.log.info(
+        f"{len(records)} records ({len(pushed)} pushed) in {pages} page(s), {len(seen_now)} new, "
+        f"{len(bad)} bad; runs for {[r.partition_key for r in requests] or 'no day'}"
+        + (f"; taken in by queued runs: {skipped}" if skipped else "")
+        + (f"; {len(taken)} pushed, taken in by runs started after their delivery" if taken else "")
+    )
+    return dg.SensorResult(
+        run_requests=requests,
+        cursor=json.dumps(new_state),
+        skip_reason=None if requests else dg.SkipReason("no new Cardivo changes"),
+    )
 
 
 def _updated_epoch(record) -> float | None:
@@ -239,30 +272,38 @@ def _updated_epoch(record) -> float | None:
 
 
 def build_stripe_sensor(interval_s: int = INTERVAL_S) -> dg.SensorDefinition:
-    @dg.sensor(jobs=[stripe_workflows], minimum_interval_seconds=interval_s,
-               default_status=dg.DefaultSensorStatus.STOPPED,
-               description="Polls Stripe events (and reads pushed ones): requests stripe_workflows for the days of "
-                           "succeeded payments and early fraud warnings, and keeps the customer mirror fresh from "
-                           "customer.* events so matching need not relist every customer.")
-    def stripe_events_sensor(context: dg.SensorEvaluationContext, stripe_api: StripeResource,
-                             store: StoreResource) -> dg.SensorResult:
+    @dg.sensor(
+        jobs=[stripe_workflows],
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Polls Stripe events (and reads pushed ones): requests stripe_workflows for the days of "
+        "succeeded payments and early fraud warnings, and keeps the customer mirror fresh from "
+        "customer.* events so matching need not relist every customer.",
+    )
+    def stripe_events_sensor(
+        context: dg.SensorEvaluationContext, stripe_api: StripeResource, store: StoreResource
+    ) -> dg.SensorResult:
         return _stripe_tick(context, stripe_api, store)
+
     return stripe_events_sensor
 
 
-def _stripe_tick(context: dg.SensorEvaluationContext, stripe_api: StripeResource,
-                 store: StoreResource) -> dg.SensorResult:
+def _stripe_tick(context: dg.SensorEvaluationContext, stripe_api: StripeResource, store: StoreResource) -> dg.SensorResult:
     stripe_client, db = stripe_api.get_client(), store.get_client()
     state = json.loads(context.cursor) if context.cursor else {}
     now = datetime.now(timezone.utc)
     since = int(state.get("created_after", (now - timedelta(hours=1)).timestamp()))
     if now - datetime.fromtimestamp(since, timezone.utc) > STRIPE_EVENT_RETENTION:
         # Stripe keeps events 30 days: anything older is gone, so relist instead and say so.
-        context.log.warning("Stripe event cursor is older than Stripe's 30-day retention: falling back to a full "
-                            "relisting of customers on the next sync; days in the gap are left to backfills")
+        context.log.warning(
+            "Stripe event cursor is older than Stripe's 30-day retention: falling back to a full "
+            "relisting of customers on the next sync; days in the gap are left to backfills"
+        )
         db.set_state("customers_refreshed_at", "")
-        return dg.SensorResult(cursor=json.dumps({"created_after": int(now.timestamp()), "fell_back": True}),
-                               skip_reason=dg.SkipReason("event cursor past retention: fell back to relisting"))
+        return dg.SensorResult(
+            cursor=json.dumps({"created_after": int(now.timestamp()), "fell_back": True}),
+            skip_reason=dg.SkipReason("event cursor past retention: fell back to relisting"),
+        )
 
     # After a long stop the events since the cursor may not fit in one tick. Stripe lists newest first, so a
     # partial listing would leave a gap: list a closed window [since, since + span) whole, or halve it.
@@ -271,26 +312,33 @@ def _stripe_tick(context: dg.SensorEvaluationContext, stripe_api: StripeResource
     polled = _list_events(stripe_client, since, window_end, whole=bool(span and span <= 1))
     if polled is None:
         span = max(1, int((window_end or now.timestamp()) - since) // 2)
-        context.log.info(f"catching up: the events since {datetime.fromtimestamp(since, timezone.utc)} do not fit "
-                         f"in one tick; next tick lists {span} s of them")
-        return dg.SensorResult(cursor=json.dumps({**state, "created_after": since, "span": span}),
-                               skip_reason=dg.SkipReason(f"catching up on Stripe events, {span} s per tick"))
+        context.log.info(
+            f"catching up: the events since {datetime.fromtimestamp(since, timezone.utc)} do not fit "
+            f"in one tick; next tick lists {span} s of them"
+        )
+        return dg.SensorResult(
+            cursor=json.dumps({**state, "created_after": since, "span": span}),
+            skip_reason=dg.SkipReason(f"catching up on Stripe events, {span} s per tick"),
+        )
 
     # Pushed deliveries are read again for EVENT_LOOKBACK_S after receipt; the ids handled are in the cursor.
     pushed_edge = datetime.fromtimestamp(state.get("pushed_edge", now.timestamp() - EVENT_LOOKBACK_S), timezone.utc)
     pushed = db.webhook_events_since("stripe", pushed_edge - timedelta(seconds=EVENT_LOOKBACK_S))
     handled = set(state.get("pushed_handled", []))
     seen = set(state.get("seen_at_edge", []))
-    candidates = [e["payload"] for e in pushed if e["event_id"] not in handled] + \
-        [e for e in polled if e.get("id") not in seen]
+    candidates = [e["payload"] for e in pushed if e["event_id"] not in handled] + [
+        e for e in polled if e.get("id") not in seen
+    ]
     events, malformed = [], 0
     for event in candidates:
         if _event_shape_ok(event):
             events.append(event)
         else:  # never a poison pill: a malformed event is logged (id only) and left behind
             malformed += 1
-            context.log.warning("Stripe event %r has no data.object with an id and a created time: skipped",
-                                str(event.get("id"))[:80] if isinstance(event, dict) else None)
+            context.log.warning(
+                "Stripe event %r has no data.object with an id and a created time: skipped",
+                str(event.get("id"))[:80] if isinstance(event, dict) else None,
+            )
     events = list({e["id"]: e for e in sorted(events, key=lambda e: (e["created"], e["id"]))}.values())
 
     # The mirror's only writer here: idempotent, and a customer mirrored from a later write or event keeps
@@ -310,9 +358,15 @@ def _stripe_tick(context: dg.SensorEvaluationContext, stripe_api: StripeResource
             created = datetime.fromtimestamp(e["data"]["object"]["created"], timezone.utc)
             by_day[created.strftime("%Y-%m-%d")].append(e["id"])
     days = _day_keys(set(by_day))
-    requests = [dg.RunRequest(job_name="stripe_workflows", partition_key=day,
-                              run_key=_run_key("stripe", day, by_day[day]),
-                              tags={"giftflow/trigger": "stripe_events_sensor"}) for day in days]
+    requests = [
+        dg.RunRequest(
+            job_name="stripe_workflows",
+            partition_key=day,
+            run_key=_run_key("stripe", day, by_day[day]),
+            tags={"giftflow/trigger": "stripe_events_sensor"},
+        )
+        for day in days
+    ]
     if window_end is not None and span:  # a closed window, listed whole: the next one starts at its end, twice as long
         cursor = {"created_after": window_end, "span": span * 2}
     else:
@@ -322,21 +376,32 @@ def _stripe_tick(context: dg.SensorEvaluationContext, stripe_api: StripeResource
         cursor = {"created_after": edge, "seen_at_edge": sorted(at_edge)}
     new_pushed_edge = max([pushed_edge, *(e["received_at"] for e in pushed)])
     cursor["pushed_edge"] = new_pushed_edge.timestamp()
-    cursor["pushed_handled"] = sorted({e["event_id"] for e in pushed
-                                       if e["received_at"] >= new_pushed_edge - timedelta(seconds=EVENT_LOOKBACK_S)})
-    context.log.info(f"{len(events)} events ({len(pushed)} pushed), {len(customers)} customer changes, "
-                     f"{malformed} malformed, runs for {days or 'no day'}")
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor),
-                           skip_reason=None if requests else dg.SkipReason("no new Stripe events for the workflows"))
+    cursor["pushed_handled"] = sorted(
+        {e["event_id"] for e in pushed if e["received_at"] >= new_pushed_edge - timedelta(seconds=EVENT_LOOKBACK_S)}
+    )
+    context.log.info(
+        f"{len(events)} events ({len(pushed)} pushed), {len(customers)} customer changes, "
+        f"{malformed} malformed, runs for {days or 'no day'}"
+    )
+    return dg.SensorResult(
+        run_requests=requests,
+        cursor=json.dumps(cursor),
+        skip_reason=None if requests else dg.SkipReason("no new Stripe events for the workflows"),
+    )
 
 
 def _event_shape_ok(event) -> bool:
     if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
         return False
     obj = event["data"].get("object")
-    return isinstance(event.get("id"), str) and isinstance(event.get("type"), str) and \
-        isinstance(event.get("created"), int) and isinstance(obj, dict) and isinstance(obj.get("id"), str) and \
-        (event["type"] not in WORKFLOW_EVENTS or isinstance(obj.get("created"), int))
+    return (
+        isinstance(event.get("id"), str)
+        and isinstance(event.get("type"), str)
+        and isinstance(event.get("created"), int)
+        and isinstance(obj, dict)
+        and isinstance(obj.get("id"), str)
+        and (event["type"] not in WORKFLOW_EVENTS or isinstance(obj.get("created"), int))
+    )
 
 
 def _list_events(stripe_api: StripeClient, since: int, until: int | None, whole: bool) -> list[dict] | None:
@@ -359,20 +424,27 @@ PARTITIONED_GROUPS = ("giftcard_sync", "stripe_workflows")
 # --- settings: the daily backfill's hour and days come from Settings (build_late_data_backfill) ---
 def build_late_data_backfill(rerun_days: int | None = None, hour_utc: int | None = None) -> dg.SensorDefinition:
     """The sensor for `rerun_days` and `hour_utc` (None: the module's RERUN_DAYS / BACKFILL_HOUR_UTC at tick time)."""
-    shown_hour, shown_days = BACKFILL_HOUR_UTC if hour_utc is None else hour_utc, \
-        RERUN_DAYS if rerun_days is None else rerun_days
+    shown_hour, shown_days = (
+        BACKFILL_HOUR_UTC if hour_utc is None else hour_utc,
+        RERUN_DAYS if rerun_days is None else rerun_days,
+    )
 
-    @dg.sensor(asset_selection=dg.AssetSelection.groups(*PARTITIONED_GROUPS), minimum_interval_seconds=300,
-               default_status=dg.DefaultSensorStatus.STOPPED,
-               description=f"Daily at {shown_hour:02d}:00 UTC: one backfill that runs yesterday and re-runs the "
-                           f"{shown_days} days before it for every partitioned job, to catch late voids and events.")
+    @dg.sensor(
+        asset_selection=dg.AssetSelection.groups(*PARTITIONED_GROUPS),
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"Daily at {shown_hour:02d}:00 UTC: one backfill that runs yesterday and re-runs the "
+        f"{shown_days} days before it for every partitioned job, to catch late voids and events.",
+    )
     def late_data_backfill(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         return late_data_backfill_tick(context, datetime.now(timezone.utc), rerun_days, hour_utc)
+
     return late_data_backfill
 
 
-def late_data_backfill_tick(context: dg.SensorEvaluationContext, now: datetime, rerun_days: int | None = None,
-                            hour_utc: int | None = None) -> dg.SensorResult:
+def late_data_backfill_tick(
+    context: dg.SensorEvaluationContext, now: datetime, rerun_days: int | None = None, hour_utc: int | None = None
+) -> dg.SensorResult:
     """One tick of `late_data_backfill` at `now` (UTC): the first tick at or after BACKFILL_HOUR_UTC each day
     requests the backfill, every other tick skips. Tests pass a frozen `now`."""
     rerun_days = RERUN_DAYS if rerun_days is None else rerun_days
@@ -386,13 +458,25 @@ def late_data_backfill_tick(context: dg.SensorEvaluationContext, now: datetime, 
 def backfill_request(context: dg.SensorEvaluationContext, today, rerun_days: int) -> dg.RunRequest:
     """One backfill (visible under Backfills in the UI) of yesterday and the `rerun_days` days before it."""
     days = [(today - timedelta(days=n)).isoformat() for n in range(1, rerun_days + 2)]
-    return backfill_run_request(context.repository_def, dg.AssetSelection.groups(*PARTITIONED_GROUPS), days,
-                                tags={"giftflow/trigger": "late_data_backfill"})
+    return backfill_run_request(
+        context.repository_def,
+        dg.AssetSelection.groups(*PARTITIONED_GROUPS),
+        days,
+        tags={"giftflow/trigger": "late_data_backfill"},
+    )
 
 
-def build_sensors(interval_s: int = INTERVAL_S, lookback_s: int = LOOKBACK_S, rerun_days: int = RERUN_DAYS,
-                  backfill_hour_utc: int = BACKFILL_HOUR_UTC) -> list[dg.SensorDefinition]:
+def build_sensors(
+    interval_s: int = INTERVAL_S,
+    lookback_s: int = LOOKBACK_S,
+    rerun_days: int = RERUN_DAYS,
+    backfill_hour_utc: int = BACKFILL_HOUR_UTC,
+) -> list[dg.SensorDefinition]:
     """The sensors with the given intervals (the Definitions pass Settings' values): the contract's three and
     `cardivo_webhook_sensor`, the frequent tick on pushed Cardivo deliveries."""
-    return [build_cardivo_sensor(interval_s, lookback_s), build_cardivo_webhook_sensor(lookback_s=lookback_s),
-            build_stripe_sensor(interval_s), build_late_data_backfill(rerun_days, backfill_hour_utc)]
+    return [
+        build_cardivo_sensor(interval_s, lookback_s),
+        build_cardivo_webhook_sensor(lookback_s=lookback_s),
+        build_stripe_sensor(interval_s),
+        build_late_data_backfill(rerun_days, backfill_hour_utc),
+    ]

@@ -22,8 +22,13 @@ from giftflow.domain.sync_spec import SyncSpecError
 from giftflow.settings import Settings, SettingsError, missing_variable
 
 OK, PROBLEM, WARN, SKIP = "ok", "problem", "warn", "skip"
-DAGSTER_POSTGRES = ("DAGSTER_POSTGRES_HOST", "DAGSTER_POSTGRES_PORT", "DAGSTER_POSTGRES_USER",
-                    "DAGSTER_POSTGRES_PASSWORD", "DAGSTER_POSTGRES_DB")
+DAGSTER_POSTGRES = (
+    "DAGSTER_POSTGRES_HOST",
+    "DAGSTER_POSTGRES_PORT",
+    "DAGSTER_POSTGRES_USER",
+    "DAGSTER_POSTGRES_PASSWORD",
+    "DAGSTER_POSTGRES_DB",
+)
 TIMEOUT_S = 10.0
 
 
@@ -42,8 +47,13 @@ def run_checks(environ: Mapping[str, str] | None = None) -> list[Check]:
     environ = os.environ if environ is None else environ
     checks, settings = _settings()
     steps: list[tuple[str, Callable[[Settings], Check | list[Check]]]] = [
-        ("rules", _rules), ("sync files", _syncs), ("cardivo", _cardivo), ("stripe", _stripe),
-        ("giftflow database", _store), ("mail", _mail)]
+        ("rules", _rules),
+        ("sync files", _syncs),
+        ("cardivo", _cardivo),
+        ("stripe", _stripe),
+        ("giftflow database", _store),
+        ("mail", _mail),
+    ]
     for item, fn in steps:
         checks += _guarded(item, functools.partial(fn, settings))
     return checks + _guarded("dagster database", lambda: _dagster_db(environ))
@@ -94,8 +104,14 @@ def _cardivo(settings: Settings) -> Check:
     if not base or key is None:
         name = "CARDIVO_API_BASE" if not base else "CARDIVO_API_KEY"
         return Check("cardivo", PROBLEM, missing_variable(name, "the gift-card sync").replace("\n", " "))
-    client = CardivoClient(api_base=base, api_key=key.get_secret_value(),
-                           page_size=1, max_attempts=2, timeout_s=TIMEOUT_S, fetch_deadline_s=2 * TIMEOUT_S)
+    client = CardivoClient(
+        api_base=base,
+        api_key=key.get_secret_value(),
+        page_size=1,
+        max_attempts=2,
+        timeout_s=TIMEOUT_S,
+        fetch_deadline_s=2 * TIMEOUT_S,
+    )
     client.list_redemptions(max_pages=1)  # CardivoError: says what the server said, the key named on a 401
     return Check("cardivo", OK, f"{base.rstrip('/')} accepted CARDIVO_API_KEY (listed redemptions)")
 
@@ -109,8 +125,12 @@ def _stripe(settings: Settings) -> Check:
     try:
         client.check_key()
     except stripe.APIConnectionError as exc:
-        return Check("stripe", PROBLEM, f"cannot reach {base} (STRIPE_API_BASE"
-                     f"{'' if settings.stripe_api_base else ' unset: Stripe itself'}): {exc.user_message or exc}")
+        return Check(
+            "stripe",
+            PROBLEM,
+            f"cannot reach {base} (STRIPE_API_BASE"
+            f"{'' if settings.stripe_api_base else ' unset: Stripe itself'}): {exc.user_message or exc}",
+        )
     except stripe.StripeError as exc:  # the key errors name STRIPE_API_KEY, masked, and the base URL
         return Check("stripe", PROBLEM, str(exc).replace(" `giftflow check` tries it.", ""))
     mode = "live" if "_live_" in key else "test" if "_test_" in key else "unknown"
@@ -148,33 +168,58 @@ def _store(settings: Settings) -> Check:
 def _dagster_db(environ: Mapping[str, str]) -> Check:
     values = {name: environ.get(name) or "" for name in DAGSTER_POSTGRES}
     if not any(values.values()):
-        return Check("dagster database", SKIP, "DAGSTER_POSTGRES_* unset: Dagster uses the storage its DAGSTER_HOME's "
-                                                "dagster.yaml names (embedded SQLite without one)")
+        return Check(
+            "dagster database",
+            SKIP,
+            "DAGSTER_POSTGRES_* unset: Dagster uses the storage its DAGSTER_HOME's "
+            "dagster.yaml names (embedded SQLite without one)",
+        )
     missing = [name for name, value in values.items() if not value]
     if missing:
-        return Check("dagster database", PROBLEM, f"{', '.join(missing)} not set (the repo's dagster.yaml reads all "
-                                                    "five DAGSTER_POSTGRES_* variables); README, Running in production")
-    url = sa.URL.create("postgresql+psycopg2", username=values["DAGSTER_POSTGRES_USER"],
-                        password=values["DAGSTER_POSTGRES_PASSWORD"], host=values["DAGSTER_POSTGRES_HOST"],
-                        port=int(values["DAGSTER_POSTGRES_PORT"]), database=values["DAGSTER_POSTGRES_DB"])
+        return Check(
+            "dagster database",
+            PROBLEM,
+            f"{', '.join(missing)} not set (the repo's dagster.yaml reads all "
+            "five DAGSTER_POSTGRES_* variables); README, Running in production",
+        )
+    url = sa.URL.create(
+        "postgresql+psycopg2",
+        username=values["DAGSTER_POSTGRES_USER"],
+        password=values["DAGSTER_POSTGRES_PASSWORD"],
+        host=values["DAGSTER_POSTGRES_HOST"],
+        port=int(values["DAGSTER_POSTGRES_PORT"]),
+        database=values["DAGSTER_POSTGRES_DB"],
+    )
     try:
         _ping(url)
     except Exception as exc:
         return Check("dagster database", PROBLEM, f"{_shown(url)} (DAGSTER_POSTGRES_*): {_first_line(exc)}")
     home = environ.get("DAGSTER_HOME")
     if not home or not (Path(home) / "dagster.yaml").is_file():
-        return Check("dagster database", PROBLEM, f"{_shown(url)} answers, but DAGSTER_HOME ({home or 'unset'}) has no "
-                                                    "dagster.yaml: copy the repo's there, or Dagster will not use it")
+        return Check(
+            "dagster database",
+            PROBLEM,
+            f"{_shown(url)} answers, but DAGSTER_HOME ({home or 'unset'}) has no "
+            "dagster.yaml: copy the repo's there, or Dagster will not use it",
+        )
     return Check("dagster database", OK, f"{_shown(url)} (DAGSTER_POSTGRES_*) answers; {home}/dagster.yaml")
 
 
 def _mail(settings: Settings) -> list[Check]:
-    where = (f"SMTP {settings.smtp_host}:{settings.smtp_port}" if settings.smtp_host
-             else f".eml files in {Path(settings.outbox_dir).resolve()} (GIFTFLOW_SMTP_HOST unset)")
+    where = (
+        f"SMTP {settings.smtp_host}:{settings.smtp_port}"
+        if settings.smtp_host
+        else f".eml files in {Path(settings.outbox_dir).resolve()} (GIFTFLOW_SMTP_HOST unset)"
+    )
     out = [Check("mail", OK, f"team mails go to {where}")]
     if not settings.team_email:
-        out.append(Check("mail", WARN, "GIFTFLOW_TEAM_EMAIL unset: a workflow plan with a team mail is blocked by "
-                                       "its mail_has_recipient check"))
+        out.append(
+            Check(
+                "mail",
+                WARN,
+                "GIFTFLOW_TEAM_EMAIL unset: a workflow plan with a team mail is blocked by its mail_has_recipient check",
+            )
+        )
     return out
 
 

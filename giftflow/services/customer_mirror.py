@@ -12,8 +12,14 @@ from giftflow.adapters.stripe import StripeClient
 REFRESHED = "customers_refreshed_at"
 
 
-def refresh_customer_mirror(stripe_api: StripeClient, store: GiftflowStore, *, with_tax_ids: bool = False,
-                            with_coupons: bool = False, max_age_s: float = 0) -> int:
+def refresh_customer_mirror(
+    stripe_api: StripeClient,
+    store: GiftflowStore,
+    *,
+    with_tax_ids: bool = False,
+    with_coupons: bool = False,
+    max_age_s: float = 0,
+) -> int:
     """List every Stripe customer into the mirror, unless a listing with at least these parts is younger than
     `max_age_s`; the Stripe calls it took. Tax ids and coupons are listed only where asked (a sync maps them);
     otherwise the mirrored ones are kept."""
@@ -39,7 +45,11 @@ def refresh_customer_mirror(stripe_api: StripeClient, store: GiftflowStore, *, w
         for row in rows:
             row["_coupons"] = coupons.get(row["id"], [])
     # A fuller listing is also a fresh plain one.
-    keys = {REFRESHED, key, REFRESHED + (":tax_ids" if with_tax_ids else ""),
-            REFRESHED + (":coupons" if with_coupons else "")}
+    keys = {
+        REFRESHED,
+        key,
+        REFRESHED + (":tax_ids" if with_tax_ids else ""),
+        REFRESHED + (":coupons" if with_coupons else ""),
+    }
     store.replace_customers(rows, listed_from=listed_from, refreshed_keys=sorted(keys))
     return calls

@@ -130,8 +130,7 @@ class _Ctx:
 
 
 # -- writing a plan -----------------------------------------------------------------------------------
-def _write_rows(ctx: _Ctx, rows: list[dict], write: Callable[[_Ctx, dict], None],
-                target: Callable[[dict], str]) -> None:
+def _write_rows(ctx: _Ctx, rows: list[dict], write: Callable[[_Ctx, dict], None], target: Callable[[dict], str]) -> None:
     """Write rows on `max_concurrent_writes` threads: Stripe answers in hundreds of milliseconds, so one
     writer at a time would use a fraction of the rate limit, which still caps the total. Rows for the same
     customer stay in order on one thread; each thread counts into its own report, merged in row order."""
@@ -146,8 +145,7 @@ def _write_rows(ctx: _Ctx, rows: list[dict], write: Callable[[_Ctx, dict], None]
         return sub.report
 
     workers = max(1, min(ctx.stripe_api.max_concurrent_writes, len(groups)))
-    with _objects_before_left_alone(), \
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stripe-writer") as pool:
+    with _objects_before_left_alone(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stripe-writer") as pool:
         for sub in pool.map(run, groups.values()):
             ctx.report.counts.update(sub.counts)
             ctx.report.failures += sub.failures
@@ -189,9 +187,15 @@ def apply_sync_plan(
     report.add(Outcome.UNCHANGED, int((plan["action"] == Action.NONE).sum()))
     refused = plan[plan["action"] == Action.REJECT]
     report.add(Outcome.REJECTED, len(refused))
-    report.rejections += [{"row_key": r["row_key"], "customer_id": r["customer_id"],
-                           "stage": RejectionStage.VALIDATION.value, "reason": r["reason"]}
-                          for r in refused.to_dict("records")]
+    report.rejections += [
+        {
+            "row_key": r["row_key"],
+            "customer_id": r["customer_id"],
+            "stage": RejectionStage.VALIDATION.value,
+            "reason": r["reason"],
+        }
+        for r in refused.to_dict("records")
+    ]
     rows = plan[plan["action"].isin([Action.CREATE, Action.UPDATE])].to_dict("records")
 
     def write(ctx: _Ctx, row: dict) -> None:
@@ -204,7 +208,8 @@ def apply_sync_plan(
             params, before, follow_ups = request(spec, row)
             if row["action"] == Action.CREATE:
                 customer, wrote = create_customer_once(
-                    ctx, row["identity"], params, lookup_email=row["email"] if "@" in row["identity"] else None)
+                    ctx, row["identity"], params, lookup_email=row["email"] if "@" in row["identity"] else None
+                )
                 customer_id = customer["id"]
                 store.record_sync_ids(spec.name, {row["row_key"]: customer_id}, run_id)
                 # Found, not made now: made by an earlier run's create (whose answer was lost) or by someone
@@ -217,29 +222,49 @@ def apply_sync_plan(
                 made = _follow_up(ctx, customer_id, op, before)
                 wrote |= made is not None
                 if made is not None and op["kind"] == PROMOTION_CODE_KIND:  # the code is what the customer is given
-                    report.promotion_codes.append({"row_key": row["row_key"], "customer_id": customer_id,
-                                                   "coupon": op["params"]["promotion"]["coupon"],
-                                                   "code": made.get("code"), "promotion_code": made.get("id"),
-                                                   "max_redemptions": made.get("max_redemptions")})
+                    report.promotion_codes.append(
+                        {
+                            "row_key": row["row_key"],
+                            "customer_id": customer_id,
+                            "coupon": op["params"]["promotion"]["coupon"],
+                            "code": made.get("code"),
+                            "promotion_code": made.get("id"),
+                            "max_redemptions": made.get("max_redemptions"),
+                        }
+                    )
                     report.counts["promotion_codes_created"] += 1
-                    log.info("promotion code %s (coupon %s) created for %s", made.get("code"),
-                             op["params"]["promotion"]["coupon"], customer_id)
+                    log.info(
+                        "promotion code %s (coupon %s) created for %s",
+                        made.get("code"),
+                        op["params"]["promotion"]["coupon"],
+                        customer_id,
+                    )
         except RefusedBefore as exc:
             report.add(Outcome.REJECTED)
-            report.rejections.append({"row_key": row["row_key"], "customer_id": customer_id,
-                                      "stage": RejectionStage.STRIPE.value,
-                                      "reason": f"{exc} (Stripe's answer to this same request before: not resent)"})
+            report.rejections.append(
+                {
+                    "row_key": row["row_key"],
+                    "customer_id": customer_id,
+                    "stage": RejectionStage.STRIPE.value,
+                    "reason": f"{exc} (Stripe's answer to this same request before: not resent)",
+                }
+            )
             return
         except stripe.StripeError as exc:
             message = _message(exc)
             refused = _refused(exc)
             outcome = Outcome.REJECTED if refused else Outcome.FAILED
             report.add(outcome)
-            entry = {"row_key": row["row_key"], "customer_id": customer_id,
-                     "stage": (RejectionStage.STRIPE if refused else RejectionStage.STRIPE_ERROR).value, "reason": message}
+            entry = {
+                "row_key": row["row_key"],
+                "customer_id": customer_id,
+                "stage": (RejectionStage.STRIPE if refused else RejectionStage.STRIPE_ERROR).value,
+                "reason": message,
+            }
             (report.rejections if refused else report.failures).append(entry)
             (log.info if refused else log.warning)(
-                "Stripe %s of row %s %s: %s", row["action"], row["row_key"], outcome, message)
+                "Stripe %s of row %s %s: %s", row["action"], row["row_key"], outcome, message
+            )
             return
         if row["action"] == Action.CREATE:
             report.add(Outcome.CREATED if wrote else Outcome.RECOVERED)
@@ -272,8 +297,15 @@ class RefusedBefore(Exception):
 
 
 # -- the one writer ----------------------------------------------------------------------------------
-def _send(ctx: _Ctx, kind: str, target: str, params: dict, key: str, call: Callable[[], WriteResult],
-          mirror: Callable[[dict], list[MirroredCustomers]]) -> dict | None:
+def _send(
+    ctx: _Ctx,
+    kind: str,
+    target: str,
+    params: dict,
+    key: str,
+    call: Callable[[], WriteResult],
+    mirror: Callable[[dict], list[MirroredCustomers]],
+) -> dict | None:
     """Ledger `planned` (committed) before the call, `sent` / `refused` (a 4xx) / `failed` after (LedgerStatus),
     with the customer as Stripe answered in the same commit: a crash in between is detectable. The very request
     Stripe refused before is not sent again: same key, same answer."""
@@ -281,8 +313,11 @@ def _send(ctx: _Ctx, kind: str, target: str, params: dict, key: str, call: Calla
     prior = store.ledger_entries([key]).get(key)
     if prior and prior["status"] == LedgerStatus.SENT:
         return None
-    if prior and prior["status"] == LedgerStatus.REFUSED and \
-            (datetime.now(timezone.utc) - prior["updated_at"]).total_seconds() < REFUSAL_MEMORY_S:
+    if (
+        prior
+        and prior["status"] == LedgerStatus.REFUSED
+        and (datetime.now(timezone.utc) - prior["updated_at"]).total_seconds() < REFUSAL_MEMORY_S
+    ):
         raise RefusedBefore(prior["error"])
     ctx.records.record(PlannedWrite(key, kind, target, params, ctx.partition, ctx.run_id))
     try:
@@ -290,18 +325,28 @@ def _send(ctx: _Ctx, kind: str, target: str, params: dict, key: str, call: Calla
     except stripe.StripeError as exc:
         refused = _refused(exc)
         status = LedgerStatus.REFUSED if refused else LedgerStatus.FAILED
-        ctx.records.record(WriteOutcome(key, status.value, request_id=getattr(exc, "request_id", None),
-                                        error=(_message(exc) if refused else str(exc))[:1000]))
+        ctx.records.record(
+            WriteOutcome(
+                key,
+                status.value,
+                request_id=getattr(exc, "request_id", None),
+                error=(_message(exc) if refused else str(exc))[:1000],
+            )
+        )
         raise
-    ctx.records.record(WriteOutcome(key, LedgerStatus.SENT.value, request_id=result.request_id,
-                                    object_id=result.object.get("id")), *mirror(result.object))
+    ctx.records.record(
+        WriteOutcome(key, LedgerStatus.SENT.value, request_id=result.request_id, object_id=result.object.get("id")),
+        *mirror(result.object),
+    )
     return result.object
 
 
 def _mirror_customer(tax_ids=(), coupons=()) -> Callable[[dict], list[MirroredCustomers]]:
     """The customer as a write's answer shows it, to mirror in the same commit as the write's outcome."""
+
     def mirror(customer: dict) -> list[MirroredCustomers]:
         return [MirroredCustomers([customer], add_tax_ids=tuple(tax_ids), add_coupons=tuple(coupons))]
+
     return mirror
 
 
@@ -309,8 +354,15 @@ def update_customer(ctx: _Ctx, customer_id: str, params: dict, before) -> dict |
     """One idempotent customer update. `before` (the values being replaced) goes into the key, so the same
     values written later from another starting point are not mistaken for a replay."""
     key = idempotency_key(UPDATE_KIND, customer_id, {**params, "before": before})
-    return _send(ctx, UPDATE_KIND, customer_id, params, key,
-                 lambda: ctx.stripe_api.update_customer(customer_id, params, key), _mirror_customer())
+    return _send(
+        ctx,
+        UPDATE_KIND,
+        customer_id,
+        params,
+        key,
+        lambda: ctx.stripe_api.update_customer(customer_id, params, key),
+        _mirror_customer(),
+    )
 
 
 def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email: str | None) -> tuple[dict, bool]:
@@ -336,8 +388,15 @@ def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email
         return found, False
     tax_ids = [f"{t['type']}:{t['value']}" for t in params.get("tax_id_data", [])]
     key = idempotency_key(CREATE_KIND, identity, params)
-    created = _send(ctx, CREATE_KIND, identity, params, key, lambda: ctx.stripe_api.create_customer(params, key),
-                    _mirror_customer(tax_ids=tax_ids))
+    created = _send(
+        ctx,
+        CREATE_KIND,
+        identity,
+        params,
+        key,
+        lambda: ctx.stripe_api.create_customer(params, key),
+        _mirror_customer(tax_ids=tax_ids),
+    )
     if created is None:  # this very create is in the ledger as sent
         sent = store.ledger_entries([key])[key]
         created = ctx.stripe_api.retrieve("customers", sent["stripe_object_id"])
@@ -364,8 +423,11 @@ def _recover(ctx: _Ctx, identity: str, priors: list[dict]) -> dict | None:
             if _refused(exc):
                 continue
             raise
-        ctx.records.record(WriteOutcome(prior["op_key"], LedgerStatus.SENT.value, request_id=result.request_id,
-                                        object_id=result.object["id"]))
+        ctx.records.record(
+            WriteOutcome(
+                prior["op_key"], LedgerStatus.SENT.value, request_id=result.request_id, object_id=result.object["id"]
+            )
+        )
         return result.object
     return None
 
@@ -376,21 +438,41 @@ def _follow_up(ctx: _Ctx, customer_id: str, op: dict, before) -> dict | None:
     if op["kind"] == APPLY_COUPON_KIND:
         coupon = op["params"]["coupon"]
         key = idempotency_key(APPLY_COUPON_KIND, customer_id, {**op["params"], "before": before})
-        return _send(ctx, APPLY_COUPON_KIND, customer_id, op["params"], key,
-                     lambda: ctx.stripe_api.apply_customer_coupon(customer_id, coupon, key), _mirror_customer())
+        return _send(
+            ctx,
+            APPLY_COUPON_KIND,
+            customer_id,
+            op["params"],
+            key,
+            lambda: ctx.stripe_api.apply_customer_coupon(customer_id, coupon, key),
+            _mirror_customer(),
+        )
     if op["kind"] == TAX_ID_KIND:
         params = op["params"]
         key = idempotency_key(TAX_ID_KIND, customer_id, {**params, "before": before})
         shown = f"{params['type']}:{params['value']}"
-        return _send(ctx, TAX_ID_KIND, customer_id, params, key,
-                     lambda: ctx.stripe_api.create_tax_id(customer_id, params, key),
-                     lambda _obj: _mirror_customer(tax_ids=[shown])(_known_customer(ctx, customer_id)))
+        return _send(
+            ctx,
+            TAX_ID_KIND,
+            customer_id,
+            params,
+            key,
+            lambda: ctx.stripe_api.create_tax_id(customer_id, params, key),
+            lambda _obj: _mirror_customer(tax_ids=[shown])(_known_customer(ctx, customer_id)),
+        )
     params = {**op["params"], "customer": customer_id}
     key = idempotency_key(PROMOTION_CODE_KIND, customer_id, {**params, "before": before})
-    return _send(ctx, PROMOTION_CODE_KIND, customer_id, params, key,
-                 lambda: ctx.stripe_api.create_promotion_code(params, key),
-                 lambda _obj: _mirror_customer(coupons=[f"{params['promotion']['coupon']}:{params['code']}"])(
-                     _known_customer(ctx, customer_id)))
+    return _send(
+        ctx,
+        PROMOTION_CODE_KIND,
+        customer_id,
+        params,
+        key,
+        lambda: ctx.stripe_api.create_promotion_code(params, key),
+        lambda _obj: _mirror_customer(coupons=[f"{params['promotion']['coupon']}:{params['code']}"])(
+            _known_customer(ctx, customer_id)
+        ),
+    )
 
 
 def _known_customer(ctx: _Ctx, customer_id: str) -> dict:

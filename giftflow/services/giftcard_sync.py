@@ -48,8 +48,15 @@ class MirrorRefresh:
     looked_up: LookedUp | None = None
 
 
-def refresh_mirror_for_range(stripe_api: StripeClient, store: GiftflowStore, start: datetime, end: datetime, *,
-                             max_age_s: float = 0, now: datetime | None = None) -> MirrorRefresh:
+def refresh_mirror_for_range(
+    stripe_api: StripeClient,
+    store: GiftflowStore,
+    start: datetime,
+    end: datetime,
+    *,
+    max_age_s: float = 0,
+    now: datetime | None = None,
+) -> MirrorRefresh:
     """The gift-card sync's mirror for the redemptions in [start, end) (already in the store): nothing while the
     events sensor keeps it current; a whole relisting only when it was never filled or is a day old; otherwise
     a look-up of the customers the range can match and the mirror lacks (`look_up_range_customers`)."""
@@ -81,8 +88,7 @@ class LookedUp:
         return self.emails + self.ids
 
 
-def look_up_range_customers(stripe_api: StripeClient, store: GiftflowStore, start: datetime, end: datetime
-                            ) -> LookedUp:
+def look_up_range_customers(stripe_api: StripeClient, store: GiftflowStore, start: datetime, end: datetime) -> LookedUp:
     """Bring into the mirror the Stripe customers that redemptions in [start, end) can match and the mirror does
     not hold: one `customers.list(email=...)` per distinct e-mail not mirrored (as typed, trimmed, and
     lower-cased: Stripe's filter is case-sensitive) and one retrieve per linked `stripe_customer_id` not
@@ -126,8 +132,9 @@ def plan_giftcard_day(store: GiftflowStore, day_start: datetime, day_end: dateti
     redemptions, with all of their redemptions of all days. Reads only the customers the day can match, so its
     cost grows with the day, not with the account."""
     day = store.load_redemptions(start=day_start, end=day_end)
-    customers = customers_frame(store.load_customers(day["stripe_customer_id"].dropna().unique(),
-                                                     emails=day["email_norm"].dropna().unique()))
+    customers = customers_frame(
+        store.load_customers(day["stripe_customer_id"].dropna().unique(), emails=day["email_norm"].dropna().unique())
+    )
     # A customer's values come from all their days: widen to every redemption linked to them.
     touched = match_redemptions(day, customers)["customer_id"].dropna().unique()
     emails = set(customers.loc[customers["customer_id"].isin(touched), "email_norm"].dropna())
@@ -136,14 +143,16 @@ def plan_giftcard_day(store: GiftflowStore, day_start: datetime, day_end: dateti
     # The day itself too: anonymous redemptions match neither an e-mail nor an id, and are reported.
     history = store.load_redemptions(start=day_start, end=day_end, emails=emails, customer_ids=ids)
     # Every customer the history can match, so matching sees the same candidates as with the whole mirror.
-    customers = customers_frame(store.load_customers(history["stripe_customer_id"].dropna().unique(),
-                                                     emails=history["email_norm"].dropna().unique()))
+    customers = customers_frame(
+        store.load_customers(history["stripe_customer_id"].dropna().unique(), emails=history["email_norm"].dropna().unique())
+    )
     plan = plan_customer_updates(history, customers, day_start, day_end, spec)
     return Planned(plan, read=len(plan), left_out=int((plan["action"] == SKIP).sum()))
 
 
-def plan_customer_updates(redemptions: pd.DataFrame, customers: pd.DataFrame, day_start: datetime,
-                          day_end: datetime, spec: SyncSpec) -> pd.DataFrame:
+def plan_customer_updates(
+    redemptions: pd.DataFrame, customers: pd.DataFrame, day_start: datetime, day_end: datetime, spec: SyncSpec
+) -> pd.DataFrame:
     """One row per customer touched by a redemption in [day_start, day_end), with what to do under `spec` (the
     gift-card sync's configuration of the engine, in update or upsert mode): the domain's wanted values, diffed
     by the engine against the customers they match. `redemptions` is every day giftflow has seen."""
@@ -165,8 +174,7 @@ def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.D
     n = len(plan)
     sync = (plan["action"] == SYNC).to_numpy()
     row = plan["_row"].fillna(-1).to_numpy(dtype=np.int64) if "_row" in plan else np.full(n, -1)
-    arranged = np.concatenate([np.flatnonzero(sync & (row < 0)), np.flatnonzero(sync & (row >= 0)),
-                               np.flatnonzero(~sync)])
+    arranged = np.concatenate([np.flatnonzero(sync & (row < 0)), np.flatnonzero(sync & (row >= 0)), np.flatnonzero(~sync)])
     left_out = np.arange(int(sync.sum()), n)  # their places in `arranged`
 
     def column(name: str) -> np.ndarray:
@@ -175,12 +183,20 @@ def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.D
     found = row[arranged]
     found[left_out] = -1
     ids, emails = column("customer_id"), column("email")
-    wanted = _objects({"row_key": np.where(found >= 0, ids, emails), "given_id": ids, "email_norm": emails,
-                       "email": emails, **{c: column(c) for c in ("name", "phone")},
-                       **{f"metadata.{k}": column(k) for k in METADATA_KEYS}})
+    wanted = _objects(
+        {
+            "row_key": np.where(found >= 0, ids, emails),
+            "given_id": ids,
+            "email_norm": emails,
+            "email": emails,
+            **{c: column(c) for c in ("name", "phone")},
+            **{f"metadata.{k}": column(k) for k in METADATA_KEYS},
+        }
+    )
     # Every customer, by position: no copy of the rows, no index to hash.
-    current = pd.DataFrame({_PREFIXED.get(c, c): customers[c] for c in customers.columns if c != "customer_id"},
-                           copy=False).set_axis(pd.Index(customers["customer_id"], copy=False))
+    current = pd.DataFrame(
+        {_PREFIXED.get(c, c): customers[c] for c in customers.columns if c != "customer_id"}, copy=False
+    ).set_axis(pd.Index(customers["customer_id"], copy=False))
     decided = plan_sync(spec, wanted, pd.Series(SKIP, index=left_out, dtype=object), current, found=found)
 
     action = decided["action"].to_numpy(dtype=object, copy=True)
@@ -196,7 +212,8 @@ def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.D
 
     final = ordered(arranged)
     out: dict[str, pd.Series | np.ndarray] = {
-        c: plan[c].take(final).reset_index(drop=True) for c in PLAN_COLUMNS if c != "changed_keys"}
+        c: plan[c].take(final).reset_index(drop=True) for c in PLAN_COLUMNS if c != "changed_keys"
+    }
     out["action"], out["reason"] = ordered(action), ordered(reason)
     out["changed_keys"] = ordered(decided["changed"].to_numpy(dtype=object))
     # What the writer needs: the engine's own columns, for the rows it decided (None on the left-out ones).
@@ -207,8 +224,9 @@ def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.D
                 values = values.copy()
                 values[left_out] = None
             out[c] = ordered(values)
-    return pd.DataFrame({c: v if isinstance(v, pd.Series) else pd.Series(v, dtype=object, copy=False)
-                         for c, v in out.items()}, copy=False)
+    return pd.DataFrame(
+        {c: v if isinstance(v, pd.Series) else pd.Series(v, dtype=object, copy=False) for c, v in out.items()}, copy=False
+    )
 
 
 def _objects(columns: dict[str, np.ndarray]) -> pd.DataFrame:

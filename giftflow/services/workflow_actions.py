@@ -84,8 +84,9 @@ def apply_workflow_plan(
         except (stripe.StripeError, MailError, smtplib.SMTPException, OSError) as exc:
             store.record_result(key, status="failed", error=str(exc)[:1000])
             report.counts[(rule, "failed")] += 1
-            report.failures.append({"rule": rule, "object": row["object_id"], "action": row["action"],
-                                    "error": str(exc)[:300]})
+            report.failures.append(
+                {"rule": rule, "object": row["object_id"], "action": row["action"], "error": str(exc)[:300]}
+            )
             log.warning("%s on %s failed: %s", row["action"], row["object_id"], exc)
             continue
         store.record_result(key, status="sent", request_id=request_id, object_id=object_id)
@@ -105,8 +106,15 @@ def _carry_out(row, key, prior, stripe_api, store, notifier, report) -> tuple[st
     """Do one action; returns the Stripe request id and object id where there are any."""
     if row["action"] == "email":
         went = notifier.send(row["recipient"], row["subject"], row["body"], key)
-        report.mails.append({"rule": row["rule"], "recipient": row["recipient"], "subject": row["subject"],
-                             "object": row["object_id"], "went_to": went})
+        report.mails.append(
+            {
+                "rule": row["rule"],
+                "recipient": row["recipient"],
+                "subject": row["subject"],
+                "object": row["object_id"],
+                "went_to": went,
+            }
+        )
         return None, None
     if row["action"] == "update_customer_metadata":
         params = {"metadata": row["metadata"]}
@@ -118,8 +126,11 @@ def _carry_out(row, key, prior, stripe_api, store, notifier, report) -> tuple[st
         done = [r for r in refunds if (r.get("metadata") or {}).get("giftflow_key") == key]
         if done:
             return None, done[0]["id"]
-    params = {"charge": row["charge_id"], "amount": int(row["refund_amount"]), "reason": row["refund_reason"],
-              "metadata": {"giftflow_key": key, "giftflow_rule": row["rule"],
-                           "early_fraud_warning": row["object_id"]}}
+    params = {
+        "charge": row["charge_id"],
+        "amount": int(row["refund_amount"]),
+        "reason": row["refund_reason"],
+        "metadata": {"giftflow_key": key, "giftflow_rule": row["rule"], "early_fraud_warning": row["object_id"]},
+    }
     result = stripe_api.create_refund(params, idempotency_key("refund", key, params))
     return result.request_id, result.object["id"]

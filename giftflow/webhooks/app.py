@@ -209,10 +209,17 @@ async def _record(store: GiftflowStore, source: str, event_id: str, event_type: 
     return JSONResponse({"received": True} if new else {"received": True, "duplicate": True})
 
 
-def create_app(store: GiftflowStore, *, cardivo_secret: str | None, stripe_secret: str | None,
-               tolerance_s: int = 300, clock: Callable[[], float] = time.time,
-               max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S,
-               retention_days: int = RETENTION_DAYS) -> Starlette:
+def create_app(
+    store: GiftflowStore,
+    *,
+    cardivo_secret: str | None,
+    stripe_secret: str | None,
+    tolerance_s: int = 300,
+    clock: Callable[[], float] = time.time,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    read_timeout_s: float = READ_TIMEOUT_S,
+    retention_days: int = RETENTION_DAYS,
+) -> Starlette:
     pruner = _Pruner(store, retention_days, clock)
 
     def endpoint(source: str, header: str, secret: str | None, model: type[_Envelope]):
@@ -249,18 +256,21 @@ def create_app(store: GiftflowStore, *, cardivo_secret: str | None, stripe_secre
             response = await _record(store, source, event.id, event.type, _redact(body))
             await pruner.maybe_prune()
             return response
+
         return receive
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
-    return Starlette(routes=[
-        Route("/webhooks/cardivo", endpoint("cardivo", "Cardivo-Signature", cardivo_secret, CardivoEvent),
-              methods=["POST"]),
-        Route("/webhooks/stripe", endpoint("stripe", "Stripe-Signature", stripe_secret, StripeEvent),
-              methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route(
+                "/webhooks/cardivo", endpoint("cardivo", "Cardivo-Signature", cardivo_secret, CardivoEvent), methods=["POST"]
+            ),
+            Route("/webhooks/stripe", endpoint("stripe", "Stripe-Signature", stripe_secret, StripeEvent), methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
 
 
 def create_app_from_env(settings: Settings | None = None) -> Starlette:
@@ -270,8 +280,11 @@ def create_app_from_env(settings: Settings | None = None) -> Starlette:
     def secret(value: SecretStr | None) -> str | None:
         return value.get_secret_value() if value is not None else None
 
-    return create_app(GiftflowStore(database_url=settings.store_url),
-                      cardivo_secret=secret(settings.cardivo_webhook_secret),
-                      stripe_secret=secret(settings.stripe_webhook_secret),
-                      max_body_bytes=settings.webhook_max_body_bytes, read_timeout_s=settings.webhook_read_timeout_s,
-                      retention_days=settings.webhook_retention_days)
+    return create_app(
+        GiftflowStore(database_url=settings.store_url),
+        cardivo_secret=secret(settings.cardivo_webhook_secret),
+        stripe_secret=secret(settings.stripe_webhook_secret),
+        max_body_bytes=settings.webhook_max_body_bytes,
+        read_timeout_s=settings.webhook_read_timeout_s,
+        retention_days=settings.webhook_retention_days,
+    )

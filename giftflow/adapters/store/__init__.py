@@ -25,7 +25,23 @@ from giftflow.adapters.store.schema import (
 )
 
 __all__ = [
-    "GiftflowStore", "MirroredCustomers", "PlannedWrite", "Repositories", "WriteOutcome", "_create_tables",
-    "customer_objects", "default_database_url", "head_revision", "kv", "ledger", "metadata_obj", "migrate",
-    "quarantine", "redemptions", "stripe_objects", "sync_ids", "sync_runs", "webhook_events",
+    "GiftflowStore",
+    "MirroredCustomers",
+    "PlannedWrite",
+    "Repositories",
+    "WriteOutcome",
+    "_create_tables",
+    "customer_objects",
+    "default_database_url",
+    "head_revision",
+    "kv",
+    "ledger",
+    "metadata_obj",
+    "migrate",
+    "quarantine",
+    "redemptions",
+    "stripe_objects",
+    "sync_ids",
+    "sync_runs",
+    "webhook_events",
 ]

@@ -27,8 +27,13 @@ class MirroredCustomers:
 
 
 class CustomerMirror(Repository):
-    def replace(self, rows: list[dict], *, listed_from: datetime | None = None,
-                refreshed_keys: Iterable[str] = ("customers_refreshed_at",)) -> None:
+    def replace(
+        self,
+        rows: list[dict],
+        *,
+        listed_from: datetime | None = None,
+        refreshed_keys: Iterable[str] = ("customers_refreshed_at",),
+    ) -> None:
         """Make the mirror this full listing of Stripe customers, begun at `listed_from`: customers not in it
         and not mirrored since are dropped; `_tax_ids` / `_coupons` a row does not carry are kept."""
         listed_from = listed_from or now()
@@ -38,8 +43,14 @@ class CustomerMirror(Repository):
             for key in refreshed_keys:
                 State.set_in(conn, key, listed_from.isoformat())
 
-    def upsert(self, rows: list[dict], *, as_of: datetime | None = None, add_tax_ids: Iterable[str] = (),
-               add_coupons: Iterable[str] = ()) -> None:
+    def upsert(
+        self,
+        rows: list[dict],
+        *,
+        as_of: datetime | None = None,
+        add_tax_ids: Iterable[str] = (),
+        add_coupons: Iterable[str] = (),
+    ) -> None:
         """Mirror customers as Stripe showed them at `as_of` (a write's answer, an event; default now), with
         the given tax ids and coupons added to those already mirrored."""
         with self.engine.begin() as conn:
@@ -88,11 +99,18 @@ def mirror_in(conn: sa.Connection, entries: list[MirroredCustomers]) -> None:
         _merge(conn, list(plain.values()), now())
 
 
-def _merge(conn: sa.Connection, rows: list[dict], as_of: datetime, add_tax_ids: Iterable[str] = (),
-           add_coupons: Iterable[str] = ()) -> None:
-    known = {r.customer_id: r.data for chunk in chunks([r["id"] for r in rows])
-             for r in conn.execute(sa.select(customer_objects.c.customer_id, customer_objects.c.data)
-                                   .where(customer_objects.c.customer_id.in_(chunk)))}
+def _merge(
+    conn: sa.Connection, rows: list[dict], as_of: datetime, add_tax_ids: Iterable[str] = (), add_coupons: Iterable[str] = ()
+) -> None:
+    known = {
+        r.customer_id: r.data
+        for chunk in chunks([r["id"] for r in rows])
+        for r in conn.execute(
+            sa.select(customer_objects.c.customer_id, customer_objects.c.data).where(
+                customer_objects.c.customer_id.in_(chunk)
+            )
+        )
+    }
     records = []
     for row in rows:
         row, old = dict(row), known.get(row["id"], {})
@@ -104,5 +122,10 @@ def _merge(conn: sa.Connection, rows: list[dict], as_of: datetime, add_tax_ids: 
 
 
 def _record(row: dict, synced_at: datetime) -> dict:
-    return {"customer_id": row["id"], "email_norm": (row.get("email") or "").strip().lower() or None,
-            "created": int(row.get("created") or 0), "data": row, "synced_at": synced_at}
+    return {
+        "customer_id": row["id"],
+        "email_norm": (row.get("email") or "").strip().lower() or None,
+        "created": int(row.get("created") or 0),
+        "data": row,
+        "synced_at": synced_at,
+    }

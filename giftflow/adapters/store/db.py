@@ -47,8 +47,7 @@ def engine_for(url: str) -> sa.Engine:
 def _make_engine(url: str) -> sa.Engine:
     # hide_parameters: an error or a statement log must not carry a payload, an e-mail or a card code.
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 60}, hide_parameters=True,
-                                  json_serializer=_json_dumps)
+        engine = sa.create_engine(url, connect_args={"timeout": 60}, hide_parameters=True, json_serializer=_json_dumps)
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(conn, _record):  # concurrent runs share the file: WAL lets readers and a writer overlap
@@ -135,8 +134,10 @@ def _upgrade(conn: sa.Connection, head: str) -> None:
     if current == head:
         return
     if current is not None and current not in {s.revision for s in _scripts().walk_revisions()}:
-        raise SchemaTooNewError(f"giftflow's database is at revision {current}, which this giftflow does not know "
-                                f"(its newest is {head}): it was upgraded by a newer giftflow; run that one")
+        raise SchemaTooNewError(
+            f"giftflow's database is at revision {current}, which this giftflow does not know "
+            f"(its newest is {head}): it was upgraded by a newer giftflow; run that one"
+        )
     command.upgrade(alembic_config(conn), "head")
 
 
@@ -158,7 +159,7 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[st
     rows = list({tuple(r[k] for k in keys): r for r in rows}.values())
     insert = dialect_insert(conn)
     for start in range(0, len(rows), _CHUNK):
-        stmt = insert(table).values(rows[start:start + _CHUNK])
+        stmt = insert(table).values(rows[start : start + _CHUNK])
         update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
         where = table.c[newer] <= stmt.excluded[newer] if newer else None
         conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update, where=where))
@@ -178,7 +179,7 @@ def dialect_insert(conn: sa.Connection | sa.Engine):
 def chunks(values: Iterable, size: int = _CHUNK) -> Iterator[list]:
     values = list(values)
     for start in range(0, len(values), size):
-        yield values[start:start + size]
+        yield values[start : start + size]
 
 
 def aware(value: datetime | None) -> datetime | None:

@@ -38,8 +38,17 @@ class Repositories:
 @lru_cache(maxsize=8)
 def _repositories(url: str) -> Repositories:
     engine = engine_for(url)
-    return Repositories(Redemptions(engine), CustomerMirror(engine), StripeObjects(engine), Ledger(engine),
-                        Quarantine(engine), WebhookEvents(engine), SyncRuns(engine), SyncIds(engine), State(engine))
+    return Repositories(
+        Redemptions(engine),
+        CustomerMirror(engine),
+        StripeObjects(engine),
+        Ledger(engine),
+        Quarantine(engine),
+        WebhookEvents(engine),
+        SyncRuns(engine),
+        SyncIds(engine),
+        State(engine),
+    )
 
 
 class GiftflowStore(BaseModel):
@@ -67,8 +76,14 @@ class GiftflowStore(BaseModel):
     def upsert_redemptions(self, frame: pd.DataFrame) -> int:
         return self.repos.redemptions.upsert(frame)
 
-    def load_redemptions(self, *, start: datetime | None = None, end: datetime | None = None,
-                         emails: Iterable[str] = (), customer_ids: Iterable[str] = ()) -> pd.DataFrame:
+    def load_redemptions(
+        self,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        emails: Iterable[str] = (),
+        customer_ids: Iterable[str] = (),
+    ) -> pd.DataFrame:
         """Redemptions redeemed in [start, end), or (with emails/customer_ids) those linked to them."""
         return self.repos.redemptions.load(start=start, end=end, emails=emails, customer_ids=customer_ids)
 
@@ -80,10 +95,18 @@ class GiftflowStore(BaseModel):
     def upsert_objects(self, kind: str, rows: list[dict]) -> None:
         self.repos.stripe_objects.upsert(kind, rows)
 
-    def load_objects(self, kind: str, *, created_gte: int | None = None, created_lt: int | None = None,
-                     ids: Iterable[str] | None = None, customer_ids: Iterable[str] | None = None) -> list[dict]:
-        return self.repos.stripe_objects.load(kind, created_gte=created_gte, created_lt=created_lt, ids=ids,
-                                              customer_ids=customer_ids)
+    def load_objects(
+        self,
+        kind: str,
+        *,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+        ids: Iterable[str] | None = None,
+        customer_ids: Iterable[str] | None = None,
+    ) -> list[dict]:
+        return self.repos.stripe_objects.load(
+            kind, created_gte=created_gte, created_lt=created_lt, ids=ids, customer_ids=customer_ids
+        )
 
     # -- ledger ---------------------------------------------------------------------------------------------
     def ledger_entries(self, op_keys: Iterable[str]) -> dict[str, dict]:
@@ -92,14 +115,21 @@ class GiftflowStore(BaseModel):
     def ledger_for_target(self, target: str, kind: str) -> list[dict]:
         return self.repos.ledger.for_target(target, kind)
 
-    def record_planned(self, op_key: str, kind: str, target: str, params: dict, partition: str | None,
-                       run_id: str | None) -> None:
+    def record_planned(
+        self, op_key: str, kind: str, target: str, params: dict, partition: str | None, run_id: str | None
+    ) -> None:
         self.repos.ledger.record_planned(op_key, kind, target, params, partition, run_id)
 
-    def record_result(self, op_key: str, *, status: str, request_id: str | None = None,
-                      object_id: str | None = None, error: str | None = None) -> None:
-        self.repos.ledger.record_result(op_key, status=status, request_id=request_id, object_id=object_id,
-                                        error=error)
+    def record_result(
+        self,
+        op_key: str,
+        *,
+        status: str,
+        request_id: str | None = None,
+        object_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.repos.ledger.record_result(op_key, status=status, request_id=request_id, object_id=object_id, error=error)
 
     def record_writes(self, records: Iterable[PlannedWrite | WriteOutcome | MirroredCustomers]) -> None:
         """Several writes' ledger entries and mirrored answers in one transaction, as `record_planned`,
@@ -135,14 +165,25 @@ class GiftflowStore(BaseModel):
         return self.repos.webhook_events.since(source, received_after, limit)
 
     # -- the Stripe customer mirror -------------------------------------------------------------------------
-    def replace_customers(self, rows: list[dict], *, listed_from: datetime | None = None,
-                          refreshed_keys: Iterable[str] = ("customers_refreshed_at",)) -> None:
+    def replace_customers(
+        self,
+        rows: list[dict],
+        *,
+        listed_from: datetime | None = None,
+        refreshed_keys: Iterable[str] = ("customers_refreshed_at",),
+    ) -> None:
         """Make the mirror this full listing of Stripe customers, begun at `listed_from`: customers not in it
         and not mirrored since are dropped; `_tax_ids` / `_coupons` a row does not carry are kept."""
         self.repos.customers.replace(rows, listed_from=listed_from, refreshed_keys=refreshed_keys)
 
-    def upsert_customers(self, rows: list[dict], *, as_of: datetime | None = None, add_tax_ids: Iterable[str] = (),
-                         add_coupons: Iterable[str] = ()) -> None:
+    def upsert_customers(
+        self,
+        rows: list[dict],
+        *,
+        as_of: datetime | None = None,
+        add_tax_ids: Iterable[str] = (),
+        add_coupons: Iterable[str] = (),
+    ) -> None:
         """Mirror customers as Stripe showed them at `as_of` (default now), adding the given tax ids and coupons."""
         self.repos.customers.upsert(rows, as_of=as_of, add_tax_ids=add_tax_ids, add_coupons=add_coupons)
 
@@ -161,10 +202,28 @@ class GiftflowStore(BaseModel):
         return datetime.fromisoformat(value) if value else None
 
     # -- sync runs and created ids --------------------------------------------------------------------------
-    def record_sync_run(self, sync: str, run_id: str, *, partition: str | None, status: str, dry_run: bool,
-                        counts: dict, rejections: list[dict], started_at: datetime) -> None:
-        self.repos.sync_runs.record(sync, run_id, partition=partition, status=status, dry_run=dry_run,
-                                    counts=counts, rejections=rejections, started_at=started_at)
+    def record_sync_run(
+        self,
+        sync: str,
+        run_id: str,
+        *,
+        partition: str | None,
+        status: str,
+        dry_run: bool,
+        counts: dict,
+        rejections: list[dict],
+        started_at: datetime,
+    ) -> None:
+        self.repos.sync_runs.record(
+            sync,
+            run_id,
+            partition=partition,
+            status=status,
+            dry_run=dry_run,
+            counts=counts,
+            rejections=rejections,
+            started_at=started_at,
+        )
 
     def sync_runs(self, sync: str, run_id: str | None = None, limit: int = 20) -> list[dict]:
         """Reports of a sync's runs, newest first (or the one run), counts and rejections decoded."""

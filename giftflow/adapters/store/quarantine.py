@@ -13,8 +13,18 @@ from giftflow.adapters.store.schema import quarantine
 class Quarantine(Repository):
     def add(self, source: str, bad: list[dict], partition: str | None, run_id: str | None) -> None:
         seen_at = now()
-        rows = [{"source": source, "record_key": b["record_key"], "reason": b["reason"], "payload": b["payload"],
-                 "partition": partition, "run_id": run_id, "seen_at": seen_at} for b in bad]
+        rows = [
+            {
+                "source": source,
+                "record_key": b["record_key"],
+                "reason": b["reason"],
+                "payload": b["payload"],
+                "partition": partition,
+                "run_id": run_id,
+                "seen_at": seen_at,
+            }
+            for b in bad
+        ]
         with self.engine.begin() as conn:
             upsert(conn, quarantine, rows, ["source", "record_key"])
 

@@ -26,8 +26,14 @@ class Redemptions(Repository):
             upsert(conn, redemptions, rows, ["redemption_id"], newer="updated_at")
         return len(rows)
 
-    def load(self, *, start: datetime | None = None, end: datetime | None = None, emails: Iterable[str] = (),
-             customer_ids: Iterable[str] = ()) -> pd.DataFrame:
+    def load(
+        self,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        emails: Iterable[str] = (),
+        customer_ids: Iterable[str] = (),
+    ) -> pd.DataFrame:
         """Redemptions redeemed in [start, end), or (with emails/customer_ids) those linked to them."""
         t = redemptions
         queries = []

@@ -18,7 +18,8 @@ RawDocument = sa.JSON()
 # SQLite keeps both as text: its JSON type is text, read and written through json.loads / json.dumps.
 
 redemptions = sa.Table(
-    "redemptions", metadata_obj,
+    "redemptions",
+    metadata_obj,
     sa.Column("redemption_id", sa.String(64), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("amount", sa.BigInteger, nullable=False),
@@ -36,7 +37,8 @@ redemptions = sa.Table(
 )
 
 ledger = sa.Table(
-    "stripe_ledger", metadata_obj,
+    "stripe_ledger",
+    metadata_obj,
     sa.Column("op_key", sa.String(128), primary_key=True),  # also the Stripe idempotency key
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("target", sa.String(320), nullable=False, index=True),
@@ -53,7 +55,8 @@ ledger = sa.Table(
 )
 
 quarantine = sa.Table(
-    "quarantine", metadata_obj,
+    "quarantine",
+    metadata_obj,
     sa.Column("source", sa.String(32), primary_key=True),
     sa.Column("record_key", sa.String(128), primary_key=True),
     sa.Column("reason", sa.Text, nullable=False),
@@ -65,7 +68,8 @@ quarantine = sa.Table(
 
 # Payment intents, charges and early fraud warnings as Stripe returned them, for the workflows.
 stripe_objects = sa.Table(
-    "stripe_objects", metadata_obj,
+    "stripe_objects",
+    metadata_obj,
     sa.Column("kind", sa.String(32), primary_key=True),
     sa.Column("object_id", sa.String(64), primary_key=True),
     sa.Column("created", sa.BigInteger, nullable=False, index=True),
@@ -76,7 +80,8 @@ stripe_objects = sa.Table(
 
 # Pushed deliveries (Cardivo and Stripe webhooks), kept until a sensor has handled them.
 webhook_events = sa.Table(
-    "webhook_events", metadata_obj,
+    "webhook_events",
+    metadata_obj,
     sa.Column("source", sa.String(16), primary_key=True),  # cardivo | stripe
     sa.Column("event_id", sa.String(255), primary_key=True),  # as long as the receiver accepts
     sa.Column("type", sa.String(100), nullable=False),
@@ -87,7 +92,8 @@ webhook_events = sa.Table(
 # The one mirror of Stripe customers (Stripe's object plus giftflow's `_tax_ids` and `_coupons`), every sync's
 # run reports, and the ids of the customers each sync created, per source row.
 customer_objects = sa.Table(
-    "stripe_customer_objects", metadata_obj,
+    "stripe_customer_objects",
+    metadata_obj,
     sa.Column("customer_id", sa.String(64), primary_key=True),
     sa.Column("email_norm", sa.String(320), index=True),
     sa.Column("created", sa.BigInteger, nullable=False),
@@ -96,7 +102,8 @@ customer_objects = sa.Table(
 )
 
 sync_runs = sa.Table(
-    "sync_runs", metadata_obj,
+    "sync_runs",
+    metadata_obj,
     sa.Column("sync", sa.String(64), primary_key=True),
     sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("partition", sa.String(32)),
@@ -109,7 +116,8 @@ sync_runs = sa.Table(
 )
 
 sync_ids = sa.Table(
-    "sync_customer_ids", metadata_obj,
+    "sync_customer_ids",
+    metadata_obj,
     sa.Column("sync", sa.String(64), primary_key=True),
     sa.Column("row_key", sa.String(320), primary_key=True),
     sa.Column("customer_id", sa.String(64), nullable=False),
@@ -118,8 +126,8 @@ sync_ids = sa.Table(
 )
 
 kv = sa.Table(
-    "giftflow_state", metadata_obj,
+    "giftflow_state",
+    metadata_obj,
     sa.Column("key", sa.String(128), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
-

@@ -14,14 +14,29 @@ from giftflow.adapters.store.schema import stripe_objects
 class StripeObjects(Repository):
     def upsert(self, kind: str, rows: list[dict]) -> None:
         synced_at = now()
-        records = [{"kind": kind, "object_id": r["id"], "created": int(r["created"]),
-                    "customer_id": r.get("customer") if isinstance(r.get("customer"), str) else None,
-                    "data": r, "synced_at": synced_at} for r in rows]
+        records = [
+            {
+                "kind": kind,
+                "object_id": r["id"],
+                "created": int(r["created"]),
+                "customer_id": r.get("customer") if isinstance(r.get("customer"), str) else None,
+                "data": r,
+                "synced_at": synced_at,
+            }
+            for r in rows
+        ]
         with self.engine.begin() as conn:
             upsert(conn, stripe_objects, records, ["kind", "object_id"])
 
-    def load(self, kind: str, *, created_gte: int | None = None, created_lt: int | None = None,
-             ids: Iterable[str] | None = None, customer_ids: Iterable[str] | None = None) -> list[dict]:
+    def load(
+        self,
+        kind: str,
+        *,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+        ids: Iterable[str] | None = None,
+        customer_ids: Iterable[str] | None = None,
+    ) -> list[dict]:
         t = stripe_objects
         base = sa.select(t.c.data).where(t.c.kind == kind)
         if created_gte is not None:

@@ -12,10 +12,29 @@ from giftflow.adapters.store.schema import sync_ids, sync_runs
 
 
 class SyncRuns(Repository):
-    def record(self, sync: str, run_id: str, *, partition: str | None, status: str, dry_run: bool, counts: dict,
-               rejections: list[dict], started_at: datetime) -> None:
-        row = {"sync": sync, "run_id": run_id, "partition": partition, "status": status, "dry_run": dry_run,
-               "counts": counts, "rejections": rejections, "started_at": started_at, "finished_at": now()}
+    def record(
+        self,
+        sync: str,
+        run_id: str,
+        *,
+        partition: str | None,
+        status: str,
+        dry_run: bool,
+        counts: dict,
+        rejections: list[dict],
+        started_at: datetime,
+    ) -> None:
+        row = {
+            "sync": sync,
+            "run_id": run_id,
+            "partition": partition,
+            "status": status,
+            "dry_run": dry_run,
+            "counts": counts,
+            "rejections": rejections,
+            "started_at": started_at,
+            "finished_at": now(),
+        }
         with self.engine.begin() as conn:
             upsert(conn, sync_runs, [row], ["sync", "run_id"])
 
@@ -26,16 +45,19 @@ class SyncRuns(Repository):
             query = query.where(sync_runs.c.run_id == run_id)
         query = query.order_by(sync_runs.c.finished_at.desc()).limit(limit)
         with self.engine.connect() as conn:
-            return [{**r, "started_at": aware(r["started_at"]), "finished_at": aware(r["finished_at"])}
-                    for r in conn.execute(query).mappings()]
+            return [
+                {**r, "started_at": aware(r["started_at"]), "finished_at": aware(r["finished_at"])}
+                for r in conn.execute(query).mappings()
+            ]
 
 
 class SyncIds(Repository):
     def record(self, sync: str, created: dict[str, str], run_id: str | None) -> None:
         """Source row key -> the Stripe customer id a sync created for it."""
         at = now()
-        rows = [{"sync": sync, "row_key": k, "customer_id": v, "run_id": run_id, "created_at": at}
-                for k, v in created.items()]
+        rows = [
+            {"sync": sync, "row_key": k, "customer_id": v, "run_id": run_id, "created_at": at} for k, v in created.items()
+        ]
         with self.engine.begin() as conn:
             upsert(conn, sync_ids, rows, ["sync", "row_key"])
 

@@ -17,9 +17,17 @@ class WebhookEvents(Repository):
 
         One statement, no look-up first: senders deliver the same event concurrently, and a look-up then insert
         lets two of them both find nothing; the key decides, and the loser learns it from the row count."""
-        stmt = dialect_insert(self.engine)(webhook_events).values(
-            source=source, event_id=event_id, type=event_type, payload=payload, received_at=now(),
-        ).on_conflict_do_nothing(index_elements=["source", "event_id"])
+        stmt = (
+            dialect_insert(self.engine)(webhook_events)
+            .values(
+                source=source,
+                event_id=event_id,
+                type=event_type,
+                payload=payload,
+                received_at=now(),
+            )
+            .on_conflict_do_nothing(index_elements=["source", "event_id"])
+        )
         with self.engine.begin() as conn:
             return conn.execute(stmt).rowcount == 1
 
@@ -27,8 +35,12 @@ class WebhookEvents(Repository):
         """Deliveries received at or after `received_after`, oldest first, `payload` decoded. Read-only, so a
         sensor can read them on every tick and move its own cursor only when Dagster commits the tick."""
         t = webhook_events
-        query = (sa.select(t).where(t.c.source == source, t.c.received_at >= received_after)
-                 .order_by(t.c.received_at, t.c.event_id).limit(limit))
+        query = (
+            sa.select(t)
+            .where(t.c.source == source, t.c.received_at >= received_after)
+            .order_by(t.c.received_at, t.c.event_id)
+            .limit(limit)
+        )
         with self.engine.connect() as conn:
             return [{**r, "received_at": aware(r["received_at"])} for r in conn.execute(query).mappings()]
 
@@ -39,8 +51,12 @@ class WebhookEvents(Repository):
         t = webhook_events
         deleted = 0
         while True:
-            oldest = (sa.select(t.c.source, t.c.event_id).where(t.c.received_at < received_before)
-                      .order_by(t.c.received_at).limit(batch))
+            oldest = (
+                sa.select(t.c.source, t.c.event_id)
+                .where(t.c.received_at < received_before)
+                .order_by(t.c.received_at)
+                .limit(batch)
+            )
             with self.engine.begin() as conn:
                 n = conn.execute(sa.delete(t).where(sa.tuple_(t.c.source, t.c.event_id).in_(oldest))).rowcount
             deleted += n

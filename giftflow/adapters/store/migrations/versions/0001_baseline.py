@@ -22,7 +22,8 @@ metadata_obj = sa.MetaData()
 TS = sa.DateTime(timezone=True)
 
 redemptions = sa.Table(
-    "redemptions", metadata_obj,
+    "redemptions",
+    metadata_obj,
     sa.Column("redemption_id", sa.String(64), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("amount", sa.BigInteger, nullable=False),
@@ -40,7 +41,8 @@ redemptions = sa.Table(
 )
 
 customers = sa.Table(
-    "stripe_customers", metadata_obj,
+    "stripe_customers",
+    metadata_obj,
     sa.Column("customer_id", sa.String(64), primary_key=True),
     sa.Column("email", sa.String(320)),
     sa.Column("created", sa.BigInteger, nullable=False),
@@ -49,7 +51,8 @@ customers = sa.Table(
 )
 
 ledger = sa.Table(
-    "stripe_ledger", metadata_obj,
+    "stripe_ledger",
+    metadata_obj,
     sa.Column("op_key", sa.String(128), primary_key=True),  # also the Stripe idempotency key
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("target", sa.String(320), nullable=False, index=True),
@@ -66,7 +69,8 @@ ledger = sa.Table(
 )
 
 quarantine = sa.Table(
-    "quarantine", metadata_obj,
+    "quarantine",
+    metadata_obj,
     sa.Column("source", sa.String(32), primary_key=True),
     sa.Column("record_key", sa.String(128), primary_key=True),
     sa.Column("reason", sa.Text, nullable=False),
@@ -78,7 +82,8 @@ quarantine = sa.Table(
 
 # Payment intents, charges and early fraud warnings as Stripe returned them, for the workflows.
 stripe_objects = sa.Table(
-    "stripe_objects", metadata_obj,
+    "stripe_objects",
+    metadata_obj,
     sa.Column("kind", sa.String(32), primary_key=True),
     sa.Column("object_id", sa.String(64), primary_key=True),
     sa.Column("created", sa.BigInteger, nullable=False, index=True),
@@ -89,7 +94,8 @@ stripe_objects = sa.Table(
 
 # Pushed deliveries (Cardivo and Stripe webhooks), kept until a sensor has handled them.
 webhook_events = sa.Table(
-    "webhook_events", metadata_obj,
+    "webhook_events",
+    metadata_obj,
     sa.Column("source", sa.String(16), primary_key=True),  # cardivo | stripe
     sa.Column("event_id", sa.String(128), primary_key=True),
     sa.Column("type", sa.String(64), nullable=False),
@@ -101,7 +107,8 @@ webhook_events = sa.Table(
 # Reverse-ETL syncs: the full customer mirror they diff against (Stripe's object plus giftflow's `_tax_ids`
 # and `_coupons`), one report per sync run, and the ids of the customers each sync created, per source row.
 customer_objects = sa.Table(
-    "stripe_customer_objects", metadata_obj,
+    "stripe_customer_objects",
+    metadata_obj,
     sa.Column("customer_id", sa.String(64), primary_key=True),
     sa.Column("email_norm", sa.String(320), index=True),
     sa.Column("created", sa.BigInteger, nullable=False),
@@ -110,7 +117,8 @@ customer_objects = sa.Table(
 )
 
 sync_runs = sa.Table(
-    "sync_runs", metadata_obj,
+    "sync_runs",
+    metadata_obj,
     sa.Column("sync", sa.String(64), primary_key=True),
     sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("partition", sa.String(32)),
@@ -123,7 +131,8 @@ sync_runs = sa.Table(
 )
 
 sync_ids = sa.Table(
-    "sync_customer_ids", metadata_obj,
+    "sync_customer_ids",
+    metadata_obj,
     sa.Column("sync", sa.String(64), primary_key=True),
     sa.Column("row_key", sa.String(320), primary_key=True),
     sa.Column("customer_id", sa.String(64), nullable=False),
@@ -132,11 +141,11 @@ sync_ids = sa.Table(
 )
 
 kv = sa.Table(
-    "giftflow_state", metadata_obj,
+    "giftflow_state",
+    metadata_obj,
     sa.Column("key", sa.String(128), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
-
 
 
 def upgrade() -> None:

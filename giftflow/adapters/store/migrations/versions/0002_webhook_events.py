@@ -27,8 +27,9 @@ def upgrade() -> None:
     columns = _columns()
     if bind.dialect.name == "postgresql":
         if columns["event_id"]["type"].length < 255 or columns["type"]["type"].length < 100:
-            op.execute("ALTER TABLE webhook_events ALTER COLUMN event_id TYPE varchar(255), "
-                       "ALTER COLUMN type TYPE varchar(100)")
+            op.execute(
+                "ALTER TABLE webhook_events ALTER COLUMN event_id TYPE varchar(255), ALTER COLUMN type TYPE varchar(100)"
+            )
     if "processed_at" in columns:
         if bind.dialect.name == "sqlite" and _sqlite_version(bind) >= (3, 35):
             op.execute("ALTER TABLE webhook_events DROP COLUMN processed_at")  # in place, no table copy
