@@ -44,6 +44,8 @@ REDEMPTION_COLUMNS = [
     "redeemed_at",
     "updated_at",
 ]
+# Every column but the amount and the two times: strings, or None.
+TEXT_COLUMNS = [c for c in REDEMPTION_COLUMNS if c not in ("amount", "redeemed_at", "updated_at")]
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 Minor = Annotated[int, Field(strict=True, ge=0)]
@@ -188,18 +190,6 @@ def redemptions_frame(rows: list[dict]) -> pd.DataFrame:
     frame["amount"] = frame["amount"].astype("int64")
     for col in ("redeemed_at", "updated_at"):
         frame[col] = pd.to_datetime(frame[col], utc=True)
-    for col in (
-        "redemption_id",
-        "status",
-        "currency",
-        "card_last4",
-        "gift_card_id",
-        "email",
-        "email_norm",
-        "name",
-        "phone",
-        "stripe_customer_id",
-        "location",
-    ):
+    for col in TEXT_COLUMNS:
         frame[col] = frame[col].astype("object")
     return frame

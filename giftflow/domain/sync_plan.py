@@ -25,8 +25,6 @@ from giftflow.domain.stripe_fields import (
 from giftflow.domain.sync_spec import SyncSpec
 from giftflow.domain.vocabulary import Action, RejectReason, WriteKind
 
-# The actions under their old names, for the modules that import them from here (giftflow.domain.vocabulary.Action).
-CREATE, UPDATE, NONE, REJECT = Action.CREATE, Action.UPDATE, Action.NONE, Action.REJECT
 SCALARS = ("email", "name", "phone", "description", "balance")
 # A plan has row_key, customer_id, email, action, reason, changed (field names) and identity (what a create is
 # known by), and per mapped field the value wanted and the value Stripe holds (matched rows):
@@ -718,7 +716,7 @@ def _coupon_request(spec: SyncSpec, field: str, value: str) -> dict:
     """`coupon`: apply the coupon to the customer as its discount (`apply_coupon`, sent under an API version
     that still has a customer's `coupon`); `promotion_code`: a code for the coupon restricted to the customer."""
     if field == "coupon":
-        return {"kind": "apply_coupon", "params": {"coupon": value}}
+        return {"kind": WriteKind.APPLY_COUPON, "params": {"coupon": value}}
     assert spec.mapping.promotion_code is not None
     coupon, _, code = value.partition(":")
     return {

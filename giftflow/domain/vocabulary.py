@@ -97,3 +97,4 @@ class WriteKind(StrEnum):
     UPDATE_CUSTOMER = "update_customer"  # the changed fields of one customer, keyed with the values replaced
     CREATE_TAX_ID = "create_tax_id"  # a tax id added to a customer (never removed)
     CREATE_PROMOTION_CODE = "create_promotion_code"  # a coupon given to a customer as a promotion code restricted to it
+    APPLY_COUPON = "apply_coupon"  # a coupon as the customer's discount (adapters/stripe.py: apply_customer_coupon)

@@ -30,11 +30,6 @@ from giftflow.domain.sync_plan import catch_up, request
 from giftflow.domain.sync_spec import SyncSpec
 from giftflow.domain.vocabulary import Action, LedgerStatus, Outcome, RejectionStage, WriteKind
 
-# The ledger kinds under their old names, for importers (giftflow.domain.vocabulary.WriteKind).
-CREATE_KIND, UPDATE_KIND = WriteKind.CREATE_CUSTOMER, WriteKind.UPDATE_CUSTOMER
-TAX_ID_KIND, PROMOTION_CODE_KIND = WriteKind.CREATE_TAX_ID, WriteKind.CREATE_PROMOTION_CODE
-APPLY_COUPON_KIND = "apply_coupon"  # a coupon as the customer's discount (adapters/stripe.py: apply_customer_coupon)
-
 
 @dataclass
 class ApplyReport:
@@ -221,7 +216,8 @@ def apply_sync_plan(
             for op in follow_ups:
                 made = _follow_up(ctx, customer_id, op, before)
                 wrote |= made is not None
-                if made is not None and op["kind"] == PROMOTION_CODE_KIND:  # the code is what the customer is given
+                # the code is what the customer is given
+                if made is not None and op["kind"] == WriteKind.CREATE_PROMOTION_CODE:
                     report.promotion_codes.append(
                         {
                             "row_key": row["row_key"],
@@ -353,10 +349,10 @@ def _mirror_customer(tax_ids=(), coupons=()) -> Callable[[dict], list[MirroredCu
 def update_customer(ctx: _Ctx, customer_id: str, params: dict, before) -> dict | None:
     """One idempotent customer update. `before` (the values being replaced) goes into the key, so the same
     values written later from another starting point are not mistaken for a replay."""
-    key = idempotency_key(UPDATE_KIND, customer_id, {**params, "before": before})
+    key = idempotency_key(WriteKind.UPDATE_CUSTOMER, customer_id, {**params, "before": before})
     return _send(
         ctx,
-        UPDATE_KIND,
+        WriteKind.UPDATE_CUSTOMER,
         customer_id,
         params,
         key,
@@ -375,7 +371,7 @@ def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email
     idempotency key and parameters, which Stripe answers with the customer it made, if it made one.
     """
     store = ctx.store
-    priors = store.ledger_for_target(identity, CREATE_KIND)
+    priors = store.ledger_for_target(identity, WriteKind.CREATE_CUSTOMER)
     found = None
     if priors and lookup_email:
         existing = ctx.stripe_api.list_customers_by_email(lookup_email)
@@ -387,10 +383,10 @@ def create_customer_once(ctx: _Ctx, identity: str, params: dict, *, lookup_email
         ctx.records.record(*_mirror_customer()(found))
         return found, False
     tax_ids = [f"{t['type']}:{t['value']}" for t in params.get("tax_id_data", [])]
-    key = idempotency_key(CREATE_KIND, identity, params)
+    key = idempotency_key(WriteKind.CREATE_CUSTOMER, identity, params)
     created = _send(
         ctx,
-        CREATE_KIND,
+        WriteKind.CREATE_CUSTOMER,
         identity,
         params,
         key,
@@ -435,25 +431,25 @@ def _recover(ctx: _Ctx, identity: str, priors: list[dict]) -> dict | None:
 def _follow_up(ctx: _Ctx, customer_id: str, op: dict, before) -> dict | None:
     """What is written after the customer itself: a tax id on the customer, the coupon as its discount, a promotion
     code for a coupon restricted to the customer."""
-    if op["kind"] == APPLY_COUPON_KIND:
+    if op["kind"] == WriteKind.APPLY_COUPON:
         coupon = op["params"]["coupon"]
-        key = idempotency_key(APPLY_COUPON_KIND, customer_id, {**op["params"], "before": before})
+        key = idempotency_key(WriteKind.APPLY_COUPON, customer_id, {**op["params"], "before": before})
         return _send(
             ctx,
-            APPLY_COUPON_KIND,
+            WriteKind.APPLY_COUPON,
             customer_id,
             op["params"],
             key,
             lambda: ctx.stripe_api.apply_customer_coupon(customer_id, coupon, key),
             _mirror_customer(),
         )
-    if op["kind"] == TAX_ID_KIND:
+    if op["kind"] == WriteKind.CREATE_TAX_ID:
         params = op["params"]
-        key = idempotency_key(TAX_ID_KIND, customer_id, {**params, "before": before})
+        key = idempotency_key(WriteKind.CREATE_TAX_ID, customer_id, {**params, "before": before})
         shown = f"{params['type']}:{params['value']}"
         return _send(
             ctx,
-            TAX_ID_KIND,
+            WriteKind.CREATE_TAX_ID,
             customer_id,
             params,
             key,
@@ -461,10 +457,10 @@ def _follow_up(ctx: _Ctx, customer_id: str, op: dict, before) -> dict | None:
             lambda _obj: _mirror_customer(tax_ids=[shown])(_known_customer(ctx, customer_id)),
         )
     params = {**op["params"], "customer": customer_id}
-    key = idempotency_key(PROMOTION_CODE_KIND, customer_id, {**params, "before": before})
+    key = idempotency_key(WriteKind.CREATE_PROMOTION_CODE, customer_id, {**params, "before": before})
     return _send(
         ctx,
-        PROMOTION_CODE_KIND,
+        WriteKind.CREATE_PROMOTION_CODE,
         customer_id,
         params,
         key,

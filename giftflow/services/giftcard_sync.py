@@ -22,8 +22,9 @@ from giftflow.domain.giftcard import (
     match_redemptions,
     wanted_by_customer,
 )
-from giftflow.domain.sync_plan import CREATE, NONE, REJECT, UPDATE, plan_sync
+from giftflow.domain.sync_plan import plan_sync
 from giftflow.domain.sync_spec import SyncSpec
+from giftflow.domain.vocabulary import Action
 from giftflow.services.customer_mirror import refresh_customer_mirror
 from giftflow.services.sync_runner import Planned
 
@@ -203,7 +204,9 @@ def _decide(spec: SyncSpec, plan: pd.DataFrame, customers: pd.DataFrame) -> pd.D
     action[left_out] = SKIP
     reason = decided["reason"].to_numpy(dtype=object, copy=True)
     reason[left_out] = column("reason")[left_out]
-    ranks = pd.Index([str(a) for a in (CREATE, UPDATE, NONE, REJECT, SKIP)], dtype=object)  # as the plan holds them
+    ranks = pd.Index(
+        [str(a) for a in (Action.CREATE, Action.UPDATE, Action.NONE, Action.REJECT, SKIP)], dtype=object
+    )  # as the plan holds them
     order = np.argsort(ranks.get_indexer(action), kind="stable")
     in_order = bool((order == np.arange(n)).all())
 
